@@ -1,0 +1,276 @@
+//! The HBONE server: TLS 1.3 with a required client SVID, then HTTP/2 where each CONNECT
+//! stream is authorized by the caller's hook and relayed to an upstream the caller dials.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use super::{DEFAULT_HANDSHAKE_TIMEOUT, HboneError, UpstreamDialer, settings};
+use crate::certs::{CertError, CertManager};
+use crate::clock::{SharedClock, SystemClock};
+use crate::parse::{Authority, ForwardedElement, ForwardedError, Identity, parse_forwarded};
+use crate::tls::{ALPN_H2, SvidClientVerifier, TrustBundle, WorkloadCert, config, identity_of};
+
+mod handle;
+
+/// Chooses the certificate to present, by the local address the client dialled (the
+/// destination workload's address).
+#[async_trait]
+pub trait ServerCertResolver: Send + Sync + 'static {
+    async fn resolve(&self, local: SocketAddr) -> Result<WorkloadCert, CertError>;
+}
+
+/// Always the same certificate (a listener per workload, tests).
+#[async_trait]
+impl ServerCertResolver for WorkloadCert {
+    async fn resolve(&self, _local: SocketAddr) -> Result<WorkloadCert, CertError> {
+        Ok(self.clone())
+    }
+}
+
+/// One identity's certificate from a [`CertManager`] (the agent's per-pod listener).
+#[async_trait]
+impl ServerCertResolver for (CertManager, Identity) {
+    async fn resolve(&self, _local: SocketAddr) -> Result<WorkloadCert, CertError> {
+        self.0.fetch(&self.1).await
+    }
+}
+
+/// Everything the hook and the dialer know about one CONNECT.
+#[derive(Debug, Clone)]
+pub struct ConnectRequest {
+    /// The client's SPIFFE identity, from its verified certificate.
+    pub peer_identity: Identity,
+    /// The outer TCP peer (the source node's agent or a waypoint).
+    pub peer_addr: SocketAddr,
+    /// The address the client dialled (this workload's address on port 15008).
+    pub local_addr: SocketAddr,
+    /// The identity this server presented.
+    pub local_identity: Identity,
+    /// `:authority`: where the tunnel should lead.
+    pub target: Authority,
+    pub traceparent: Option<String>,
+    pub baggage: Option<String>,
+    /// Raw `Forwarded`; trust it only from waypoints.
+    pub forwarded: Option<String>,
+}
+
+impl ConnectRequest {
+    /// The parsed `Forwarded` header, if present.
+    pub fn forwarded_elements(&self) -> Option<Result<Vec<ForwardedElement>, ForwardedError>> {
+        self.forwarded.as_deref().map(parse_forwarded)
+    }
+}
+
+/// The hook accepted the tunnel.
+#[derive(Debug, Clone, Default)]
+pub struct Accepted {
+    /// `baggage` for the 200 response (the destination's workload metadata); the server's
+    /// default is used when `None`.
+    pub baggage: Option<String>,
+}
+
+/// Why the hook refused; each maps to the status ztunnel uses.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// 400: the target is malformed or not one of this workload's addresses.
+    #[error("bad target: {0}")]
+    BadTarget(String),
+    /// 401: identity or policy denial.
+    #[error("denied: {0}")]
+    Denied(String),
+    /// 503: the target cannot be served (loop to 15008, workload gone).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl Refusal {
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            Refusal::BadTarget(_) => http::StatusCode::BAD_REQUEST,
+            Refusal::Denied(_) => http::StatusCode::UNAUTHORIZED,
+            Refusal::Unavailable(_) => http::StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// Authorizes each CONNECT. The agent checks "is the target one of my pod's own addresses?"
+/// (never an open proxy), then L4 policy on the peer identity.
+#[async_trait]
+pub trait ConnectHook: Send + Sync + 'static {
+    async fn authorize(&self, request: &ConnectRequest) -> Result<Accepted, Refusal>;
+}
+
+pub struct HboneServer<R, H, D> {
+    resolver: R,
+    hook: H,
+    dialer: D,
+    clock: SharedClock,
+    handshake_timeout: Duration,
+    default_baggage: String,
+    /// Verifier for the last trust bundle seen; rebuilt only when the bundle changes.
+    verifier: Mutex<Option<(TrustBundle, Arc<SvidClientVerifier>)>>,
+}
+
+pub struct HboneServerBuilder<R, H, D> {
+    server: HboneServer<R, H, D>,
+}
+
+impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServerBuilder<R, H, D> {
+    pub fn clock(mut self, clock: SharedClock) -> Self {
+        self.server.clock = clock;
+        self
+    }
+
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.server.handshake_timeout = t;
+        self
+    }
+
+    /// `baggage` sent on 200 when the hook supplies none.
+    pub fn default_baggage(mut self, baggage: impl Into<String>) -> Self {
+        self.server.default_baggage = baggage.into();
+        self
+    }
+
+    pub fn build(self) -> Arc<HboneServer<R, H, D>> {
+        Arc::new(self.server)
+    }
+}
+
+impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H, D> {
+    pub fn builder(resolver: R, hook: H, dialer: D) -> HboneServerBuilder<R, H, D> {
+        HboneServerBuilder {
+            server: HboneServer {
+                resolver,
+                hook,
+                dialer,
+                clock: SystemClock::shared(),
+                handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+                default_baggage: String::new(),
+                verifier: Mutex::default(),
+            },
+        }
+    }
+
+    /// Accepts connections until `shutdown` is cancelled; then stops accepting and asks each
+    /// connection to finish (GOAWAY) while its streams complete.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        loop {
+            let (tcp, peer) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: keep serving the connections we have.
+                        tracing::warn!(error = %e, "HBONE accept failed");
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let local = match tcp.local_addr() {
+                Ok(l) => l,
+                Err(_) => continue,
+            };
+            let server = self.clone();
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                if let Err(e) = server.serve_connection(tcp, peer, local, shutdown).await {
+                    tracing::debug!(%peer, error = %e, "HBONE connection ended with an error");
+                }
+            });
+        }
+    }
+
+    /// Serves one accepted connection (for callers that accept themselves).
+    pub async fn serve_connection<IO>(
+        self: Arc<Self>,
+        io: IO,
+        peer: SocketAddr,
+        local: SocketAddr,
+        shutdown: CancellationToken,
+    ) -> Result<(), HboneError>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let cert = self.resolver.resolve(local).await?;
+        let tls_config =
+            config::server_config_with(&cert, self.verifier_for(cert.trust_bundle())?)?;
+        let handshake = async {
+            let tls = TlsAcceptor::from(Arc::new(tls_config))
+                .accept(io)
+                .await
+                .map_err(|source| HboneError::Tls { addr: peer, source })?;
+            let (_, conn) = tls.get_ref();
+            if conn.alpn_protocol() != Some(ALPN_H2) {
+                return Err(HboneError::Alpn(peer));
+            }
+            let leaf = conn
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .ok_or(HboneError::PeerIdentity(crate::tls::SvidError::Der))?;
+            let peer_identity = identity_of(leaf)?;
+            let h2 = h2::server::Builder::new()
+                .max_concurrent_streams(settings::MAX_CONCURRENT_STREAMS)
+                .initial_window_size(settings::INITIAL_STREAM_WINDOW)
+                .initial_connection_window_size(settings::INITIAL_CONNECTION_WINDOW)
+                .max_frame_size(settings::MAX_FRAME_SIZE)
+                .max_header_list_size(settings::MAX_HEADER_LIST_SIZE)
+                .max_pending_accept_reset_streams(settings::MAX_PENDING_ACCEPT_RESETS)
+                .handshake::<_, Bytes>(tls)
+                .await?;
+            Ok::<_, HboneError>((h2, peer_identity))
+        };
+        let (mut h2, peer_identity) = tokio::time::timeout(self.handshake_timeout, handshake)
+            .await
+            .map_err(|_| HboneError::HandshakeTimeout(peer))??;
+        tracing::debug!(%peer, %peer_identity, "HBONE connection established");
+
+        let base = Arc::new(handle::Base {
+            peer_identity,
+            peer_addr: peer,
+            local_addr: local,
+            local_identity: cert.identity().clone(),
+        });
+        let mut draining = false;
+        loop {
+            let next = tokio::select! {
+                _ = shutdown.cancelled(), if !draining => {
+                    draining = true;
+                    h2.graceful_shutdown();
+                    continue;
+                }
+                next = h2.accept() => next,
+            };
+            match next {
+                None => return Ok(()),
+                Some(Ok((request, respond))) => {
+                    let server = self.clone();
+                    let base = base.clone();
+                    tokio::spawn(async move { server.handle(base, request, respond).await });
+                }
+                Some(Err(e)) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn verifier_for(&self, bundle: &TrustBundle) -> Result<Arc<SvidClientVerifier>, HboneError> {
+        let mut cached = self.verifier.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((b, v)) = cached.as_ref()
+            && b == bundle
+        {
+            return Ok(v.clone());
+        }
+        let v = Arc::new(SvidClientVerifier::new(bundle, self.clock.clone())?);
+        *cached = Some((bundle.clone(), v.clone()));
+        Ok(v)
+    }
+}

@@ -1,0 +1,20 @@
+//! Shared library of Pillion's proxies: workload identity and TLS, certificate sources and
+//! rotation, and HBONE (HTTP/2 CONNECT over mutual TLS 1.3) as server and pooled client.
+//!
+//! Layering, lowest first; each module depends only on those above it:
+//! - [`parse`]: untrusted-input parsers, `std` only (fuzzed on their own).
+//! - [`clock`]: injectable time.
+//! - [`tls`]: the crypto provider, X.509-SVID rules, verifiers, trust bundles, TLS configs.
+//! - [`ca`]: certificate sources (embedded CA, Istio CA client) and the CA server.
+//! - [`certs`]: per-workload certificates and their rotation.
+//! - [`hbone`]: the tunnel protocol, server and client pool.
+#![forbid(unsafe_code)]
+
+pub mod ca;
+pub mod certs;
+pub mod clock;
+pub mod hbone;
+pub mod parse;
+pub mod tls;
+
+pub use parse::{Authority, Identity, SpiffeId};
