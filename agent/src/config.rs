@@ -1,0 +1,74 @@
+//! The agent's configuration, parsed once from flags/env and shared as `Arc`.
+
+use std::{path::PathBuf, time::Duration};
+
+pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
+pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
+pub const DEFAULT_STATE_ROOT: &str = "/var/run/pillion";
+pub const DEFAULT_DRAIN_SECS: u64 = 10;
+pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+
+/// Where a node's agent keeps things. Several agents (one per simulated node)
+/// may share one kernel: everything is keyed by the node name.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NodeArgs {
+    /// Node name; keys the pin directory and the state directory.
+    #[arg(long, env = "PILLION_NODE", default_value = "node")]
+    pub node: String,
+    /// bpffs mount under which `pillion/<node>/` holds the pins.
+    #[arg(long, env = "PILLION_BPFFS", default_value = DEFAULT_BPFFS)]
+    pub bpffs: PathBuf,
+    /// State directory root; the node's state lives in `<state-root>/<node>/`.
+    #[arg(long, env = "PILLION_STATE_ROOT", default_value = DEFAULT_STATE_ROOT)]
+    pub state_root: PathBuf,
+}
+
+impl NodeArgs {
+    pub fn pin_dir(&self) -> PathBuf {
+        self.bpffs.join("pillion").join(&self.node)
+    }
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_root.join(&self.node)
+    }
+    pub fn api_socket(&self) -> PathBuf {
+        self.state_dir().join("agent.sock")
+    }
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    /// cgroup v2 directory the capture programs attach to; pods' cgroups must
+    /// be below it.
+    #[arg(long, env = "PILLION_CGROUP_ROOT", default_value = DEFAULT_CGROUP_ROOT)]
+    pub cgroup_root: PathBuf,
+    /// Move the agent into this cgroup v2 directory (created if missing) before
+    /// anything else; its id is exempt from capture.
+    #[arg(long, env = "PILLION_AGENT_CGROUP")]
+    pub agent_cgroup: Option<PathBuf>,
+    /// Access-log and log format.
+    #[arg(long, env = "PILLION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// How long SIGTERM waits for in-flight connections before forcing exit.
+    #[arg(long, env = "PILLION_DRAIN_SECS", default_value_t = DEFAULT_DRAIN_SECS)]
+    pub drain_secs: u64,
+    /// Upstream connect timeout.
+    #[arg(long, env = "PILLION_CONNECT_TIMEOUT_SECS", default_value_t = DEFAULT_CONNECT_TIMEOUT_SECS)]
+    pub connect_timeout_secs: u64,
+}
+
+impl RunArgs {
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_secs)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}

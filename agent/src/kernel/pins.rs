@@ -1,0 +1,82 @@
+//! The layout of a node's pins under `<bpffs>/pillion/<node>/`.
+
+use std::path::{Path, PathBuf};
+
+use pillion_common::names;
+
+use crate::error::KernelError;
+
+pub const PROGRAMS: [&str; 4] = [
+    names::PROG_CONNECT4,
+    names::PROG_CONNECT6,
+    names::PROG_SOCKOPS,
+    names::PROG_SK_LOOKUP,
+];
+pub const CGROUP_LINKS: [&str; 3] = ["connect4", "connect6", "sockops"];
+
+#[derive(Debug, Clone)]
+pub struct PinLayout {
+    bpffs: PathBuf,
+    root: PathBuf,
+}
+
+impl PinLayout {
+    pub fn new(bpffs: &Path, node: &str) -> Self {
+        Self {
+            bpffs: bpffs.to_path_buf(),
+            root: bpffs.join("pillion").join(node),
+        }
+    }
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn maps_dir(&self) -> PathBuf {
+        self.root.join("maps")
+    }
+    pub fn progs_dir(&self) -> PathBuf {
+        self.root.join("progs")
+    }
+    pub fn links_dir(&self) -> PathBuf {
+        self.root.join("links")
+    }
+    pub fn pods_dir(&self) -> PathBuf {
+        self.root.join("pods")
+    }
+    pub fn map(&self, name: &str) -> PathBuf {
+        self.maps_dir().join(name)
+    }
+    pub fn prog(&self, name: &str) -> PathBuf {
+        self.progs_dir().join(name)
+    }
+    pub fn link(&self, name: &str) -> PathBuf {
+        self.links_dir().join(name)
+    }
+    pub fn pod_link(&self, pin_name: &str) -> PathBuf {
+        self.pods_dir().join(pin_name)
+    }
+
+    pub fn create_dirs(&self) -> Result<(), KernelError> {
+        for dir in [
+            self.maps_dir(),
+            self.progs_dir(),
+            self.links_dir(),
+            self.pods_dir(),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(|e| KernelError::Pin {
+                path: dir.clone(),
+                message: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Every program, cgroup link and map is pinned: the node can be adopted.
+    pub fn complete(&self) -> bool {
+        PROGRAMS.iter().all(|p| self.prog(p).exists())
+            && CGROUP_LINKS.iter().all(|l| self.link(l).exists())
+            && names::ALL_MAPS.iter().all(|m| self.map(m).exists())
+    }
+}

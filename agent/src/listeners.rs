@@ -1,0 +1,65 @@
+//! A pod's listeners, bound inside its network namespace.
+
+use std::{
+    io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener},
+};
+
+use pillion_common::{INBOUND_PORT, OUTBOUND_PORT};
+use socket2::{Domain, Socket, Type};
+
+use crate::netns::Netns;
+
+const BACKLOG: i32 = 1024;
+
+/// The agent's sockets inside one pod. IPv6 ones exist only where the pod has
+/// `::1` (IPv6 enabled).
+#[derive(Debug)]
+pub struct PodListeners {
+    pub outbound_v4: TcpListener,
+    pub outbound_v6: Option<TcpListener>,
+    pub inbound_v4: TcpListener,
+    pub inbound_v6: Option<TcpListener>,
+}
+
+impl PodListeners {
+    /// Binds all listeners from a thread inside `netns`. `SO_REUSEPORT` lets a
+    /// new agent bind beside a running one; `tcp_migrate_req` makes the kernel
+    /// hand the old listener's queued connections to the new one when the old
+    /// closes, so a handoff resets nothing.
+    pub fn bind(netns: &Netns) -> io::Result<PodListeners> {
+        netns.run_on_thread(|| {
+            if let Err(e) = std::fs::write("/proc/sys/net/ipv4/tcp_migrate_req", "1") {
+                tracing::warn!(error = %e, "cannot enable tcp_migrate_req in the pod; a handoff may reset queued connections");
+            }
+            let v4 = |port| bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
+            let v6 = |port| match bind(SocketAddr::from((Ipv6Addr::LOCALHOST, port))) {
+                Ok(l) => Ok(Some(l)),
+                Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(None),
+                Err(e) => Err(e),
+            };
+            Ok(PodListeners {
+                outbound_v4: v4(OUTBOUND_PORT)?,
+                outbound_v6: v6(OUTBOUND_PORT)?,
+                inbound_v4: v4(INBOUND_PORT)?,
+                inbound_v6: v6(INBOUND_PORT)?,
+            })
+        })
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(
+        Domain::for_address(addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
+}

@@ -1,0 +1,151 @@
+//! `pillion-agent`: the node agent (`run`) and the CLI that talks to it.
+
+use std::{net::IpAddr, path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use pillion_agent::{
+    api::{Client, Request},
+    config::{LogFormat, NodeArgs, RunArgs},
+    kernel::{self, PinLayout},
+    pod::PodSpec,
+    run,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "pillion-agent",
+    version,
+    about = "Pillion's per-node mesh agent"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: load (or adopt) the kernel programs and serve pods.
+    Run(RunArgs),
+    /// Enrol a pod: capture its TCP traffic.
+    Enrol {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// The pod's network namespace file.
+        #[arg(long)]
+        netns: PathBuf,
+        /// The pod's IP addresses (repeat for several).
+        #[arg(long = "ip", required = true)]
+        ips: Vec<IpAddr>,
+        /// The pod's cgroup v2 directory (checked to be under the capture root).
+        #[arg(long)]
+        cgroup: Option<PathBuf>,
+    },
+    /// Stop capturing a pod.
+    Unenrol {
+        #[command(flatten)]
+        node: NodeArgs,
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+    },
+    /// List enrolled pods (JSON).
+    List {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// The agent's status: pods, counters, kernel counters, link ids (JSON).
+    Status {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+    /// Unenrol every pod and remove the node's pins and state. The agent must
+    /// be stopped first; this is the uninstall path, not a restart.
+    Reset {
+        #[command(flatten)]
+        node: NodeArgs,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => {
+            run::init_logging(args.log_format);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(rt) => rt.block_on(run::run(args)),
+                Err(e) => Err(e.into()),
+            }
+        }
+        Command::Enrol {
+            node,
+            name,
+            namespace,
+            netns,
+            ips,
+            cgroup,
+        } => {
+            let pod = PodSpec {
+                name,
+                namespace,
+                netns,
+                ips,
+                cgroup,
+            };
+            call(&node, &Request::Enrol { pod })
+        }
+        Command::Unenrol {
+            node,
+            name,
+            namespace,
+        } => call(&node, &Request::Unenrol { namespace, name }),
+        Command::List { node } => call(&node, &Request::List),
+        Command::Status { node } => call(&node, &Request::Status),
+        Command::Reset { node } => reset(&node),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn call(node: &NodeArgs, request: &Request) -> anyhow::Result<()> {
+    let value = Client::new(node.api_socket()).call(request)?;
+    if !value.is_null() {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    }
+    Ok(())
+}
+
+fn reset(node: &NodeArgs) -> anyhow::Result<()> {
+    if Client::new(node.api_socket()).status().is_ok() {
+        anyhow::bail!(
+            "an agent is running for node {}; stop it first (SIGTERM), then reset",
+            node.node
+        );
+    }
+    run::init_logging(LogFormat::Text);
+    let pins = PinLayout::new(&node.bpffs, &node.node);
+    kernel::unpin_all(&pins)?;
+    match std::fs::remove_dir_all(node.state_dir()) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+        _ => {}
+    }
+    println!(
+        "node {}: pods unenrolled, pins under {} and state in {} removed",
+        node.node,
+        pins.root().display(),
+        node.state_dir().display()
+    );
+    Ok(())
+}

@@ -1,0 +1,99 @@
+//! What the agent knows about an enrolled pod.
+
+use std::{net::IpAddr, path::PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::EnrolError;
+
+/// An enrolment request, as the API, the CLI and the state files carry it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodSpec {
+    pub name: String,
+    pub namespace: String,
+    /// The pod's network namespace, e.g. `/var/run/netns/<name>` or `/proc/<pid>/ns/net`.
+    pub netns: PathBuf,
+    pub ips: Vec<IpAddr>,
+    /// The pod's cgroup v2 directory, when known: checked to be under the
+    /// capture root so a pod that could never be captured is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<PathBuf>,
+}
+
+impl PodSpec {
+    /// `namespace/name`, the pod's identity in the API and the logs.
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// A file name for the pod's pins and state (`namespace_name`: DNS-1123
+    /// labels contain no underscore, so it cannot collide; bpffs refuses dots).
+    pub fn file_name(&self) -> String {
+        format!("{}_{}", self.namespace, self.name)
+    }
+
+    pub fn validate(&self) -> Result<(), EnrolError> {
+        for label in [&self.name, &self.namespace] {
+            let ok = !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-');
+            if !ok {
+                return Err(EnrolError::BadName(label.clone()));
+            }
+        }
+        if self.ips.is_empty() {
+            return Err(EnrolError::NoIps(self.key()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> PodSpec {
+        PodSpec {
+            name: "client-1".into(),
+            namespace: "default".into(),
+            netns: "/var/run/netns/x".into(),
+            ips: vec!["10.1.0.2".parse().unwrap()],
+            cgroup: None,
+        }
+    }
+
+    #[test]
+    fn valid_spec_passes() {
+        spec().validate().unwrap();
+        assert_eq!(spec().file_name(), "default_client-1");
+    }
+
+    #[test]
+    fn bad_names_and_missing_ips_are_refused() {
+        for bad in ["", "Upper", "has.dot", "-lead", "trail-", "a/b"] {
+            let mut s = spec();
+            s.name = bad.into();
+            assert!(
+                matches!(s.validate(), Err(EnrolError::BadName(_))),
+                "{bad:?}"
+            );
+        }
+        let mut s = spec();
+        s.ips.clear();
+        assert!(matches!(s.validate(), Err(EnrolError::NoIps(_))));
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        let err = serde_json::from_str::<PodSpec>(
+            r#"{"name":"a","namespace":"b","netns":"/x","ips":[],"hostNetwork":true}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+}

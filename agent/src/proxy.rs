@@ -1,0 +1,119 @@
+//! The L4 proxy: outbound (15001) and inbound plaintext (15006) for each
+//! enrolled pod, relaying to the original destination.
+
+pub mod inbound;
+pub mod outbound;
+pub mod relay;
+
+use std::{io, net::SocketAddr, time::Duration};
+
+use tokio::net::{TcpSocket, TcpStream};
+
+use crate::netns::Netns;
+
+/// Dials `dst` from inside `netns`. The socket is created in the pod's netns
+/// by a thread of the agent's (exempt) cgroup, so the kernel programs never
+/// capture it again.
+pub async fn dial_in(netns: &Netns, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let fd = netns.tcp_socket(dst.is_ipv6())?;
+    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
+    socket.set_nodelay(true)?;
+    match tokio::time::timeout(timeout, socket.connect(dst)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!("connect to {dst} timed out after {timeout:?}"),
+        )),
+    }
+}
+
+/// Closes `stream` with a TCP reset, so the peer sees a refusal rather than a
+/// clean end of stream (or a hang).
+pub fn reset(stream: TcpStream) {
+    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+    drop(stream);
+}
+
+/// What the proxy needs to serve one enrolled pod.
+pub struct PodContext {
+    pub spec: crate::pod::PodSpec,
+    pub netns: Netns,
+    pub cookie: u64,
+    pub counters: crate::stats::Counters,
+    pub agent_counters: std::sync::Arc<crate::stats::Counters>,
+    pub kernel: std::sync::Arc<crate::kernel::Kernel>,
+    pub connect_timeout: Duration,
+    pub drain: crate::drain::Drain,
+    /// Cancelled on unenrol: the pod's accept loops stop.
+    pub cancel: tokio_util::sync::CancellationToken,
+}
+
+impl PodContext {
+    /// The pod's own address of the same family as `like` (for logs), or its
+    /// first address.
+    pub fn pod_ip_like(&self, like: SocketAddr) -> std::net::IpAddr {
+        let want_v6 = crate::kernel::addr::canonical(like.ip()).is_ipv6();
+        self.spec
+            .ips
+            .iter()
+            .copied()
+            .find(|ip| ip.is_ipv6() == want_v6)
+            .unwrap_or(self.spec.ips[0])
+    }
+
+    fn bump(&self, pick: impl Fn(&crate::stats::Counters) -> &std::sync::atomic::AtomicU64) {
+        crate::stats::bump(pick(&self.counters));
+        crate::stats::bump(pick(&self.agent_counters));
+    }
+}
+
+/// Accepts on `listener` until shutdown or unenrol, handing each connection
+/// to `handle` on its own task.
+pub async fn accept_loop<F, Fut>(
+    pod: std::sync::Arc<PodContext>,
+    listener: tokio::net::TcpListener,
+    handle: F,
+) where
+    F: Fn(std::sync::Arc<PodContext>, TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut drain = pod.drain.clone();
+    loop {
+        tokio::select! {
+            _ = drain.stopped() => break,
+            _ = pod.cancel.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let guard = pod.drain.guard();
+                    let fut = handle(pod.clone(), stream, peer);
+                    tokio::spawn(async move {
+                        fut.await;
+                        drop(guard);
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %pod.spec.key(), error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+        }
+    }
+}
+
+/// Counts a connection as active while it lives.
+struct ActiveGuard<'a>(&'a PodContext);
+
+impl<'a> ActiveGuard<'a> {
+    fn new(pod: &'a PodContext) -> Self {
+        pod.bump(|c| &c.active);
+        Self(pod)
+    }
+}
+
+impl Drop for ActiveGuard<'_> {
+    fn drop(&mut self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.0.counters.active.fetch_sub(1, Relaxed);
+        self.0.agent_counters.active.fetch_sub(1, Relaxed);
+    }
+}

@@ -1,0 +1,107 @@
+//! Byte relay between two TCP streams, with half-close and exact counts.
+
+use std::io;
+
+use tokio::{
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
+    net::TcpStream,
+};
+
+const BUF_SIZE: usize = 32 * 1024;
+
+/// What a finished relay moved, and why it stopped if not cleanly.
+#[derive(Debug)]
+pub struct Relayed {
+    /// Bytes from the first stream (the source) to the second.
+    pub sent: u64,
+    /// Bytes from the second stream back to the first.
+    pub recv: u64,
+    pub error: Option<io::Error>,
+}
+
+/// Copies until EOF, then half-closes the writer so the peer sees EOF too.
+async fn copy_half<R, W>(mut reader: R, mut writer: W, count: &mut u64) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        let n = reader.read(&mut buf).await?;
+        if n == 0 {
+            return writer.shutdown().await;
+        }
+        writer.write_all(&buf[..n]).await?;
+        *count += n as u64;
+    }
+}
+
+/// Relays both ways until both directions have ended. On an error in either
+/// direction both sockets are reset, so a reset on one side reaches the other.
+pub async fn relay(mut source: TcpStream, mut dest: TcpStream) -> Relayed {
+    let (mut sent, mut recv) = (0u64, 0u64);
+    let error = {
+        let (sr, sw) = source.split();
+        let (dr, dw) = dest.split();
+        let up = copy_half(sr, dw, &mut sent);
+        let down = copy_half(dr, sw, &mut recv);
+        tokio::pin!(up, down);
+        tokio::select! {
+            r = &mut up => match r { Ok(()) => down.await.err(), Err(e) => Some(e) },
+            r = &mut down => match r { Ok(()) => up.await.err(), Err(e) => Some(e) },
+        }
+    };
+    if error.is_some() {
+        super::reset(source);
+        super::reset(dest);
+    }
+    Relayed { sent, recv, error }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::net::TcpListener;
+
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (a, b) = tokio::join!(TcpStream::connect(addr), l.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn relays_exactly_both_ways_with_half_close() {
+        let (mut client, proxy_in) = pair().await;
+        let (proxy_out, mut server) = pair().await;
+        let task = tokio::spawn(relay(proxy_in, proxy_out));
+        let request: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        client.write_all(&request).await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, request);
+        server.write_all(b"reply after half-close").await.unwrap();
+        server.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"reply after half-close");
+        let done = task.await.unwrap();
+        assert_eq!((done.sent, done.recv), (300_000, 22));
+        assert!(done.error.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_reset_on_one_side_resets_the_other() {
+        let (mut client, proxy_in) = pair().await;
+        let (proxy_out, server) = pair().await;
+        let task = tokio::spawn(relay(proxy_in, proxy_out));
+        client.write_all(b"x").await.unwrap();
+        crate::proxy::reset(server);
+        let done = task.await.unwrap();
+        assert!(done.error.is_some());
+        let mut buf = [0u8; 8];
+        let err = client.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionReset);
+    }
+}

@@ -1,0 +1,75 @@
+//! Pillion's kernel programs.
+//!
+//! - `pillion_connect4` / `pillion_connect6` (cgroup/connect4, connect6): an
+//!   enrolled pod's TCP connect is rewritten to the agent's outbound listener
+//!   in the pod's own netns; the original destination is parked by socket
+//!   cookie.
+//! - `pillion_sockops` (sock_ops): once that socket is established, the parked
+//!   destination moves to a key the agent can compute from the accepted
+//!   socket: (netns cookie, listener side, client port).
+//! - `pillion_sk_lookup` (sk_lookup, one link per enrolled netns): inbound
+//!   TCP to the pod is handed to the agent's 15006 listener.
+//!
+//! Pods are selected by netns cookie (`ENROLLED`), so several agents can share
+//! one kernel and one cgroup tree without acting on each other's pods.
+#![no_std]
+#![no_main]
+
+mod connect;
+mod lookup;
+mod sockops;
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LruHashMap, PerCpuArray, SockHash},
+};
+use pillion_common::{IpKey, OrigDstKey, PodConfig, SockAddr, stat};
+
+/// Enrolled pods of this agent's node: netns cookie → configuration.
+#[map(name = "ENROLLED")]
+static ENROLLED: HashMap<u64, PodConfig> = HashMap::pinned(4096, 0);
+
+/// Cgroup ids whose sockets are never captured (the agent's own).
+#[map(name = "EXEMPT_CGROUPS")]
+static EXEMPT_CGROUPS: HashMap<u64, u32> = HashMap::pinned(64, 0);
+
+/// Original destination by socket cookie, between connect and establishment.
+/// LRU: a connect that never completes leaves an entry that ages out.
+#[map(name = "PENDING")]
+static PENDING: LruHashMap<u64, SockAddr> = LruHashMap::pinned(65536, 0);
+
+/// Original destination of an established captured connection, read (and
+/// deleted) by the agent when it accepts the connection.
+#[map(name = "ORIG_DST")]
+static ORIG_DST: LruHashMap<OrigDstKey, SockAddr> = LruHashMap::pinned(65536, 0);
+
+/// The node's own addresses: inbound from them (kubelet probes) is not captured.
+#[map(name = "NODE_ADDRS")]
+static NODE_ADDRS: HashMap<IpKey, u32> = HashMap::pinned(64, 0);
+
+/// Inbound listener (15006) of each enrolled pod, keyed by the pod's address.
+/// The kernel drops an entry when its socket closes: with the agent gone the
+/// lookup misses and inbound is dropped (fail closed).
+#[map(name = "INBOUND")]
+static INBOUND: SockHash<IpKey> = SockHash::pinned(8192, 0);
+
+#[map(name = "STATS")]
+static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(slot) = STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, no concurrent writer on this CPU.
+        unsafe { *slot += 1 };
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
