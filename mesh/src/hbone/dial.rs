@@ -3,6 +3,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -89,5 +90,21 @@ impl CertProvider for WorkloadCert {
                 got: self.identity().to_string(),
             })
         }
+    }
+}
+
+#[async_trait]
+impl<T: TcpDialer> TcpDialer for Arc<T> {
+    type Stream = T::Stream;
+    async fn dial(&self, key: &PoolKey) -> io::Result<Self::Stream> {
+        (**self).dial(key).await
+    }
+}
+
+#[async_trait]
+impl<T: UpstreamDialer> UpstreamDialer for Arc<T> {
+    type Stream = T::Stream;
+    async fn dial(&self, request: &ConnectRequest) -> io::Result<Self::Stream> {
+        (**self).dial(request).await
     }
 }

@@ -43,6 +43,13 @@ impl ServerCertResolver for (CertManager, Identity) {
     }
 }
 
+#[async_trait]
+impl<T: ServerCertResolver> ServerCertResolver for Arc<T> {
+    async fn resolve(&self, local: SocketAddr) -> Result<WorkloadCert, CertError> {
+        (**self).resolve(local).await
+    }
+}
+
 /// Everything the hook and the dialer know about one CONNECT.
 #[derive(Debug, Clone)]
 pub struct ConnectRequest {
@@ -106,6 +113,13 @@ impl Refusal {
 #[async_trait]
 pub trait ConnectHook: Send + Sync + 'static {
     async fn authorize(&self, request: &ConnectRequest) -> Result<Accepted, Refusal>;
+}
+
+#[async_trait]
+impl<T: ConnectHook> ConnectHook for Arc<T> {
+    async fn authorize(&self, request: &ConnectRequest) -> Result<Accepted, Refusal> {
+        (**self).authorize(request).await
+    }
 }
 
 pub struct HboneServer<R, H, D> {

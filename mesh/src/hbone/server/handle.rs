@@ -103,14 +103,16 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
     }
 }
 
-/// ztunnel's error shape: a response carrying only `:status`, then RST_STREAM(NO_ERROR)
-/// so the client stops sending its request body.
+/// ztunnel's error shape: a response carrying only `:status` (with END_STREAM), then
+/// RST_STREAM(NO_ERROR) so the client stops sending. h2 emits that reset itself once the
+/// request body and this handle are dropped with the request still open; an explicit
+/// `send_reset` here would discard the queued response instead.
 fn refuse(respond: &mut SendResponse<Bytes>, status: StatusCode) {
     let response = Response::builder()
         .status(status)
         .body(())
         .expect("static response");
-    if respond.send_response(response, true).is_ok() {
-        respond.send_reset(h2::Reason::NO_ERROR);
+    if let Err(e) = respond.send_response(response, true) {
+        tracing::debug!(error = %e, "client went away before the refusal");
     }
 }

@@ -1,0 +1,208 @@
+//! Tunnels that should work: bulk data, many streams, headers, IPv6 authorities.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mesh::hbone::{HboneServer, TcpUpstream, TunnelRequest};
+use mesh::parse::Authority;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::*;
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn pattern(i: usize) -> u8 {
+    // Position-dependent, so a dropped, duplicated or reordered chunk shows up.
+    (i.wrapping_mul(31) ^ (i >> 13)) as u8
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_carries_64_mib_exactly_both_ways() {
+    const LEN: usize = 64 * 1024 * 1024;
+    let pki = Pki::new();
+    let (client_id, server_id) = (id("default", "client"), id("default", "server"));
+    let server_cert = pki.issue(&server_id, DAY).await;
+    let client_cert = pki.issue(&client_id, DAY).await;
+    // A real TCP upstream, through the server's default dialer.
+    let upstream = tcp_echo().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hook = Arc::new(RecordingHook::default());
+    let server = HboneServer::builder(server_cert, hook, TcpUpstream)
+        .clock(pki.shared_clock())
+        .build();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(server.serve(listener, shutdown.clone()));
+
+    let pool = pool(client_cert, pki.shared_clock(), 100);
+    let tunnel = within(
+        10,
+        pool.connect(
+            key("p", &client_id, &server_id, addr),
+            TunnelRequest::new(upstream),
+        ),
+    )
+    .await
+    .unwrap();
+    let (mut r, mut w) = tokio::io::split(tunnel);
+    let writer = tokio::spawn(async move {
+        let chunk: Vec<u8> = (0..LEN).map(pattern).collect();
+        for part in chunk.chunks(1 << 20) {
+            w.write_all(part).await.unwrap();
+        }
+        w.shutdown().await.unwrap();
+    });
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    within(60, async {
+        loop {
+            let n = r.read(&mut buf).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            for (k, b) in buf[..n].iter().enumerate() {
+                assert_eq!(*b, pattern(got + k), "byte {} differs", got + k);
+            }
+            got += n;
+        }
+    })
+    .await;
+    writer.await.unwrap();
+    assert_eq!(got, LEN, "echo must return exactly what was sent");
+    shutdown.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousand_concurrent_streams_share_five_connections() {
+    const STREAMS: usize = 1000;
+    const PER_CONN: usize = 200;
+    let pki = Pki::new();
+    let (client_id, server_id) = (id("default", "client"), id("default", "server"));
+    let server = start_server(
+        pki.issue(&server_id, DAY).await,
+        pki.shared_clock(),
+        RecordingHook::default(),
+    )
+    .await;
+    let pool = pool(
+        pki.issue(&client_id, DAY).await,
+        pki.shared_clock(),
+        PER_CONN,
+    );
+    let key = key("p", &client_id, &server_id, server.addr);
+    // Every task holds its tunnel open until all are open: 1,000 truly concurrent streams.
+    let barrier = Arc::new(tokio::sync::Barrier::new(STREAMS));
+    let mut tasks = Vec::new();
+    for i in 0..STREAMS {
+        let (pool, key, barrier) = (pool.clone(), key.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            let target: SocketAddr = ([10, 0, (i / 250) as u8, (i % 250) as u8 + 1], 8080).into();
+            let mut t = pool.connect(key, TunnelRequest::new(target)).await.unwrap();
+            barrier.wait().await;
+            let msg = format!("stream {i}");
+            assert_eq!(round_trip(&mut t, msg.as_bytes()).await, msg.as_bytes());
+            t.connection_id()
+        }));
+    }
+    let mut conns = std::collections::HashSet::new();
+    within(60, async {
+        for t in tasks {
+            conns.insert(t.await.unwrap());
+        }
+    })
+    .await;
+    assert_eq!(
+        conns.len(),
+        STREAMS / PER_CONN,
+        "tunnels must fill connections before opening more"
+    );
+    assert_eq!(
+        server
+            .dialer
+            .dials
+            .load(std::sync::atomic::Ordering::SeqCst),
+        STREAMS
+    );
+}
+
+#[tokio::test]
+async fn hook_sees_identity_target_and_trace_headers_and_200_carries_baggage() {
+    let pki = Pki::new();
+    let (client_id, server_id) = (id("default", "client"), id("default", "server"));
+    let hook = RecordingHook {
+        baggage: Some("k8s.deployment.name=server,service.name=server".into()),
+        ..Default::default()
+    };
+    let server = start_server(pki.issue(&server_id, DAY).await, pki.shared_clock(), hook).await;
+    let pool = pool(pki.issue(&client_id, DAY).await, pki.shared_clock(), 100);
+    let target = Authority::parse("[fd00::5]:9080").unwrap();
+    let mut request = TunnelRequest::new(target.clone());
+    request.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
+    request.baggage = Some("k8s.namespace.name=default".into());
+    request.forwarded = Some("for=\"[fd00::9]:1234\"".into());
+    let mut t = within(
+        10,
+        pool.connect(key("p", &client_id, &server_id, server.addr), request),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        t.response_baggage(),
+        Some("k8s.deployment.name=server,service.name=server")
+    );
+    assert_eq!(round_trip(&mut t, b"ping").await, b"ping");
+
+    let seen = server.hook.seen.lock().unwrap().clone();
+    let [req] = seen.as_slice() else {
+        panic!("one CONNECT expected, saw {}", seen.len())
+    };
+    assert_eq!(req.peer_identity, client_id);
+    assert_eq!(req.local_identity, server_id);
+    assert_eq!(req.target, target, "IPv6 target must arrive as [addr]:port");
+    assert_eq!(req.local_addr, server.addr);
+    assert_eq!(
+        req.traceparent.as_deref(),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    assert_eq!(req.baggage.as_deref(), Some("k8s.namespace.name=default"));
+    let fwd = req.forwarded_elements().unwrap().unwrap();
+    assert_eq!(fwd[0].get("for"), Some("[fd00::9]:1234"));
+}
+
+#[tokio::test]
+async fn half_close_lets_the_reply_finish_after_the_request_ends() {
+    let pki = Pki::new();
+    let (client_id, server_id) = (id("default", "client"), id("default", "server"));
+    let server = start_server(
+        pki.issue(&server_id, DAY).await,
+        pki.shared_clock(),
+        RecordingHook::default(),
+    )
+    .await;
+    let pool = pool(pki.issue(&client_id, DAY).await, pki.shared_clock(), 100);
+    let mut t = pool
+        .connect(
+            key("p", &client_id, &server_id, server.addr),
+            TunnelRequest::new(SocketAddr::from(([10, 0, 0, 1], 80))),
+        )
+        .await
+        .unwrap();
+    // Shut down our side first; the echo's data and its EOF must still arrive.
+    t.write_all(b"last words").await.unwrap();
+    t.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    within(10, t.read_to_end(&mut back)).await.unwrap();
+    assert_eq!(back, b"last words");
+    // A default 200 still carries baggage when the hook gives none.
+    let t2 = pool
+        .connect(
+            key("p", &client_id, &server_id, server.addr),
+            TunnelRequest::new(SocketAddr::from(([10, 0, 0, 1], 80))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(t2.response_baggage(), Some("k8s.namespace.name=default"));
+}
