@@ -5,6 +5,7 @@ use std::{path::PathBuf, time::Duration};
 pub const DEFAULT_BPFFS: &str = "/sys/fs/bpf";
 pub const DEFAULT_CGROUP_ROOT: &str = "/sys/fs/cgroup";
 pub const DEFAULT_STATE_ROOT: &str = "/var/run/pillion";
+pub const DEFAULT_HOST_NETNS: &str = "/proc/1/ns/net";
 pub const DEFAULT_DRAIN_SECS: u64 = 10;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
 
@@ -47,6 +48,10 @@ pub struct RunArgs {
     /// anything else; its id is exempt from capture.
     #[arg(long, env = "PILLION_AGENT_CGROUP")]
     pub agent_cgroup: Option<PathBuf>,
+    /// The host's network namespace (enrolling it is refused). In a
+    /// DaemonSet pod with hostNetwork this is also the agent's own.
+    #[arg(long, env = "PILLION_HOST_NETNS", default_value = DEFAULT_HOST_NETNS)]
+    pub host_netns: PathBuf,
     /// Access-log and log format.
     #[arg(long, env = "PILLION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -51,6 +51,7 @@ impl Registry {
         kernel: Arc<Kernel>,
         state: StateDir,
         cgroup_root: &Path,
+        host_netns: &Path,
         counters: Arc<Counters>,
         drain: Drain,
         connect_timeout: Duration,
@@ -61,9 +62,14 @@ impl Registry {
             cgroup_root: cgroup_root
                 .canonicalize()
                 .unwrap_or_else(|_| cgroup_root.to_path_buf()),
-            // Without /proc/1 (an unusual pid namespace) there is no host to
-            // compare against; the own-netns check still applies.
-            host_netns: Netns::host().ok(),
+            host_netns: match Netns::open(host_netns) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    // The own-netns check still applies; say what is missing.
+                    tracing::warn!(path = %host_netns.display(), error = %e, "cannot open the host netns; pass --host-netns so enrolling it can be refused");
+                    None
+                }
+            },
             counters,
             drain,
             connect_timeout,

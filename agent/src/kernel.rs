@@ -377,6 +377,15 @@ fn install(pins: &PinLayout, cgroup_root: &Path) -> Result<(), KernelError> {
     Ok(())
 }
 
+/// Loads the object without attaching anything, its maps pinned under
+/// `map_dir` (a scratch directory on bpffs). For `BPF_PROG_TEST_RUN` tests.
+pub fn load_detached(map_dir: &Path) -> Result<aya::Ebpf, KernelError> {
+    EbpfLoader::new()
+        .default_map_pin_directory(map_dir)
+        .load(OBJECT)
+        .map_err(KernelError::Load)
+}
+
 fn program<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T, KernelError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,

@@ -58,11 +58,6 @@ impl Netns {
         })
     }
 
-    /// The host's (init process's) network namespace.
-    pub fn host() -> io::Result<Netns> {
-        Netns::open(Path::new("/proc/1/ns/net"))
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -69,6 +69,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         kernel.clone(),
         state,
         &args.cgroup_root,
+        &args.host_netns,
         counters.clone(),
         drain.clone(),
         args.connect_timeout(),

@@ -1,1 +1,28 @@
+//! Pillion's network-namespace test harness.
+//!
+//! A [`Topology`] builds nodes and pods — network namespaces joined by veth
+//! pairs, deterministic addresses, a cgroup v2 directory per pod — starts real
+//! agents, and runs workloads inside pods. Everything it creates carries a
+//! prefix naming the owning process (`pe<pid>x<n>`), is removed by exact name
+//! on drop (also after a panic), and is swept by a later run if the owner was
+//! killed before it could clean up. Needs root.
 
+mod agent;
+mod process;
+mod sweep;
+mod sys;
+mod topology;
+
+pub use agent::{Agent, AgentOptions};
+pub use process::{Spawned, Workload};
+pub use sweep::sweep_leftovers;
+pub use sys::{is_root, locate_binary};
+pub use topology::{Node, Pod, Topology};
+
+/// Fails the calling test with a clear message unless running as root.
+pub fn require_root() {
+    assert!(
+        is_root(),
+        "this end-to-end test needs root (network namespaces, cgroups, eBPF); run `sudo cargo xtask test`"
+    );
+}

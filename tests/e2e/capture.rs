@@ -1,0 +1,199 @@
+//! Capture: outbound and inbound are proxied by the agent, and only those.
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde_json::json;
+
+use crate::{assert_ok, counter, kernel_stat, local_port, one_node};
+
+const MIB: usize = 1 << 20;
+
+#[test]
+fn outbound_capture_keeps_the_destination_and_relays_exactly_over_v4_v6_and_mapped() {
+    let t = one_node();
+    t.agent.enrol(&t.client).expect("enrol client");
+    let _server = t.server.echo_server("[::]:8080".parse().unwrap(), None);
+    let mapped: SocketAddr = format!("[::ffff:{}]:8080", t.server.ip4).parse().unwrap();
+    let cases = [
+        (t.server.addr4(8080), t.server.addr4(8080)),
+        (t.server.addr6(8080), t.server.addr6(8080)),
+        (mapped, t.server.addr4(8080)),
+    ];
+    for (target, expected_dst) in cases {
+        let before = counter(&t.agent, &t.client, "outbound_accepted");
+        let result = t.client.client(target, MIB, &[]);
+        assert_ok(&result, &format!("1 MiB echo to {target}"));
+        assert_eq!(result["received"], json!(MIB));
+        let port = local_port(&result);
+        let src_ip = if expected_dst.is_ipv6() {
+            t.client.ip6.to_string()
+        } else {
+            t.client.ip4.to_string()
+        };
+        let expected_src = SocketAddr::new(src_ip.parse().unwrap(), port).to_string();
+        let line = t.agent.wait_access_log(&format!("outbound {target}"), |v| {
+            v["direction"] == "outbound"
+                && v["src.addr"] == json!(expected_src)
+                && v["dst.addr"] == json!(expected_dst.to_string())
+        });
+        assert_eq!(line["bytes_sent"], json!(MIB), "{line}");
+        assert_eq!(line["bytes_recv"], json!(MIB), "{line}");
+        assert_eq!(line["src.workload"], json!("client"));
+        // Exactly one accept: the agent's own dial was not captured again.
+        assert_eq!(
+            counter(&t.agent, &t.client, "outbound_accepted"),
+            before + 1,
+            "target {target}"
+        );
+    }
+    assert_eq!(counter(&t.agent, &t.client, "inbound_accepted"), 0);
+    assert_eq!(counter(&t.agent, &t.client, "no_orig_dst"), 0);
+}
+
+#[test]
+fn inbound_capture_reaches_the_app_at_the_pod_ip_and_node_probes_bypass_it() {
+    let t = one_node();
+    t.agent.enrol(&t.server).expect("enrol server");
+    let _app = t
+        .server
+        .echo_server("[::]:9090".parse().unwrap(), Some("app"));
+    for target in [t.server.addr4(9090), t.server.addr6(9090)] {
+        let before = counter(&t.agent, &t.server, "inbound_accepted");
+        let result = t.client.client(target, 64 * 1024, &[]);
+        assert_ok(&result, &format!("inbound to {target}"));
+        // The app sees the agent's dial from the pod's own address, never 127.0.0.1.
+        let banner = result["banner"].as_str().unwrap();
+        let pod_ip = if target.is_ipv6() {
+            format!("app [{}]:", t.server.ip6)
+        } else {
+            format!("app {}:", t.server.ip4)
+        };
+        assert!(
+            banner.starts_with(&pod_ip),
+            "banner {banner:?}, want prefix {pod_ip:?}"
+        );
+        let src = result["local"].as_str().unwrap().to_string();
+        t.agent.wait_access_log("inbound", |v| {
+            v["direction"] == "inbound"
+                && v["src.addr"] == json!(src)
+                && v["dst.addr"] == json!(target.to_string())
+        });
+        assert_eq!(counter(&t.agent, &t.server, "inbound_accepted"), before + 1);
+    }
+
+    // A probe from the node's own address reaches the app directly.
+    let before = counter(&t.agent, &t.server, "inbound_accepted");
+    let probes_before = kernel_stat(&t.agent, "inbound_probe_passed");
+    let probe = t.topo.run_on_node(
+        &t.node,
+        &["client", &t.server.addr4(9090).to_string(), "100"],
+    );
+    assert_ok(&probe, "probe from the node");
+    let banner = probe["banner"].as_str().unwrap();
+    assert!(
+        banner.starts_with(&format!("app {}:", t.server.gw4)),
+        "probe seen as {banner:?}"
+    );
+    assert_eq!(counter(&t.agent, &t.server, "inbound_accepted"), before);
+    assert!(kernel_stat(&t.agent, "inbound_probe_passed") > probes_before);
+}
+
+#[test]
+fn udp_unenrolled_pods_and_unenrolled_traffic_are_untouched() {
+    let t = one_node();
+    let bystander = t.topo.add_pod(&t.node, "bystander");
+    t.agent.enrol(&t.client).expect("enrol client");
+    let _tcp = t.server.echo_server("[::]:8080".parse().unwrap(), None);
+    let udp = t.server.spawn(&["udp-echo", "0.0.0.0:5353"]);
+    udp.wait_event("ready", Duration::from_secs(10));
+
+    let redirected = kernel_stat(&t.agent, "connect_redirected");
+    let result = t
+        .client
+        .run(&["udp-client", &t.server.addr4(5353).to_string()]);
+    assert_ok(&result, "UDP query from an enrolled pod");
+    assert_eq!(
+        kernel_stat(&t.agent, "connect_redirected"),
+        redirected,
+        "UDP connect was rewritten"
+    );
+    assert_eq!(counter(&t.agent, &t.client, "outbound_accepted"), 0);
+
+    let result = bystander.client(t.server.addr4(8080), 1000, &[]);
+    assert_ok(&result, "TCP from a pod that is not enrolled");
+    assert_eq!(kernel_stat(&t.agent, "connect_redirected"), redirected);
+
+    // Captured while enrolled ...
+    assert_ok(
+        &t.client.client(t.server.addr4(8080), 1000, &[]),
+        "captured TCP",
+    );
+    assert_eq!(counter(&t.agent, &t.client, "outbound_accepted"), 1);
+    // ... and not after unenrol.
+    t.agent.unenrol(&t.client).expect("unenrol");
+    assert_eq!(t.agent.status()["pods"], json!([]));
+    let redirected = kernel_stat(&t.agent, "connect_redirected");
+    let result = t.client.client(t.server.addr4(8080), 1000, &[]);
+    assert_ok(&result, "TCP after unenrol");
+    assert_eq!(
+        kernel_stat(&t.agent, "connect_redirected"),
+        redirected,
+        "still captured after unenrol"
+    );
+    assert!(
+        result["local"]
+            .as_str()
+            .unwrap()
+            .starts_with(&t.client.ip4.to_string()),
+        "{result}"
+    );
+}
+
+#[test]
+fn two_pods_using_the_same_client_port_each_reach_their_own_destination() {
+    let t = one_node();
+    let other = t.topo.add_pod(&t.node, "other");
+    let other_server = t.topo.add_pod(&t.node, "other-server");
+    t.agent.enrol(&t.client).expect("enrol client");
+    t.agent.enrol(&other).expect("enrol other");
+    let _a = t
+        .server
+        .echo_server("0.0.0.0:7000".parse().unwrap(), Some("A"));
+    let _b = other_server.echo_server("0.0.0.0:7000".parse().unwrap(), Some("B"));
+    let hold = ["--bind", "0.0.0.0:40123", "--hold"];
+    let (ta, tb) = (
+        t.server.addr4(7000).to_string(),
+        other_server.addr4(7000).to_string(),
+    );
+    let mut ca = t
+        .client
+        .spawn(&["client", &ta, "5000", hold[0], hold[1], hold[2]]);
+    let mut cb = other.spawn(&["client", &tb, "5000", hold[0], hold[1], hold[2]]);
+    // Both connections are open at once before either finishes.
+    let a = ca.wait_event("connected", Duration::from_secs(10));
+    let b = cb.wait_event("connected", Duration::from_secs(10));
+    assert_eq!(local_port(&a), 40123);
+    assert_eq!(local_port(&b), 40123);
+    ca.write_line("go");
+    cb.write_line("go");
+    let ra = ca.next(Duration::from_secs(20));
+    let rb = cb.next(Duration::from_secs(20));
+    assert_ok(&ra, "pod A");
+    assert_ok(&rb, "pod B");
+    assert!(
+        ra["banner"].as_str().unwrap().starts_with("A "),
+        "pod A reached {}",
+        ra["banner"]
+    );
+    assert!(
+        rb["banner"].as_str().unwrap().starts_with("B "),
+        "pod B reached {}",
+        rb["banner"]
+    );
+    for (pod, dst) in [(&t.client, &ta), (&other, &tb)] {
+        let src = format!("{}:40123", pod.ip4);
+        t.agent.wait_access_log("same-port", |v| {
+            v["src.addr"] == json!(src) && v["dst.addr"] == json!(dst)
+        });
+    }
+}

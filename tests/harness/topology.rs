@@ -1,0 +1,384 @@
+//! Nodes and pods: network namespaces, veth pairs, addresses, cgroups.
+//!
+//! Addresses are deterministic. Node `k` (1-based) has pods `p` (1-based):
+//! pod `10.k.p.2/24` and `fd00:k:p::2/64`, gateway (the node's end of the
+//! pod's veth) `10.k.p.1` / `fd00:k:p::1`. Two nodes are joined by a veth with
+//! `10.254.0.k/24` and `fd00:fe::k/64` on node `k`'s end.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{
+        Mutex,
+        atomic::{AtomicU32, Ordering},
+    },
+    time::Duration,
+};
+
+use serde_json::Value;
+
+use crate::{
+    process::{Spawned, Workload, enter},
+    sweep::{CGROUP_DIR, PIN_DIR, TMP_DIR, remove_pin_tree, sweep_leftovers},
+    sys::{cgroup2_root, ip, ip_quiet, netns_sysctl, remove_cgroup_tree},
+};
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+static SWEEP: std::sync::Once = std::sync::Once::new();
+
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// Short name as the test gave it.
+    pub name: String,
+    /// Full, unique name: the netns name and the agent's `--node`.
+    pub full: String,
+    pub index: u8,
+    pub cgroup_root: PathBuf,
+    pub agent_cgroup: PathBuf,
+    pub link4: Ipv4Addr,
+    pub link6: Ipv6Addr,
+}
+
+impl Node {
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(&self.full)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Pod {
+    pub name: String,
+    pub full: String,
+    pub node: String,
+    pub ip4: Ipv4Addr,
+    pub ip6: Ipv6Addr,
+    /// The node's address on this pod's link (what kubelet probes come from).
+    pub gw4: Ipv4Addr,
+    pub cgroup: PathBuf,
+}
+
+impl Pod {
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(&self.full)
+    }
+
+    pub fn ips(&self) -> Vec<IpAddr> {
+        vec![IpAddr::V4(self.ip4), IpAddr::V6(self.ip6)]
+    }
+
+    pub fn addr4(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V4(self.ip4), port)
+    }
+
+    pub fn addr6(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(IpAddr::V6(self.ip6), port)
+    }
+
+    fn tool(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(Workload::tool());
+        cmd.args(args);
+        enter(
+            &mut cmd,
+            &self.netns_path(),
+            Some(&self.cgroup.join("cgroup.procs")),
+        );
+        cmd
+    }
+
+    /// Starts a long-running workload inside the pod (netns and cgroup).
+    pub fn spawn(&self, args: &[&str]) -> Spawned {
+        Spawned::new(self.tool(args))
+    }
+
+    /// Starts an echo server in the pod and waits until it listens.
+    pub fn echo_server(&self, addr: SocketAddr, banner: Option<&str>) -> Spawned {
+        let addr = addr.to_string();
+        let mut args = vec!["echo-server", addr.as_str()];
+        args.extend(banner);
+        let s = self.spawn(&args);
+        s.wait_event("ready", Duration::from_secs(10));
+        s
+    }
+
+    /// Runs a one-shot workload in the pod and returns its JSON result.
+    pub fn run(&self, args: &[&str]) -> Value {
+        run_json(self.tool(args))
+    }
+
+    /// `client <addr> <bytes>` in the pod.
+    pub fn client(&self, to: SocketAddr, bytes: usize, extra: &[&str]) -> Value {
+        let (to, bytes) = (to.to_string(), bytes.to_string());
+        let mut args = vec!["client", to.as_str(), bytes.as_str()];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+}
+
+fn run_json(mut cmd: Command) -> Value {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().rev().find(|l| l.starts_with('{'));
+    match last.and_then(|l| serde_json::from_str(l).ok()) {
+        Some(v) => v,
+        None => panic!(
+            "workload {cmd:?} printed no JSON result: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// One test's private world. Drop removes all of it.
+pub struct Topology {
+    pub id: String,
+    pub tmp: PathBuf,
+    cgroup_base: PathBuf,
+    netns: Mutex<Vec<String>>,
+    nodes: Mutex<Vec<Node>>,
+    pods_per_node: Mutex<Vec<u8>>,
+}
+
+impl Topology {
+    /// `prefix` is `pe` for tests and `pd` for the demo.
+    pub fn with_prefix(prefix: &str) -> Topology {
+        crate::require_root();
+        SWEEP.call_once(sweep_leftovers);
+        let id = format!(
+            "{prefix}{}x{}",
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        );
+        let cgroup_base = cgroup2_root().join(CGROUP_DIR).join(&id);
+        std::fs::create_dir_all(&cgroup_base).expect("create the test's cgroup");
+        let tmp = Path::new(TMP_DIR).join(&id);
+        std::fs::create_dir_all(&tmp).expect("create the test's temp dir");
+        Topology {
+            id,
+            tmp,
+            cgroup_base,
+            netns: Mutex::new(Vec::new()),
+            nodes: Mutex::new(Vec::new()),
+            pods_per_node: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn new() -> Topology {
+        Self::with_prefix("pe")
+    }
+
+    fn add_netns(&self, name: &str) -> String {
+        let full = format!("{}-{name}", self.id);
+        ip(&["netns", "add", &full]);
+        self.netns.lock().unwrap().push(full.clone());
+        ip(&["-n", &full, "link", "set", "lo", "up"]);
+        full
+    }
+
+    pub fn add_node(&self, name: &str) -> Node {
+        let full = self.add_netns(name);
+        for key in ["net.ipv4.ip_forward", "net.ipv6.conf.all.forwarding"] {
+            netns_sysctl(&full, key, "1");
+        }
+        let mut nodes = self.nodes.lock().unwrap();
+        let index = nodes.len() as u8 + 1;
+        let cgroup_root = self.cgroup_base.join(name);
+        std::fs::create_dir_all(&cgroup_root).expect("create node cgroup");
+        let node = Node {
+            name: name.into(),
+            full,
+            index,
+            agent_cgroup: self.cgroup_base.join(format!("{name}-agent")),
+            cgroup_root,
+            link4: Ipv4Addr::new(10, 254, 0, index),
+            link6: Ipv6Addr::new(0xfd00, 0xfe, 0, 0, 0, 0, 0, u16::from(index)),
+        };
+        nodes.push(node.clone());
+        self.pods_per_node.lock().unwrap().push(0);
+        node
+    }
+
+    pub fn add_pod(&self, node: &Node, name: &str) -> Pod {
+        let full = self.add_netns(name);
+        let p = {
+            let mut counts = self.pods_per_node.lock().unwrap();
+            counts[usize::from(node.index - 1)] += 1;
+            counts[usize::from(node.index - 1)]
+        };
+        let k = node.index;
+        let (ip4, gw4) = (Ipv4Addr::new(10, k, p, 2), Ipv4Addr::new(10, k, p, 1));
+        let ip6 = Ipv6Addr::new(0xfd00, u16::from(k), u16::from(p), 0, 0, 0, 0, 2);
+        let gw6 = Ipv6Addr::new(0xfd00, u16::from(k), u16::from(p), 0, 0, 0, 0, 1);
+        let host_if = format!("p{p}");
+        ip(&[
+            "-n", &full, "link", "add", "eth0", "type", "veth", "peer", "name", &host_if, "netns",
+            &node.full,
+        ]);
+        ip(&[
+            "-n",
+            &full,
+            "addr",
+            "add",
+            &format!("{ip4}/24"),
+            "dev",
+            "eth0",
+        ]);
+        ip(&[
+            "-n",
+            &full,
+            "addr",
+            "add",
+            &format!("{ip6}/64"),
+            "dev",
+            "eth0",
+            "nodad",
+        ]);
+        ip(&["-n", &full, "link", "set", "eth0", "up"]);
+        ip(&[
+            "-n",
+            &node.full,
+            "addr",
+            "add",
+            &format!("{gw4}/24"),
+            "dev",
+            &host_if,
+        ]);
+        ip(&[
+            "-n",
+            &node.full,
+            "addr",
+            "add",
+            &format!("{gw6}/64"),
+            "dev",
+            &host_if,
+            "nodad",
+        ]);
+        ip(&["-n", &node.full, "link", "set", &host_if, "up"]);
+        ip(&[
+            "-n",
+            &full,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw4.to_string(),
+        ]);
+        ip(&[
+            "-n",
+            &full,
+            "-6",
+            "route",
+            "add",
+            "default",
+            "via",
+            &gw6.to_string(),
+        ]);
+        let cgroup = node.cgroup_root.join(name);
+        std::fs::create_dir_all(&cgroup).expect("create pod cgroup");
+        Pod {
+            name: name.into(),
+            full,
+            node: node.name.clone(),
+            ip4,
+            ip6,
+            gw4,
+            cgroup,
+        }
+    }
+
+    /// Joins two nodes with a veth and routes each one's pod ranges via it.
+    pub fn connect_nodes(&self, a: &Node, b: &Node) {
+        let (ia, ib) = (format!("n{}", b.index), format!("n{}", a.index));
+        ip(&[
+            "-n", &a.full, "link", "add", &ia, "type", "veth", "peer", "name", &ib, "netns",
+            &b.full,
+        ]);
+        for (node, dev, other) in [(a, &ia, b), (b, &ib, a)] {
+            ip(&[
+                "-n",
+                &node.full,
+                "addr",
+                "add",
+                &format!("{}/24", node.link4),
+                "dev",
+                dev,
+            ]);
+            ip(&[
+                "-n",
+                &node.full,
+                "addr",
+                "add",
+                &format!("{}/64", node.link6),
+                "dev",
+                dev,
+                "nodad",
+            ]);
+            ip(&["-n", &node.full, "link", "set", dev, "up"]);
+            let r4 = format!("10.{}.0.0/16", other.index);
+            ip(&[
+                "-n",
+                &node.full,
+                "route",
+                "add",
+                &r4,
+                "via",
+                &other.link4.to_string(),
+            ]);
+            let r6 = format!("fd00:{:x}::/32", other.index);
+            ip(&[
+                "-n",
+                &node.full,
+                "-6",
+                "route",
+                "add",
+                &r6,
+                "via",
+                &other.link6.to_string(),
+            ]);
+        }
+    }
+
+    /// Runs a one-shot workload in a node's netns (no pod cgroup): a probe.
+    pub fn run_on_node(&self, node: &Node, args: &[&str]) -> Value {
+        let mut cmd = Command::new(Workload::tool());
+        cmd.args(args);
+        enter(&mut cmd, &node.netns_path(), None);
+        run_json(cmd)
+    }
+
+    pub fn state_root(&self) -> PathBuf {
+        self.tmp.join("state")
+    }
+
+    pub fn nodes(&self) -> Vec<Node> {
+        self.nodes.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Topology {
+    fn drop(&mut self) {
+        // Agents and workloads are owned by the test and dropped first; what
+        // remains here is removed by exact name.
+        let agent = std::env::var_os("PILLION_AGENT_BIN").map(PathBuf::from);
+        for node in self.nodes.lock().unwrap().iter() {
+            let bin = agent
+                .clone()
+                .unwrap_or_else(|| crate::locate_binary("pillion-agent", "PILLION_AGENT_BIN"));
+            let _ = Command::new(bin)
+                .args(["reset", "--node", &node.full, "--state-root"])
+                .arg(self.state_root())
+                .output();
+            remove_pin_tree(&Path::new(PIN_DIR).join(&node.full));
+        }
+        for name in self.netns.lock().unwrap().drain(..).rev() {
+            ip_quiet(&["netns", "del", &name]);
+        }
+        remove_cgroup_tree(&self.cgroup_base);
+        let _ = std::fs::remove_dir_all(&self.tmp);
+    }
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self::new()
+    }
+}

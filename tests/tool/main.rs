@@ -1,0 +1,276 @@
+//! `pillion-pod-tool`: the workloads the e2e tests run inside pods (the
+//! harness starts it inside a pod's netns and cgroup, so its sockets are the
+//! pod's). Every command prints JSON lines on stdout; loops are bounded.
+
+use std::{
+    io::{BufRead, Read, Write},
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: pillion-pod-tool echo-server <addr> [banner]\n\
+         \x20      pillion-pod-tool udp-echo <addr>\n\
+         \x20      pillion-pod-tool client <addr> <bytes> [--bind <addr>] [--hold] [--timeout-ms N]\n\
+         \x20      pillion-pod-tool udp-client <addr>\n\
+         \x20      pillion-pod-tool loop <addr> <count> <interval-ms> <bytes>"
+    );
+    std::process::exit(2)
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let arg = |i: usize| args.get(i).cloned().unwrap_or_else(|| usage());
+    let addr = |i: usize| -> SocketAddr { arg(i).parse().unwrap_or_else(|_| usage()) };
+    match arg(0).as_str() {
+        "echo-server" => echo_server(addr(1), args.get(2).cloned()),
+        "udp-echo" => udp_echo(addr(1)),
+        "client" => {
+            let mut opts = ClientOpts {
+                bind: None,
+                hold: false,
+                timeout: Duration::from_secs(3),
+            };
+            let mut i = 3;
+            while i < args.len() {
+                match args[i].as_str() {
+                    "--bind" => {
+                        opts.bind = Some(addr(i + 1));
+                        i += 1;
+                    }
+                    "--hold" => opts.hold = true,
+                    "--timeout-ms" => {
+                        opts.timeout =
+                            Duration::from_millis(arg(i + 1).parse().unwrap_or_else(|_| usage()));
+                        i += 1;
+                    }
+                    _ => usage(),
+                }
+                i += 1;
+            }
+            let bytes = arg(2).parse().unwrap_or_else(|_| usage());
+            println!("{}", client(addr(1), bytes, &opts));
+        }
+        "udp-client" => println!("{}", udp_client(addr(1))),
+        "loop" => {
+            let (count, interval, bytes): (u64, u64, usize) = (
+                arg(2).parse().unwrap_or_else(|_| usage()),
+                arg(3).parse().unwrap_or_else(|_| usage()),
+                arg(4).parse().unwrap_or_else(|_| usage()),
+            );
+            run_loop(addr(1), count, Duration::from_millis(interval), bytes);
+        }
+        _ => usage(),
+    }
+}
+
+/// The byte at offset `i` of every payload: detects reordering or loss.
+fn pattern(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+fn echo_server(addr: SocketAddr, banner: Option<String>) {
+    let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    println!(
+        "{}",
+        json!({"event": "ready", "addr": listener.local_addr().unwrap().to_string()})
+    );
+    std::io::stdout().flush().ok();
+    for stream in listener.incoming().flatten() {
+        let banner = banner.clone();
+        std::thread::spawn(move || {
+            let mut stream = stream;
+            // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; print them as IPv4.
+            let peer = stream
+                .peer_addr()
+                .map(|p| match p.ip() {
+                    std::net::IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                        Some(v4) => SocketAddr::new(v4.into(), p.port()).to_string(),
+                        None => p.to_string(),
+                    },
+                    _ => p.to_string(),
+                })
+                .unwrap_or_default();
+            if let Some(b) = banner {
+                let _ = stream.write_all(format!("{b} {peer}\n").as_bytes());
+            }
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match stream.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if stream.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            let _ = stream.shutdown(Shutdown::Write);
+        });
+    }
+}
+
+fn udp_echo(addr: SocketAddr) {
+    let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    println!(
+        "{}",
+        json!({"event": "ready", "addr": sock.local_addr().unwrap().to_string()})
+    );
+    std::io::stdout().flush().ok();
+    let mut buf = [0u8; 1500];
+    while let Ok((n, from)) = sock.recv_from(&mut buf) {
+        let _ = sock.send_to(&buf[..n], from);
+    }
+}
+
+struct ClientOpts {
+    bind: Option<SocketAddr>,
+    hold: bool,
+    timeout: Duration,
+}
+
+fn error_kind(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => "refused",
+        std::io::ErrorKind::ConnectionReset => "reset",
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => "timeout",
+        std::io::ErrorKind::PermissionDenied => "denied",
+        _ => "other",
+    }
+}
+
+fn fail(stage: &str, e: &std::io::Error) -> serde_json::Value {
+    json!({"ok": false, "stage": stage, "error_kind": error_kind(e), "error": e.to_string()})
+}
+
+fn connect(to: SocketAddr, opts: &ClientOpts) -> std::io::Result<TcpStream> {
+    let Some(bind) = opts.bind else {
+        return TcpStream::connect_timeout(&to, opts.timeout);
+    };
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&bind.into())?;
+    socket.connect_timeout(&to.into(), opts.timeout)?;
+    Ok(socket.into())
+}
+
+/// Connects, optionally reads a banner line, sends `bytes` of pattern,
+/// half-closes, and checks the echo is exactly what was sent.
+fn client(to: SocketAddr, bytes: usize, opts: &ClientOpts) -> serde_json::Value {
+    let started = Instant::now();
+    let mut stream = match connect(to, opts) {
+        Ok(s) => s,
+        Err(e) => return fail("connect", &e),
+    };
+    let local = stream
+        .local_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let _ = stream.set_read_timeout(Some(opts.timeout.max(Duration::from_secs(10))));
+    if opts.hold {
+        println!("{}", json!({"event": "connected", "local": local}));
+        std::io::stdout().flush().ok();
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    }
+    let payload = pattern(bytes);
+    let writer = {
+        let mut w = match stream.try_clone() {
+            Ok(w) => w,
+            Err(e) => return fail("clone", &e),
+        };
+        let payload = payload.clone();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            w.write_all(&payload)?;
+            w.shutdown(Shutdown::Write)
+        })
+    };
+    let mut received = Vec::new();
+    let read = stream.read_to_end(&mut received);
+    let wrote = writer
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("writer panicked")));
+    if let Err(e) = read.and(wrote.map(|_| 0)) {
+        return fail("transfer", &e);
+    }
+    // An optional banner line precedes the echo.
+    let (banner, echo) = if received.len() > bytes {
+        let split = received.len() - bytes;
+        (
+            String::from_utf8_lossy(&received[..split])
+                .trim_end()
+                .to_string(),
+            &received[split..],
+        )
+    } else {
+        (String::new(), &received[..])
+    };
+    json!({
+        "ok": echo == payload.as_slice(),
+        "local": local,
+        "sent": bytes,
+        "received": echo.len(),
+        "banner": banner,
+        "echo_matches": echo == payload.as_slice(),
+        "ms": started.elapsed().as_millis() as u64,
+    })
+}
+
+fn udp_client(to: SocketAddr) -> serde_json::Value {
+    let bind: SocketAddr = if to.is_ipv6() {
+        "[::]:0".parse().unwrap()
+    } else {
+        "0.0.0.0:0".parse().unwrap()
+    };
+    let run = || -> std::io::Result<bool> {
+        let sock = UdpSocket::bind(bind)?;
+        sock.connect(to)?;
+        sock.set_read_timeout(Some(Duration::from_secs(2)))?;
+        sock.send(b"pillion-dns-like-query")?;
+        let mut buf = [0u8; 64];
+        let n = sock.recv(&mut buf)?;
+        Ok(&buf[..n] == b"pillion-dns-like-query")
+    };
+    match run() {
+        Ok(matched) => json!({"ok": matched}),
+        Err(e) => fail("udp", &e),
+    }
+}
+
+/// `count` sequential connections, `interval` apart; prints progress after
+/// each and a summary at the end.
+fn run_loop(to: SocketAddr, count: u64, interval: Duration, bytes: usize) {
+    let opts = ClientOpts {
+        bind: None,
+        hold: false,
+        timeout: Duration::from_secs(3),
+    };
+    let mut failures = 0u64;
+    let mut errors = Vec::new();
+    for i in 1..=count {
+        let result = client(to, bytes, &opts);
+        if result["ok"] != json!(true) {
+            failures += 1;
+            if errors.len() < 5 {
+                errors.push(result);
+            }
+        }
+        println!(
+            "{}",
+            json!({"event": "progress", "done": i, "failures": failures})
+        );
+        std::io::stdout().flush().ok();
+        std::thread::sleep(interval);
+    }
+    println!(
+        "{}",
+        json!({"event": "summary", "count": count, "failures": failures, "errors": errors})
+    );
+}
