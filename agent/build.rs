@@ -9,10 +9,7 @@ use std::path::PathBuf;
 
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
-    let workspace = manifest
-        .parent()
-        .expect("agent/ lives in the workspace")
-        .to_path_buf();
+    let workspace = manifest.parent().expect("agent/ lives in the workspace").to_path_buf();
     for input in build_ebpf::inputs(&workspace) {
         println!("cargo:rerun-if-changed={}", input.display());
     }
@@ -21,6 +18,5 @@ fn main() {
         Ok(object) => object,
         Err(message) => panic!("{message}"),
     };
-    std::fs::copy(&object, out.join(build_ebpf::OBJECT_NAME))
-        .expect("copy the kernel object into OUT_DIR");
+    std::fs::copy(&object, out.join(build_ebpf::OBJECT_NAME)).expect("copy the kernel object into OUT_DIR");
 }

@@ -25,35 +25,22 @@ pub fn build(workspace: &Path) -> Result<PathBuf, String> {
         .arg(&target_dir)
         .current_dir(&crate_dir)
         .env_clear();
-    for var in [
-        "PATH",
-        "HOME",
-        "CARGO_HOME",
-        "RUSTUP_HOME",
-        "TERM",
-        "TMPDIR",
-    ] {
+    for var in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "TERM", "TMPDIR"] {
         if let Some(value) = std::env::var_os(var) {
             cmd.env(var, value);
         }
     }
-    let status = cmd.status().map_err(|e| {
-        format!("cannot run rustup ({e}); install rustup and run `cargo xtask setup`")
-    })?;
+    let status =
+        cmd.status().map_err(|e| format!("cannot run rustup ({e}); install rustup and run `cargo xtask setup`"))?;
     if !status.success() {
         return Err(format!(
             "building the kernel programs failed ({status}); `cargo xtask setup` installs \
              the nightly rust-src component and bpf-linker they need"
         ));
     }
-    let object = target_dir
-        .join("bpfel-unknown-none/release")
-        .join(OBJECT_NAME);
+    let object = target_dir.join("bpfel-unknown-none/release").join(OBJECT_NAME);
     if !object.is_file() {
-        return Err(format!(
-            "the kernel build produced no object at {}",
-            object.display()
-        ));
+        return Err(format!("the kernel build produced no object at {}", object.display()));
     }
     Ok(object)
 }

@@ -37,10 +37,7 @@ pub struct ConnRecord<'a> {
 }
 
 pub fn log(rec: &ConnRecord<'_>) {
-    let dst = rec
-        .dst
-        .map(|d| d.to_string())
-        .unwrap_or_else(|| "unknown".into());
+    let dst = rec.dst.map(|d| d.to_string()).unwrap_or_else(|| "unknown".into());
     let duration = format!("{}ms", rec.duration.as_millis());
     let (src_workload, src_namespace, dst_workload, dst_namespace) = match rec.direction {
         Direction::Outbound => (rec.pod_name, rec.pod_namespace, "", ""),

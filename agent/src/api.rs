@@ -79,12 +79,7 @@ impl ApiState {
             },
             pods: self.registry.list(),
             counters: self.counters.snapshot(),
-            kernel: self
-                .kernel
-                .stats()
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
+            kernel: self.kernel.stats().into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
             links: self.kernel.link_ids(),
         }
     }
@@ -98,26 +93,16 @@ impl ApiState {
         // Enrolment binds sockets from a helper thread: keep it off the
         // async workers.
         let outcome = tokio::task::spawn_blocking(move || match request {
-            Request::Enrol { pod } => this
-                .registry
-                .enrol(pod)
-                .map(|s| to_value(&s))
-                .map_err(|e| e.to_string()),
-            Request::Unenrol { namespace, name } => this
-                .registry
-                .unenrol(&namespace, &name)
-                .map(|()| serde_json::Value::Null)
-                .map_err(|e| e.to_string()),
+            Request::Enrol { pod } => this.registry.enrol(pod).map(|s| to_value(&s)).map_err(|e| e.to_string()),
+            Request::Unenrol { namespace, name } => {
+                this.registry.unenrol(&namespace, &name).map(|()| serde_json::Value::Null).map_err(|e| e.to_string())
+            }
             Request::List => Ok(to_value(&this.registry.list())),
             Request::Status => Ok(to_value(&this.status())),
         })
         .await;
         match outcome {
-            Ok(Ok(result)) => Reply {
-                ok: true,
-                error: None,
-                result,
-            },
+            Ok(Ok(result)) => Reply { ok: true, error: None, result },
             Ok(Err(e)) => refuse(e),
             Err(e) => refuse(format!("internal error: {e}")),
         }
@@ -129,11 +114,7 @@ fn to_value<T: Serialize>(v: &T) -> serde_json::Value {
 }
 
 fn refuse(error: String) -> Reply {
-    Reply {
-        ok: false,
-        error: Some(error),
-        result: serde_json::Value::Null,
-    }
+    Reply { ok: false, error: Some(error), result: serde_json::Value::Null }
 }
 
 /// Binds the API socket, replacing a stale one (a predecessor agent's path is
@@ -187,10 +168,7 @@ pub async fn serve(listener: UnixListener, state: Arc<ApiState>, mut drain: Drai
     }
 }
 
-async fn write_reply(
-    write: &mut tokio::net::unix::OwnedWriteHalf,
-    reply: &Reply,
-) -> std::io::Result<()> {
+async fn write_reply(write: &mut tokio::net::unix::OwnedWriteHalf, reply: &Reply) -> std::io::Result<()> {
     let mut bytes = serde_json::to_vec(reply)?;
     bytes.push(b'\n');
     write.write_all(&bytes).await
@@ -209,10 +187,8 @@ impl Client {
     /// Sends one raw line and returns the raw reply (tests use it for
     /// malformed input).
     pub fn call_raw(&self, line: &str) -> Result<Reply, ApiError> {
-        let stream = UnixStream::connect(&self.path).map_err(|source| ApiError::Connect {
-            path: self.path.clone(),
-            source,
-        })?;
+        let stream =
+            UnixStream::connect(&self.path).map_err(|source| ApiError::Connect { path: self.path.clone(), source })?;
         stream.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut writer = stream.try_clone()?;
         writer.write_all(line.as_bytes())?;
@@ -224,11 +200,7 @@ impl Client {
 
     pub fn call(&self, request: &Request) -> Result<serde_json::Value, ApiError> {
         let reply = self.call_raw(&serde_json::to_string(request)?)?;
-        if reply.ok {
-            Ok(reply.result)
-        } else {
-            Err(ApiError::Refused(reply.error.unwrap_or_default()))
-        }
+        if reply.ok { Ok(reply.result) } else { Err(ApiError::Refused(reply.error.unwrap_or_default())) }
     }
 
     pub fn status(&self) -> Result<Status, ApiError> {
@@ -242,15 +214,8 @@ mod tests {
 
     #[test]
     fn requests_have_a_stable_wire_form() {
-        let r: Request =
-            serde_json::from_str(r#"{"op":"unenrol","namespace":"a","name":"b"}"#).unwrap();
-        assert_eq!(
-            r,
-            Request::Unenrol {
-                namespace: "a".into(),
-                name: "b".into()
-            }
-        );
+        let r: Request = serde_json::from_str(r#"{"op":"unenrol","namespace":"a","name":"b"}"#).unwrap();
+        assert_eq!(r, Request::Unenrol { namespace: "a".into(), name: "b".into() });
         assert!(serde_json::from_str::<Request>(r#"{"op":"explode"}"#).is_err());
         assert!(serde_json::from_str::<Request>(r#"{"op":"list","extra":1}"#).is_err());
     }

@@ -21,20 +21,12 @@ pub struct Trigger {
 }
 
 /// Held by a connection while it is being served.
-pub struct InflightGuard(
-    #[expect(dead_code, reason = "held for its Drop")] tokio::sync::OwnedSemaphorePermit,
-);
+pub struct InflightGuard(#[expect(dead_code, reason = "held for its Drop")] tokio::sync::OwnedSemaphorePermit);
 
 pub fn new() -> (Trigger, Drain) {
     let (tx, rx) = watch::channel(false);
     let inflight = Arc::new(Semaphore::new(MAX_INFLIGHT as usize));
-    (
-        Trigger {
-            stop: tx,
-            inflight: inflight.clone(),
-        },
-        Drain { stop: rx, inflight },
-    )
+    (Trigger { stop: tx, inflight: inflight.clone() }, Drain { stop: rx, inflight })
 }
 
 impl Drain {
@@ -48,11 +40,7 @@ impl Drain {
     }
 
     pub fn guard(&self) -> InflightGuard {
-        let permit = self
-            .inflight
-            .clone()
-            .try_acquire_owned()
-            .expect("fewer than 2^20 connections in flight");
+        let permit = self.inflight.clone().try_acquire_owned().expect("fewer than 2^20 connections in flight");
         InflightGuard(permit)
     }
 }

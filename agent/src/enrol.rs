@@ -59,9 +59,7 @@ impl Registry {
         Self {
             kernel,
             state,
-            cgroup_root: cgroup_root
-                .canonicalize()
-                .unwrap_or_else(|_| cgroup_root.to_path_buf()),
+            cgroup_root: cgroup_root.canonicalize().unwrap_or_else(|_| cgroup_root.to_path_buf()),
             host_netns: match Netns::open(host_netns) {
                 Ok(n) => Some(n),
                 Err(e) => {
@@ -86,26 +84,16 @@ impl Registry {
         }
         let netns = self.open_pod_netns(&spec.netns)?;
         if let Some(other) = pods.values().find(|p| p.netns.same_as(&netns)) {
-            return Err(EnrolError::NetnsInUse {
-                netns: spec.netns.clone(),
-                pod: other.spec.key(),
-            });
+            return Err(EnrolError::NetnsInUse { netns: spec.netns.clone(), pod: other.spec.key() });
         }
         if let Some(cgroup) = &spec.cgroup {
             let resolved = cgroup.canonicalize().unwrap_or_else(|_| cgroup.clone());
             if !resolved.is_dir() || !resolved.starts_with(&self.cgroup_root) {
-                return Err(EnrolError::CgroupOutsideRoot {
-                    cgroup: cgroup.clone(),
-                    root: self.cgroup_root.clone(),
-                });
+                return Err(EnrolError::CgroupOutsideRoot { cgroup: cgroup.clone(), root: self.cgroup_root.clone() });
             }
         }
         let cookie = netns.cookie().map_err(EnrolError::InPod)?;
-        let record = PodRecord {
-            spec: spec.clone(),
-            netns_cookie: cookie,
-            netns_inode: netns.inode(),
-        };
+        let record = PodRecord { spec: spec.clone(), netns_cookie: cookie, netns_inode: netns.inode() };
         let pod = self.attach(spec, netns, cookie)?;
         if let Err(e) = self.state.save(&record) {
             self.detach(&pod);
@@ -131,12 +119,7 @@ impl Registry {
             let still_there = Netns::open(&record.spec.netns)
                 .ok()
                 .filter(|n| n.inode() == record.netns_inode)
-                .and_then(|n| {
-                    n.cookie()
-                        .ok()
-                        .filter(|c| *c == record.netns_cookie)
-                        .map(|_| n)
-                });
+                .and_then(|n| n.cookie().ok().filter(|c| *c == record.netns_cookie).map(|_| n));
             let Some(netns) = still_there else {
                 tracing::warn!(pod = %key, "enrolled pod's netns is gone; cleaning up its enrolment");
                 let _ = self.kernel.unenrol_netns(record.netns_cookie);
@@ -161,9 +144,7 @@ impl Registry {
     pub fn unenrol(&self, namespace: &str, name: &str) -> Result<(), EnrolError> {
         let key = format!("{namespace}/{name}");
         let mut pods = self.pods.lock().expect("registry lock");
-        let pod = pods
-            .remove(&key)
-            .ok_or_else(|| EnrolError::NotEnrolled(key.clone()))?;
+        let pod = pods.remove(&key).ok_or_else(|| EnrolError::NotEnrolled(key.clone()))?;
         self.detach(&pod);
         self.state.remove(&pod.spec).map_err(EnrolError::State)?;
         tracing::info!(pod = %key, "pod unenrolled");
@@ -171,21 +152,13 @@ impl Registry {
     }
 
     pub fn list(&self) -> Vec<PodStatus> {
-        self.pods
-            .lock()
-            .expect("registry lock")
-            .values()
-            .map(|p| status_of(p))
-            .collect()
+        self.pods.lock().expect("registry lock").values().map(|p| status_of(p)).collect()
     }
 
     fn open_pod_netns(&self, path: &Path) -> Result<Netns, EnrolError> {
         let netns = Netns::open(path).map_err(|source| match source.kind() {
             std::io::ErrorKind::InvalidInput => EnrolError::NotANetns(path.to_path_buf()),
-            _ => EnrolError::NetnsMissing {
-                path: path.to_path_buf(),
-                source,
-            },
+            _ => EnrolError::NetnsMissing { path: path.to_path_buf(), source },
         })?;
         if self.host_netns.as_ref().is_some_and(|h| h.same_as(&netns)) {
             return Err(EnrolError::HostNetns(path.to_path_buf()));
@@ -199,12 +172,7 @@ impl Registry {
     /// Binds the pod's listeners and programs the kernel for it, in the order
     /// that never exposes a gap: inbound listeners and sk_lookup first, then
     /// outbound capture (the `ENROLLED` entry) last.
-    fn attach(
-        &self,
-        spec: PodSpec,
-        netns: Netns,
-        cookie: u64,
-    ) -> Result<Arc<PodContext>, EnrolError> {
+    fn attach(&self, spec: PodSpec, netns: Netns, cookie: u64) -> Result<Arc<PodContext>, EnrolError> {
         let listeners = PodListeners::bind(&netns).map_err(EnrolError::InPod)?;
         self.refresh_node_addrs();
         let mut added: Vec<IpAddr> = Vec::new();
@@ -230,15 +198,8 @@ impl Registry {
             undo(&added);
             return Err(e.into());
         }
-        let flags = if listeners.outbound_v6.is_some() {
-            POD_FLAG_OUTBOUND_V6
-        } else {
-            0
-        };
-        if let Err(e) = self
-            .kernel
-            .enrol_netns(cookie, PodConfig { flags, _pad: 0 })
-        {
+        let flags = if listeners.outbound_v6.is_some() { POD_FLAG_OUTBOUND_V6 } else { 0 };
+        if let Err(e) = self.kernel.enrol_netns(cookie, PodConfig { flags, _pad: 0 }) {
             let _ = self.kernel.detach_sk_lookup(&spec.file_name());
             undo(&added);
             return Err(e.into());
@@ -297,11 +258,7 @@ impl Registry {
 }
 
 fn status_of(pod: &PodContext) -> PodStatus {
-    PodStatus {
-        pod: pod.spec.clone(),
-        netns_cookie: pod.cookie,
-        counters: pod.counters.snapshot(),
-    }
+    PodStatus { pod: pod.spec.clone(), netns_cookie: pod.cookie, counters: pod.counters.snapshot() }
 }
 
 /// Starts the pod's accept loops.
@@ -309,19 +266,11 @@ fn serve(pod: &Arc<PodContext>, listeners: PodListeners) -> std::io::Result<()> 
     let tokio_listener = tokio::net::TcpListener::from_std;
     let outbound = [Some(listeners.outbound_v4), listeners.outbound_v6];
     for l in outbound.into_iter().flatten() {
-        tokio::spawn(proxy::accept_loop(
-            pod.clone(),
-            tokio_listener(l)?,
-            proxy::outbound::handle,
-        ));
+        tokio::spawn(proxy::accept_loop(pod.clone(), tokio_listener(l)?, proxy::outbound::handle));
     }
     let inbound = [Some(listeners.inbound_v4), listeners.inbound_v6];
     for l in inbound.into_iter().flatten() {
-        tokio::spawn(proxy::accept_loop(
-            pod.clone(),
-            tokio_listener(l)?,
-            proxy::inbound::handle,
-        ));
+        tokio::spawn(proxy::accept_loop(pod.clone(), tokio_listener(l)?, proxy::inbound::handle));
     }
     Ok(())
 }

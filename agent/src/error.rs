@@ -19,9 +19,7 @@ pub enum KernelError {
         "loading the kernel programs failed: {0}; the agent needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON) and a kernel with BTF"
     )]
     Load(#[source] aya::EbpfError),
-    #[error(
-        "kernel program {name}: {message}; the agent needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)"
-    )]
+    #[error("kernel program {name}: {message}; the agent needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)")]
     Program { name: String, message: String },
     #[error("kernel map {name}: {message}")]
     Map { name: String, message: String },
@@ -42,25 +40,17 @@ pub enum EnrolError {
     NotEnrolled(String),
     #[error("netns path {path} cannot be opened ({source}); check the pod's sandbox still exists")]
     NetnsMissing { path: PathBuf, source: io::Error },
-    #[error(
-        "{0} is not a network namespace (expected a file like /proc/<pid>/ns/net or /var/run/netns/<name>)"
-    )]
+    #[error("{0} is not a network namespace (expected a file like /proc/<pid>/ns/net or /var/run/netns/<name>)")]
     NotANetns(PathBuf),
     #[error("{0} is the host's network namespace: host-network pods cannot be captured per pod")]
     HostNetns(PathBuf),
-    #[error(
-        "{0} is the agent's own network namespace; enrolling it would capture the agent itself"
-    )]
+    #[error("{0} is the agent's own network namespace; enrolling it would capture the agent itself")]
     AgentNetns(PathBuf),
-    #[error(
-        "the pod's cgroup {cgroup} is outside the capture root {root}; its sockets would never be captured"
-    )]
+    #[error("the pod's cgroup {cgroup} is outside the capture root {root}; its sockets would never be captured")]
     CgroupOutsideRoot { cgroup: PathBuf, root: PathBuf },
     #[error("pod {0} has no IP addresses; pass at least one --ip")]
     NoIps(String),
-    #[error(
-        "invalid pod name or namespace {0:?}: use DNS-1123 labels (lowercase letters, digits, '-')"
-    )]
+    #[error("invalid pod name or namespace {0:?}: use DNS-1123 labels (lowercase letters, digits, '-')")]
     BadName(String),
     #[error("inside the pod's netns: {0}")]
     InPod(#[source] io::Error),
@@ -73,9 +63,7 @@ pub enum EnrolError {
 /// The local API (Unix socket) as seen by a client.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error(
-        "cannot reach the agent at {path} ({source}); is `pillion-agent run` running for this node?"
-    )]
+    #[error("cannot reach the agent at {path} ({source}); is `pillion-agent run` running for this node?")]
     Connect { path: PathBuf, source: io::Error },
     #[error("talking to the agent: {0}")]
     Io(#[from] io::Error),

@@ -60,17 +60,11 @@ pub struct Kernel {
 }
 
 fn map_err(name: &str) -> impl Fn(aya::maps::MapError) -> KernelError + '_ {
-    move |e| KernelError::Map {
-        name: name.to_string(),
-        message: e.to_string(),
-    }
+    move |e| KernelError::Map { name: name.to_string(), message: e.to_string() }
 }
 
 fn prog_err(name: &str) -> impl Fn(aya::programs::ProgramError) -> KernelError + '_ {
-    move |e| KernelError::Program {
-        name: name.to_string(),
-        message: e.to_string(),
-    }
+    move |e| KernelError::Program { name: name.to_string(), message: e.to_string() }
 }
 
 impl Kernel {
@@ -104,41 +98,20 @@ impl Kernel {
         };
         let sk_path = pins.prog(names::PROG_SK_LOOKUP);
         let sk_lookup = SkLookup::from_pin(&sk_path).map_err(prog_err(names::PROG_SK_LOOKUP))?;
-        let program_id = sk_lookup
-            .info()
-            .map_err(prog_err(names::PROG_SK_LOOKUP))?
-            .id();
+        let program_id = sk_lookup.info().map_err(prog_err(names::PROG_SK_LOOKUP))?.id();
         Ok(Kernel {
             origin,
             sk_lookup: Mutex::new(sk_lookup),
-            enrolled: Mutex::new(
-                open_map(names::MAP_ENROLLED)?
-                    .try_into()
-                    .map_err(map_err(names::MAP_ENROLLED))?,
-            ),
+            enrolled: Mutex::new(open_map(names::MAP_ENROLLED)?.try_into().map_err(map_err(names::MAP_ENROLLED))?),
             exempt: Mutex::new(
-                open_map(names::MAP_EXEMPT_CGROUPS)?
-                    .try_into()
-                    .map_err(map_err(names::MAP_EXEMPT_CGROUPS))?,
+                open_map(names::MAP_EXEMPT_CGROUPS)?.try_into().map_err(map_err(names::MAP_EXEMPT_CGROUPS))?,
             ),
-            orig_dst: Mutex::new(
-                open_map(names::MAP_ORIG_DST)?
-                    .try_into()
-                    .map_err(map_err(names::MAP_ORIG_DST))?,
-            ),
+            orig_dst: Mutex::new(open_map(names::MAP_ORIG_DST)?.try_into().map_err(map_err(names::MAP_ORIG_DST))?),
             node_addrs: Mutex::new(
-                open_map(names::MAP_NODE_ADDRS)?
-                    .try_into()
-                    .map_err(map_err(names::MAP_NODE_ADDRS))?,
+                open_map(names::MAP_NODE_ADDRS)?.try_into().map_err(map_err(names::MAP_NODE_ADDRS))?,
             ),
-            inbound: Mutex::new(
-                open_map(names::MAP_INBOUND)?
-                    .try_into()
-                    .map_err(map_err(names::MAP_INBOUND))?,
-            ),
-            stats: open_map(names::MAP_STATS)?
-                .try_into()
-                .map_err(map_err(names::MAP_STATS))?,
+            inbound: Mutex::new(open_map(names::MAP_INBOUND)?.try_into().map_err(map_err(names::MAP_INBOUND))?),
+            stats: open_map(names::MAP_STATS)?.try_into().map_err(map_err(names::MAP_STATS))?,
             pins,
             program_id,
         })
@@ -160,14 +133,12 @@ impl Kernel {
 
     pub fn exempt_cgroup(&self, id: u64) -> Result<(), KernelError> {
         let mut map = self.exempt.lock().expect("map lock");
-        map.insert(id, 1, 0)
-            .map_err(map_err(names::MAP_EXEMPT_CGROUPS))
+        map.insert(id, 1, 0).map_err(map_err(names::MAP_EXEMPT_CGROUPS))
     }
 
     pub fn enrol_netns(&self, cookie: u64, config: PodConfig) -> Result<(), KernelError> {
         let mut map = self.enrolled.lock().expect("map lock");
-        map.insert(cookie, config, 0)
-            .map_err(map_err(names::MAP_ENROLLED))
+        map.insert(cookie, config, 0).map_err(map_err(names::MAP_ENROLLED))
     }
 
     pub fn unenrol_netns(&self, cookie: u64) -> Result<(), KernelError> {
@@ -194,17 +165,12 @@ impl Kernel {
     pub fn set_node_addrs(&self, addrs: &[IpAddr]) -> Result<(), KernelError> {
         let mut map = self.node_addrs.lock().expect("map lock");
         let wanted: Vec<IpKey> = addrs.iter().map(|ip| addr::ip_key(*ip)).collect();
-        let stale: Vec<IpKey> = map
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| !wanted.contains(k))
-            .collect();
+        let stale: Vec<IpKey> = map.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
         for key in stale {
             let _ = map.remove(&key);
         }
         for key in wanted {
-            map.insert(key, 1, 0)
-                .map_err(map_err(names::MAP_NODE_ADDRS))?;
+            map.insert(key, 1, 0).map_err(map_err(names::MAP_NODE_ADDRS))?;
         }
         Ok(())
     }
@@ -212,16 +178,11 @@ impl Kernel {
     /// Points inbound traffic for `ip` at `listener` (the pod's 15006).
     pub fn set_inbound(&self, ip: IpAddr, listener: &impl AsRawFd) -> Result<(), KernelError> {
         let mut map = self.inbound.lock().expect("map lock");
-        map.insert(addr::ip_key(ip), listener.as_raw_fd(), 0)
-            .map_err(map_err(names::MAP_INBOUND))
+        map.insert(addr::ip_key(ip), listener.as_raw_fd(), 0).map_err(map_err(names::MAP_INBOUND))
     }
 
     pub fn remove_inbound(&self, ip: IpAddr) {
-        let _ = self
-            .inbound
-            .lock()
-            .expect("map lock")
-            .remove(&addr::ip_key(ip));
+        let _ = self.inbound.lock().expect("map lock").remove(&addr::ip_key(ip));
     }
 
     /// Attaches sk_lookup to a pod's netns and pins the link as `pods/<name>`.
@@ -232,22 +193,12 @@ impl Kernel {
             return Ok(id);
         }
         let mut prog = self.sk_lookup.lock().expect("program lock");
-        let file = File::open(netns.path()).map_err(|source| KernelError::Open {
-            path: netns.path().into(),
-            source,
-        })?;
-        let id = prog
-            .attach(&file)
-            .map_err(prog_err(names::PROG_SK_LOOKUP))?;
-        let link: FdLink = prog
-            .take_link(id)
-            .map_err(prog_err(names::PROG_SK_LOOKUP))?
-            .into();
+        let file =
+            File::open(netns.path()).map_err(|source| KernelError::Open { path: netns.path().into(), source })?;
+        let id = prog.attach(&file).map_err(prog_err(names::PROG_SK_LOOKUP))?;
+        let link: FdLink = prog.take_link(id).map_err(prog_err(names::PROG_SK_LOOKUP))?.into();
         let link_id = link.info().map(|i| i.id()).unwrap_or_default();
-        link.pin(&path).map_err(|e| KernelError::Pin {
-            path: path.clone(),
-            message: e.to_string(),
-        })?;
+        link.pin(&path).map_err(|e| KernelError::Pin { path: path.clone(), message: e.to_string() })?;
         Ok(link_id)
     }
 
@@ -282,24 +233,13 @@ impl Kernel {
     pub fn stats(&self) -> BTreeMap<&'static str, u64> {
         let names = [
             (stat::CONNECT_REDIRECTED, "connect_redirected"),
-            (
-                stat::CONNECT_NO_V6_LISTENER,
-                "connect_refused_no_v6_listener",
-            ),
+            (stat::CONNECT_NO_V6_LISTENER, "connect_refused_no_v6_listener"),
             (stat::ORIG_DST_RECORDED, "orig_dst_recorded"),
             (stat::INBOUND_STEERED, "inbound_steered"),
             (stat::INBOUND_DROPPED, "inbound_dropped"),
             (stat::INBOUND_PROBE_PASSED, "inbound_probe_passed"),
         ];
-        names
-            .into_iter()
-            .map(|(i, n)| {
-                (
-                    n,
-                    self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0),
-                )
-            })
-            .collect()
+        names.into_iter().map(|(i, n)| (n, self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))).collect()
     }
 }
 
@@ -307,72 +247,44 @@ impl Kernel {
 /// link pins from a half-finished earlier install are replaced; pinned maps
 /// (and so the enrolled pods) are reused.
 fn install(pins: &PinLayout, cgroup_root: &Path) -> Result<(), KernelError> {
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(pins.maps_dir())
-        .load(OBJECT)
-        .map_err(KernelError::Load)?;
+    let mut ebpf =
+        EbpfLoader::new().default_map_pin_directory(pins.maps_dir()).load(OBJECT).map_err(KernelError::Load)?;
     for name in pins::PROGRAMS {
         remove_pin(&pins.prog(name))?;
     }
     for name in pins::CGROUP_LINKS {
         remove_pin(&pins.link(name))?;
     }
-    let cgroup = File::open(cgroup_root).map_err(|source| KernelError::Open {
-        path: cgroup_root.into(),
-        source,
-    })?;
-    let pin_err = |path: PathBuf| {
-        move |e: aya::pin::PinError| KernelError::Pin {
-            path: path.clone(),
-            message: e.to_string(),
-        }
-    };
+    let cgroup = File::open(cgroup_root).map_err(|source| KernelError::Open { path: cgroup_root.into(), source })?;
+    let pin_err =
+        |path: PathBuf| move |e: aya::pin::PinError| KernelError::Pin { path: path.clone(), message: e.to_string() };
 
-    for (prog_name, link_name) in [
-        (names::PROG_CONNECT4, "connect4"),
-        (names::PROG_CONNECT6, "connect6"),
-    ] {
+    for (prog_name, link_name) in [(names::PROG_CONNECT4, "connect4"), (names::PROG_CONNECT6, "connect6")] {
         let prog: &mut CgroupSockAddr = program(&mut ebpf, prog_name)?;
         prog.load().map_err(prog_err(prog_name))?;
-        prog.pin(pins.prog(prog_name))
-            .map_err(pin_err(pins.prog(prog_name)))?;
-        let id = prog
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(prog_err(prog_name))?;
+        prog.pin(pins.prog(prog_name)).map_err(pin_err(pins.prog(prog_name)))?;
+        let id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(prog_err(prog_name))?;
         let link: FdLink = prog
             .take_link(id)
             .map_err(prog_err(prog_name))?
             .try_into()
-            .map_err(|e: LinkError| KernelError::Program {
-                name: prog_name.into(),
-                message: e.to_string(),
-            })?;
-        link.pin(pins.link(link_name))
-            .map_err(pin_err(pins.link(link_name)))?;
+            .map_err(|e: LinkError| KernelError::Program { name: prog_name.into(), message: e.to_string() })?;
+        link.pin(pins.link(link_name)).map_err(pin_err(pins.link(link_name)))?;
     }
 
     let prog: &mut SockOps = program(&mut ebpf, names::PROG_SOCKOPS)?;
     prog.load().map_err(prog_err(names::PROG_SOCKOPS))?;
-    prog.pin(pins.prog(names::PROG_SOCKOPS))
-        .map_err(pin_err(pins.prog(names::PROG_SOCKOPS)))?;
-    let id = prog
-        .attach(&cgroup, CgroupAttachMode::Single)
-        .map_err(prog_err(names::PROG_SOCKOPS))?;
-    let link: FdLink = prog
-        .take_link(id)
-        .map_err(prog_err(names::PROG_SOCKOPS))?
-        .try_into()
-        .map_err(|e: LinkError| KernelError::Program {
-            name: names::PROG_SOCKOPS.into(),
-            message: e.to_string(),
+    prog.pin(pins.prog(names::PROG_SOCKOPS)).map_err(pin_err(pins.prog(names::PROG_SOCKOPS)))?;
+    let id = prog.attach(&cgroup, CgroupAttachMode::Single).map_err(prog_err(names::PROG_SOCKOPS))?;
+    let link: FdLink =
+        prog.take_link(id).map_err(prog_err(names::PROG_SOCKOPS))?.try_into().map_err(|e: LinkError| {
+            KernelError::Program { name: names::PROG_SOCKOPS.into(), message: e.to_string() }
         })?;
-    link.pin(pins.link("sockops"))
-        .map_err(pin_err(pins.link("sockops")))?;
+    link.pin(pins.link("sockops")).map_err(pin_err(pins.link("sockops")))?;
 
     let prog: &mut SkLookup = program(&mut ebpf, names::PROG_SK_LOOKUP)?;
     prog.load().map_err(prog_err(names::PROG_SK_LOOKUP))?;
-    prog.pin(pins.prog(names::PROG_SK_LOOKUP))
-        .map_err(pin_err(pins.prog(names::PROG_SK_LOOKUP)))?;
+    prog.pin(pins.prog(names::PROG_SK_LOOKUP)).map_err(pin_err(pins.prog(names::PROG_SK_LOOKUP)))?;
     // Dropping `ebpf` now releases our fds; the pins keep everything alive.
     Ok(())
 }
@@ -380,20 +292,16 @@ fn install(pins: &PinLayout, cgroup_root: &Path) -> Result<(), KernelError> {
 /// Loads the object without attaching anything, its maps pinned under
 /// `map_dir` (a scratch directory on bpffs). For `BPF_PROG_TEST_RUN` tests.
 pub fn load_detached(map_dir: &Path) -> Result<aya::Ebpf, KernelError> {
-    EbpfLoader::new()
-        .default_map_pin_directory(map_dir)
-        .load(OBJECT)
-        .map_err(KernelError::Load)
+    EbpfLoader::new().default_map_pin_directory(map_dir).load(OBJECT).map_err(KernelError::Load)
 }
 
 fn program<'a, T>(ebpf: &'a mut aya::Ebpf, name: &str) -> Result<&'a mut T, KernelError>
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
 {
-    let prog = ebpf.program_mut(name).ok_or_else(|| KernelError::Program {
-        name: name.into(),
-        message: "missing from the object".into(),
-    })?;
+    let prog = ebpf
+        .program_mut(name)
+        .ok_or_else(|| KernelError::Program { name: name.into(), message: "missing from the object".into() })?;
     prog.try_into().map_err(prog_err(name))
 }
 
@@ -401,10 +309,7 @@ fn remove_pin(path: &Path) -> Result<(), KernelError> {
     match std::fs::remove_file(path) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(KernelError::Pin {
-            path: path.into(),
-            message: e.to_string(),
-        }),
+        Err(e) => Err(KernelError::Pin { path: path.into(), message: e.to_string() }),
     }
 }
 
@@ -422,12 +327,7 @@ pub fn unpin_all(pins: &PinLayout) -> Result<(), KernelError> {
     if !pins.root().exists() {
         return Ok(());
     }
-    for dir in [
-        pins.pods_dir(),
-        pins.links_dir(),
-        pins.progs_dir(),
-        pins.maps_dir(),
-    ] {
+    for dir in [pins.pods_dir(), pins.links_dir(), pins.progs_dir(), pins.maps_dir()] {
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.flatten() {
                 remove_pin(&entry.path())?;
@@ -435,10 +335,8 @@ pub fn unpin_all(pins: &PinLayout) -> Result<(), KernelError> {
         }
         let _ = std::fs::remove_dir(&dir);
     }
-    std::fs::remove_dir(pins.root()).map_err(|e| KernelError::Pin {
-        path: pins.root().into(),
-        message: e.to_string(),
-    })?;
+    std::fs::remove_dir(pins.root())
+        .map_err(|e| KernelError::Pin { path: pins.root().into(), message: e.to_string() })?;
     let _ = std::fs::remove_dir(pins.root().parent().unwrap_or(pins.root()));
     Ok(())
 }

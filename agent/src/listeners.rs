@@ -49,11 +49,7 @@ impl PodListeners {
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        None,
-    )?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), None)?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }

@@ -12,11 +12,7 @@ use pillion_agent::{
 };
 
 #[derive(Parser)]
-#[command(
-    name = "pillion-agent",
-    version,
-    about = "Pillion's per-node mesh agent"
-)]
+#[command(name = "pillion-agent", version, about = "Pillion's per-node mesh agent")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -76,36 +72,17 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => {
             run::init_logging(args.log_format);
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build();
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
             match runtime {
                 Ok(rt) => rt.block_on(run::run(args)),
                 Err(e) => Err(e.into()),
             }
         }
-        Command::Enrol {
-            node,
-            name,
-            namespace,
-            netns,
-            ips,
-            cgroup,
-        } => {
-            let pod = PodSpec {
-                name,
-                namespace,
-                netns,
-                ips,
-                cgroup,
-            };
+        Command::Enrol { node, name, namespace, netns, ips, cgroup } => {
+            let pod = PodSpec { name, namespace, netns, ips, cgroup };
             call(&node, &Request::Enrol { pod })
         }
-        Command::Unenrol {
-            node,
-            name,
-            namespace,
-        } => call(&node, &Request::Unenrol { namespace, name }),
+        Command::Unenrol { node, name, namespace } => call(&node, &Request::Unenrol { namespace, name }),
         Command::List { node } => call(&node, &Request::List),
         Command::Status { node } => call(&node, &Request::Status),
         Command::Reset { node } => reset(&node),
@@ -129,10 +106,7 @@ fn call(node: &NodeArgs, request: &Request) -> anyhow::Result<()> {
 
 fn reset(node: &NodeArgs) -> anyhow::Result<()> {
     if Client::new(node.api_socket()).status().is_ok() {
-        anyhow::bail!(
-            "an agent is running for node {}; stop it first (SIGTERM), then reset",
-            node.node
-        );
+        anyhow::bail!("an agent is running for node {}; stop it first (SIGTERM), then reset", node.node);
     }
     run::init_logging(LogFormat::Text);
     let pins = PinLayout::new(&node.bpffs, &node.node);

@@ -35,26 +35,17 @@ impl Netns {
         // SAFETY: ioctl with no argument on a valid fd.
         let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE) };
         if kind != libc::CLONE_NEWNET {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "not a network namespace",
-            ));
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a network namespace"));
         }
         let meta = file.metadata()?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            dev: meta.dev(),
-            ino: meta.ino(),
-            file,
-        })
+        Ok(Self { path: path.to_path_buf(), dev: meta.dev(), ino: meta.ino(), file })
     }
 
     /// The agent's own network namespace (opened once, at first use).
     pub fn own() -> &'static Netns {
         static OWN: OnceLock<Netns> = OnceLock::new();
         OWN.get_or_init(|| {
-            Netns::open(Path::new("/proc/thread-self/ns/net"))
-                .expect("the agent can open its own network namespace")
+            Netns::open(Path::new("/proc/thread-self/ns/net")).expect("the agent can open its own network namespace")
         })
     }
 
@@ -110,13 +101,7 @@ impl Netns {
         let domain = if v6 { libc::AF_INET6 } else { libc::AF_INET };
         self.enter(|| {
             // SAFETY: plain socket(2) call; the fd is owned right away.
-            let fd = unsafe {
-                libc::socket(
-                    domain,
-                    libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                    0,
-                )
-            };
+            let fd = unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -138,13 +123,7 @@ pub fn socket_netns_cookie(sock: &impl AsRawFd) -> io::Result<u64> {
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd, out-pointer and length for a u64 option.
     let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
+        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &mut len)
     };
     if rc != 0 {
         return Err(io::Error::last_os_error());

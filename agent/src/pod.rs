@@ -37,9 +37,7 @@ impl PodSpec {
         for label in [&self.name, &self.namespace] {
             let ok = !label.is_empty()
                 && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-');
             if !ok {
@@ -78,10 +76,7 @@ mod tests {
         for bad in ["", "Upper", "has.dot", "-lead", "trail-", "a/b"] {
             let mut s = spec();
             s.name = bad.into();
-            assert!(
-                matches!(s.validate(), Err(EnrolError::BadName(_))),
-                "{bad:?}"
-            );
+            assert!(matches!(s.validate(), Err(EnrolError::BadName(_))), "{bad:?}");
         }
         let mut s = spec();
         s.ips.clear();
@@ -90,10 +85,9 @@ mod tests {
 
     #[test]
     fn unknown_fields_are_rejected() {
-        let err = serde_json::from_str::<PodSpec>(
-            r#"{"name":"a","namespace":"b","netns":"/x","ips":[],"hostNetwork":true}"#,
-        )
-        .unwrap_err();
+        let err =
+            serde_json::from_str::<PodSpec>(r#"{"name":"a","namespace":"b","netns":"/x","ips":[],"hostNetwork":true}"#)
+                .unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
     }
 }

@@ -20,10 +20,7 @@ pub async fn dial_in(netns: &Netns, dst: SocketAddr, timeout: Duration) -> io::R
     socket.set_nodelay(true)?;
     match tokio::time::timeout(timeout, socket.connect(dst)).await {
         Ok(result) => result,
-        Err(_) => Err(io::Error::new(
-            io::ErrorKind::TimedOut,
-            format!("connect to {dst} timed out after {timeout:?}"),
-        )),
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect to {dst} timed out after {timeout:?}"))),
     }
 }
 
@@ -53,12 +50,7 @@ impl PodContext {
     /// first address.
     pub fn pod_ip_like(&self, like: SocketAddr) -> std::net::IpAddr {
         let want_v6 = crate::kernel::addr::canonical(like.ip()).is_ipv6();
-        self.spec
-            .ips
-            .iter()
-            .copied()
-            .find(|ip| ip.is_ipv6() == want_v6)
-            .unwrap_or(self.spec.ips[0])
+        self.spec.ips.iter().copied().find(|ip| ip.is_ipv6() == want_v6).unwrap_or(self.spec.ips[0])
     }
 
     fn bump(&self, pick: impl Fn(&crate::stats::Counters) -> &std::sync::atomic::AtomicU64) {
@@ -69,11 +61,8 @@ impl PodContext {
 
 /// Accepts on `listener` until shutdown or unenrol, handing each connection
 /// to `handle` on its own task.
-pub async fn accept_loop<F, Fut>(
-    pod: std::sync::Arc<PodContext>,
-    listener: tokio::net::TcpListener,
-    handle: F,
-) where
+pub async fn accept_loop<F, Fut>(pod: std::sync::Arc<PodContext>, listener: tokio::net::TcpListener, handle: F)
+where
     F: Fn(std::sync::Arc<PodContext>, TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {

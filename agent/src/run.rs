@@ -22,29 +22,20 @@ use crate::{
 pub fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("PILLION_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
     // `init` also routes the `log` crate (aya-log's output) into tracing.
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
     }
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
-        bail!(
-            "pillion-agent run needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON): run it as root"
-        );
+        bail!("pillion-agent run needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON): run it as root");
     }
     if let Some(dir) = &args.agent_cgroup {
-        mounts::join_cgroup(dir)
-            .with_context(|| format!("joining the agent cgroup {}", dir.display()))?;
+        mounts::join_cgroup(dir).with_context(|| format!("joining the agent cgroup {}", dir.display()))?;
     }
     // Pin down the agent's own netns before any thread enters a pod's.
     let own = Netns::own();
@@ -59,12 +50,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     let (trigger, drain) = drain::new();
     let counters = Arc::new(Counters::default());
-    let state = StateDir::new(&args.node.state_dir()).with_context(|| {
-        format!(
-            "creating the state directory {}",
-            args.node.state_dir().display()
-        )
-    })?;
+    let state = StateDir::new(&args.node.state_dir())
+        .with_context(|| format!("creating the state directory {}", args.node.state_dir().display()))?;
     let registry = Arc::new(Registry::new(
         kernel.clone(),
         state,
@@ -79,14 +66,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || registry.adopt_persisted()).await??
     };
     let api_path = args.node.api_socket();
-    let listener = api::bind(&api_path)
-        .with_context(|| format!("binding the API socket {}", api_path.display()))?;
-    let api_state = Arc::new(ApiState {
-        node: args.node.node.clone(),
-        registry,
-        kernel,
-        counters,
-    });
+    let listener = api::bind(&api_path).with_context(|| format!("binding the API socket {}", api_path.display()))?;
+    let api_state = Arc::new(ApiState { node: args.node.node.clone(), registry, kernel, counters });
     tokio::spawn(api::serve(listener, api_state, drain.clone()));
     tracing::info!(api = %api_path.display(), adopted, "ready");
 
@@ -99,10 +80,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Programs stay pinned: capture outlives the agent (fail closed).
     let left = trigger.drain(args.drain()).await;
     if left > 0 {
-        tracing::warn!(
-            connections = left,
-            "drain deadline reached; closing the rest"
-        );
+        tracing::warn!(connections = left, "drain deadline reached; closing the rest");
     }
     tracing::info!("stopped");
     Ok(())
@@ -114,9 +92,8 @@ fn spawn_kernel_logs(program_id: u32) {
         Ok(logger) => {
             tokio::spawn(async move {
                 // SAFETY: the logger owns its fd for as long as the AsyncFd lives.
-                let Ok(mut fd) = (unsafe {
-                    AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE)
-                }) else {
+                let Ok(mut fd) = (unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) })
+                else {
                     return;
                 };
                 while let Ok(mut guard) = fd.readable_mut().await {

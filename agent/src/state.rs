@@ -55,10 +55,7 @@ impl StateDir {
     pub fn load(&self) -> io::Result<(Vec<PodRecord>, Vec<(PathBuf, String)>)> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
-        let mut entries: Vec<_> = std::fs::read_dir(&self.pods)?
-            .flatten()
-            .map(|e| e.path())
-            .collect();
+        let mut entries: Vec<_> = std::fs::read_dir(&self.pods)?.flatten().map(|e| e.path()).collect();
         entries.sort();
         for path in entries {
             if path.extension().is_none_or(|e| e != "json") {

@@ -25,11 +25,7 @@ fn outbound_capture_keeps_the_destination_and_relays_exactly_over_v4_v6_and_mapp
         assert_ok(&result, &format!("1 MiB echo to {target}"));
         assert_eq!(result["received"], json!(MIB));
         let port = local_port(&result);
-        let src_ip = if expected_dst.is_ipv6() {
-            t.client.ip6.to_string()
-        } else {
-            t.client.ip4.to_string()
-        };
+        let src_ip = if expected_dst.is_ipv6() { t.client.ip6.to_string() } else { t.client.ip4.to_string() };
         let expected_src = SocketAddr::new(src_ip.parse().unwrap(), port).to_string();
         let line = t.agent.wait_access_log(&format!("outbound {target}"), |v| {
             v["direction"] == "outbound"
@@ -40,11 +36,7 @@ fn outbound_capture_keeps_the_destination_and_relays_exactly_over_v4_v6_and_mapp
         assert_eq!(line["bytes_recv"], json!(MIB), "{line}");
         assert_eq!(line["src.workload"], json!("client"));
         // Exactly one accept: the agent's own dial was not captured again.
-        assert_eq!(
-            counter(&t.agent, &t.client, "outbound_accepted"),
-            before + 1,
-            "target {target}"
-        );
+        assert_eq!(counter(&t.agent, &t.client, "outbound_accepted"), before + 1, "target {target}");
     }
     assert_eq!(counter(&t.agent, &t.client, "inbound_accepted"), 0);
     assert_eq!(counter(&t.agent, &t.client, "no_orig_dst"), 0);
@@ -54,29 +46,19 @@ fn outbound_capture_keeps_the_destination_and_relays_exactly_over_v4_v6_and_mapp
 fn inbound_capture_reaches_the_app_at_the_pod_ip_and_node_probes_bypass_it() {
     let t = one_node();
     t.agent.enrol(&t.server).expect("enrol server");
-    let _app = t
-        .server
-        .echo_server("[::]:9090".parse().unwrap(), Some("app"));
+    let _app = t.server.echo_server("[::]:9090".parse().unwrap(), Some("app"));
     for target in [t.server.addr4(9090), t.server.addr6(9090)] {
         let before = counter(&t.agent, &t.server, "inbound_accepted");
         let result = t.client.client(target, 64 * 1024, &[]);
         assert_ok(&result, &format!("inbound to {target}"));
         // The app sees the agent's dial from the pod's own address, never 127.0.0.1.
         let banner = result["banner"].as_str().unwrap();
-        let pod_ip = if target.is_ipv6() {
-            format!("app [{}]:", t.server.ip6)
-        } else {
-            format!("app {}:", t.server.ip4)
-        };
-        assert!(
-            banner.starts_with(&pod_ip),
-            "banner {banner:?}, want prefix {pod_ip:?}"
-        );
+        let pod_ip =
+            if target.is_ipv6() { format!("app [{}]:", t.server.ip6) } else { format!("app {}:", t.server.ip4) };
+        assert!(banner.starts_with(&pod_ip), "banner {banner:?}, want prefix {pod_ip:?}");
         let src = result["local"].as_str().unwrap().to_string();
         t.agent.wait_access_log("inbound", |v| {
-            v["direction"] == "inbound"
-                && v["src.addr"] == json!(src)
-                && v["dst.addr"] == json!(target.to_string())
+            v["direction"] == "inbound" && v["src.addr"] == json!(src) && v["dst.addr"] == json!(target.to_string())
         });
         assert_eq!(counter(&t.agent, &t.server, "inbound_accepted"), before + 1);
     }
@@ -84,16 +66,10 @@ fn inbound_capture_reaches_the_app_at_the_pod_ip_and_node_probes_bypass_it() {
     // A probe from the node's own address reaches the app directly.
     let before = counter(&t.agent, &t.server, "inbound_accepted");
     let probes_before = kernel_stat(&t.agent, "inbound_probe_passed");
-    let probe = t.topo.run_on_node(
-        &t.node,
-        &["client", &t.server.addr4(9090).to_string(), "100"],
-    );
+    let probe = t.topo.run_on_node(&t.node, &["client", &t.server.addr4(9090).to_string(), "100"]);
     assert_ok(&probe, "probe from the node");
     let banner = probe["banner"].as_str().unwrap();
-    assert!(
-        banner.starts_with(&format!("app {}:", t.server.gw4)),
-        "probe seen as {banner:?}"
-    );
+    assert!(banner.starts_with(&format!("app {}:", t.server.gw4)), "probe seen as {banner:?}");
     assert_eq!(counter(&t.agent, &t.server, "inbound_accepted"), before);
     assert!(kernel_stat(&t.agent, "inbound_probe_passed") > probes_before);
 }
@@ -108,15 +84,9 @@ fn udp_unenrolled_pods_and_unenrolled_traffic_are_untouched() {
     udp.wait_event("ready", Duration::from_secs(10));
 
     let redirected = kernel_stat(&t.agent, "connect_redirected");
-    let result = t
-        .client
-        .run(&["udp-client", &t.server.addr4(5353).to_string()]);
+    let result = t.client.run(&["udp-client", &t.server.addr4(5353).to_string()]);
     assert_ok(&result, "UDP query from an enrolled pod");
-    assert_eq!(
-        kernel_stat(&t.agent, "connect_redirected"),
-        redirected,
-        "UDP connect was rewritten"
-    );
+    assert_eq!(kernel_stat(&t.agent, "connect_redirected"), redirected, "UDP connect was rewritten");
     assert_eq!(counter(&t.agent, &t.client, "outbound_accepted"), 0);
 
     let result = bystander.client(t.server.addr4(8080), 1000, &[]);
@@ -124,10 +94,7 @@ fn udp_unenrolled_pods_and_unenrolled_traffic_are_untouched() {
     assert_eq!(kernel_stat(&t.agent, "connect_redirected"), redirected);
 
     // Captured while enrolled ...
-    assert_ok(
-        &t.client.client(t.server.addr4(8080), 1000, &[]),
-        "captured TCP",
-    );
+    assert_ok(&t.client.client(t.server.addr4(8080), 1000, &[]), "captured TCP");
     assert_eq!(counter(&t.agent, &t.client, "outbound_accepted"), 1);
     // ... and not after unenrol.
     t.agent.unenrol(&t.client).expect("unenrol");
@@ -135,18 +102,8 @@ fn udp_unenrolled_pods_and_unenrolled_traffic_are_untouched() {
     let redirected = kernel_stat(&t.agent, "connect_redirected");
     let result = t.client.client(t.server.addr4(8080), 1000, &[]);
     assert_ok(&result, "TCP after unenrol");
-    assert_eq!(
-        kernel_stat(&t.agent, "connect_redirected"),
-        redirected,
-        "still captured after unenrol"
-    );
-    assert!(
-        result["local"]
-            .as_str()
-            .unwrap()
-            .starts_with(&t.client.ip4.to_string()),
-        "{result}"
-    );
+    assert_eq!(kernel_stat(&t.agent, "connect_redirected"), redirected, "still captured after unenrol");
+    assert!(result["local"].as_str().unwrap().starts_with(&t.client.ip4.to_string()), "{result}");
 }
 
 #[test]
@@ -156,18 +113,11 @@ fn two_pods_using_the_same_client_port_each_reach_their_own_destination() {
     let other_server = t.topo.add_pod(&t.node, "other-server");
     t.agent.enrol(&t.client).expect("enrol client");
     t.agent.enrol(&other).expect("enrol other");
-    let _a = t
-        .server
-        .echo_server("0.0.0.0:7000".parse().unwrap(), Some("A"));
+    let _a = t.server.echo_server("0.0.0.0:7000".parse().unwrap(), Some("A"));
     let _b = other_server.echo_server("0.0.0.0:7000".parse().unwrap(), Some("B"));
     let hold = ["--bind", "0.0.0.0:40123", "--hold"];
-    let (ta, tb) = (
-        t.server.addr4(7000).to_string(),
-        other_server.addr4(7000).to_string(),
-    );
-    let mut ca = t
-        .client
-        .spawn(&["client", &ta, "5000", hold[0], hold[1], hold[2]]);
+    let (ta, tb) = (t.server.addr4(7000).to_string(), other_server.addr4(7000).to_string());
+    let mut ca = t.client.spawn(&["client", &ta, "5000", hold[0], hold[1], hold[2]]);
     let mut cb = other.spawn(&["client", &tb, "5000", hold[0], hold[1], hold[2]]);
     // Both connections are open at once before either finishes.
     let a = ca.wait_event("connected", Duration::from_secs(10));
@@ -180,20 +130,10 @@ fn two_pods_using_the_same_client_port_each_reach_their_own_destination() {
     let rb = cb.next(Duration::from_secs(20));
     assert_ok(&ra, "pod A");
     assert_ok(&rb, "pod B");
-    assert!(
-        ra["banner"].as_str().unwrap().starts_with("A "),
-        "pod A reached {}",
-        ra["banner"]
-    );
-    assert!(
-        rb["banner"].as_str().unwrap().starts_with("B "),
-        "pod B reached {}",
-        rb["banner"]
-    );
+    assert!(ra["banner"].as_str().unwrap().starts_with("A "), "pod A reached {}", ra["banner"]);
+    assert!(rb["banner"].as_str().unwrap().starts_with("B "), "pod B reached {}", rb["banner"]);
     for (pod, dst) in [(&t.client, &ta), (&other, &tb)] {
         let src = format!("{}:40123", pod.ip4);
-        t.agent.wait_access_log("same-port", |v| {
-            v["src.addr"] == json!(src) && v["dst.addr"] == json!(dst)
-        });
+        t.agent.wait_access_log("same-port", |v| v["src.addr"] == json!(src) && v["dst.addr"] == json!(dst));
     }
 }

@@ -15,53 +15,24 @@ fn a_killed_agent_fails_closed_and_a_restarted_one_adopts_pins_and_pods() {
     t.agent.enrol(&t.client).expect("enrol client");
     t.agent.enrol(&t.server).expect("enrol server");
     let _app = t.server.echo_server("[::]:8080".parse().unwrap(), None);
-    assert_ok(
-        &t.client.client(t.server.addr4(8080), 1000, &[]),
-        "before the kill",
-    );
+    assert_ok(&t.client.client(t.server.addr4(8080), 1000, &[]), "before the kill");
     let links = t.agent.status()["links"].clone();
-    assert!(
-        links["connect4"].is_u64() && links["pod/default_client"].is_u64(),
-        "links: {links}"
-    );
+    assert!(links["connect4"].is_u64() && links["pod/default_client"].is_u64(), "links: {links}");
 
     t.agent.kill();
-    let out = t
-        .client
-        .client(t.server.addr4(8080), 1000, &["--timeout-ms", "1000"]);
-    assert_eq!(
-        out["ok"],
-        json!(false),
-        "outbound escaped with the agent gone: {out}"
-    );
+    let out = t.client.client(t.server.addr4(8080), 1000, &["--timeout-ms", "1000"]);
+    assert_eq!(out["ok"], json!(false), "outbound escaped with the agent gone: {out}");
     assert_eq!(out["error_kind"], json!("refused"), "{out}");
     let inbound = outsider.client(t.server.addr4(8080), 1000, &["--timeout-ms", "1000"]);
-    assert_eq!(
-        inbound["ok"],
-        json!(false),
-        "inbound reached the app uncaptured: {inbound}"
-    );
+    assert_eq!(inbound["ok"], json!(false), "inbound reached the app uncaptured: {inbound}");
 
     let restarted = Agent::start(&t.topo, &t.node);
     let status = restarted.status();
     assert_eq!(status["origin"], json!("adopted"));
-    assert_eq!(
-        status["links"], links,
-        "restart re-created links instead of adopting them"
-    );
-    assert_eq!(
-        status["pods"].as_array().map(Vec::len),
-        Some(2),
-        "pods not adopted: {status}"
-    );
-    assert_ok(
-        &t.client.client(t.server.addr4(8080), 1000, &[]),
-        "outbound after restart",
-    );
-    assert_ok(
-        &outsider.client(t.server.addr4(8080), 1000, &[]),
-        "inbound after restart",
-    );
+    assert_eq!(status["links"], links, "restart re-created links instead of adopting them");
+    assert_eq!(status["pods"].as_array().map(Vec::len), Some(2), "pods not adopted: {status}");
+    assert_ok(&t.client.client(t.server.addr4(8080), 1000, &[]), "outbound after restart");
+    assert_ok(&outsider.client(t.server.addr4(8080), 1000, &[]), "inbound after restart");
     assert_eq!(counter(&restarted, &t.client, "outbound_accepted"), 1);
     // The outsider's connection and the client's relayed one both went through inbound.
     assert_eq!(counter(&restarted, &t.server, "inbound_accepted"), 2);
@@ -73,13 +44,7 @@ fn an_overlapping_handoff_refuses_no_connection() {
     let mut t = one_node();
     t.agent.enrol(&t.client).expect("enrol client");
     let _app = t.server.echo_server("[::]:8080".parse().unwrap(), None);
-    let mut traffic = t.client.spawn(&[
-        "loop",
-        &t.server.addr4(8080).to_string(),
-        "300",
-        "5",
-        "2048",
-    ]);
+    let mut traffic = t.client.spawn(&["loop", &t.server.addr4(8080).to_string(), "300", "5", "2048"]);
     loop {
         let p = traffic.wait_event("progress", Duration::from_secs(20));
         if p["done"].as_u64().unwrap() >= 30 {
@@ -87,26 +52,15 @@ fn an_overlapping_handoff_refuses_no_connection() {
         }
     }
     let new = Agent::start(&t.topo, &t.node);
-    assert!(
-        t.agent.terminate().success(),
-        "old agent did not exit cleanly"
-    );
+    assert!(t.agent.terminate().success(), "old agent did not exit cleanly");
     let summary = traffic.wait_event("summary", Duration::from_secs(120));
-    assert_eq!(
-        summary["failures"],
-        json!(0),
-        "handoff refused connections: {summary}"
-    );
+    assert_eq!(summary["failures"], json!(0), "handoff refused connections: {summary}");
     traffic.wait(Duration::from_secs(10));
     let old_served = t.agent.access_logs().len();
     let new_served = new.access_logs().len();
     assert!(old_served >= 30, "old agent served {old_served}");
     assert!(new_served > 0, "new agent served nothing");
-    assert_eq!(
-        old_served + new_served,
-        300,
-        "every connection was served exactly once"
-    );
+    assert_eq!(old_served + new_served, 300, "every connection was served exactly once");
     t.agent = new;
 }
 
@@ -125,11 +79,5 @@ fn reset_unenrols_and_unpins_everything() {
     assert!(!pins.exists(), "pins left behind");
     let result = t.client.client(t.server.addr4(8080), 1000, &[]);
     assert_ok(&result, "traffic after reset goes direct");
-    assert!(
-        result["local"]
-            .as_str()
-            .unwrap()
-            .starts_with(&t.client.ip4.to_string()),
-        "{result}"
-    );
+    assert!(result["local"].as_str().unwrap().starts_with(&t.client.ip4.to_string()), "{result}");
 }

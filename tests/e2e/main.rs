@@ -26,37 +26,21 @@ pub fn one_node() -> OneNode {
     let client = topo.add_pod(&node, "client");
     let server = topo.add_pod(&node, "server");
     let agent = Agent::start(&topo, &node);
-    OneNode {
-        agent,
-        client,
-        server,
-        node,
-        topo,
-    }
+    OneNode { agent, client, server, node, topo }
 }
 
 /// The client port in a tool result's `local` address.
 pub fn local_port(result: &Value) -> u16 {
-    let local = result["local"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no local address in {result}"));
-    local
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("bad local address {local}"))
+    let local = result["local"].as_str().unwrap_or_else(|| panic!("no local address in {result}"));
+    local.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or_else(|| panic!("bad local address {local}"))
 }
 
 pub fn counter(agent: &Agent, pod: &Pod, name: &str) -> u64 {
-    agent.pod_counters(pod)[name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no counter {name}"))
+    agent.pod_counters(pod)[name].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
 }
 
 pub fn kernel_stat(agent: &Agent, name: &str) -> u64 {
-    agent.status()["kernel"][name]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no kernel stat {name}"))
+    agent.status()["kernel"][name].as_u64().unwrap_or_else(|| panic!("no kernel stat {name}"))
 }
 
 pub fn assert_ok(result: &Value, what: &str) {

@@ -66,11 +66,7 @@ fn v4(ip: Ipv4Addr) -> u32 {
 fn lookup(tcp: bool, remote: Ipv4Addr, local: Ipv4Addr, port: u16) -> SkLookupCtx {
     SkLookupCtx {
         family: libc::AF_INET as u32,
-        protocol: if tcp {
-            libc::IPPROTO_TCP as u32
-        } else {
-            libc::IPPROTO_UDP as u32
-        },
+        protocol: if tcp { libc::IPPROTO_TCP as u32 } else { libc::IPPROTO_UDP as u32 },
         remote_ip4: v4(remote),
         remote_port: 40000u16.to_be(),
         local_ip4: v4(local),
@@ -93,20 +89,8 @@ fn run(prog: &SkLookup, ctx: SkLookupCtx) -> (u32, u64) {
         ..Default::default()
     };
     // SAFETY: attr is a valid BPF_PROG_TEST_RUN argument with live buffers.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_PROG_TEST_RUN,
-            &raw mut attr,
-            size_of::<TestRunAttr>() as u32,
-        )
-    };
-    assert_eq!(
-        rc,
-        0,
-        "BPF_PROG_TEST_RUN: {}",
-        std::io::Error::last_os_error()
-    );
+    let rc = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_TEST_RUN, &raw mut attr, size_of::<TestRunAttr>() as u32) };
+    assert_eq!(rc, 0, "BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error());
     (attr.retval, out.cookie)
 }
 
@@ -114,15 +98,8 @@ fn socket_cookie(sock: &impl AsRawFd) -> u64 {
     let mut cookie = 0u64;
     let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd and out-buffer.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
+    let rc =
+        unsafe { libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_COOKIE, (&raw mut cookie).cast(), &mut len) };
     assert_eq!(rc, 0);
     cookie
 }
@@ -130,28 +107,17 @@ fn socket_cookie(sock: &impl AsRawFd) -> u64 {
 #[test]
 fn sk_lookup_verdicts_under_prog_test_run() {
     pillion_e2e::require_root();
-    let scratch = std::path::PathBuf::from(format!(
-        "/sys/fs/bpf/pillion/pe{}x-progtest",
-        std::process::id()
-    ));
+    let scratch = std::path::PathBuf::from(format!("/sys/fs/bpf/pillion/pe{}x-progtest", std::process::id()));
     std::fs::create_dir_all(&scratch).expect("scratch pin dir on bpffs");
     let cleanup = scopeguard(scratch.clone());
     let mut ebpf = pillion_agent::kernel::load_detached(&scratch).expect("load the object");
-    let prog: &mut SkLookup = ebpf
-        .program_mut(names::PROG_SK_LOOKUP)
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let prog: &mut SkLookup = ebpf.program_mut(names::PROG_SK_LOOKUP).unwrap().try_into().unwrap();
     prog.load().expect("verifier accepts sk_lookup");
 
     let pod = Ipv4Addr::new(10, 77, 0, 2);
     let peer = Ipv4Addr::new(10, 77, 1, 2);
     let node = Ipv4Addr::new(10, 77, 0, 1);
-    let prog: &SkLookup = ebpf
-        .program(names::PROG_SK_LOOKUP)
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let prog: &SkLookup = ebpf.program(names::PROG_SK_LOOKUP).unwrap().try_into().unwrap();
     // No listener registered for the pod: dropped, never passed to the app.
     assert_eq!(run(prog, lookup(true, peer, pod, 80)), (SK_DROP, 0));
     // HBONE, UDP and the pod talking to itself pass untouched.
@@ -160,36 +126,18 @@ fn sk_lookup_verdicts_under_prog_test_run() {
     assert_eq!(run(prog, lookup(true, pod, pod, 80)), (SK_PASS, 0));
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let key = |ip: Ipv4Addr| IpKey {
-        family: libc::AF_INET as u32,
-        addr: [v4(ip), 0, 0, 0],
-    };
+    let key = |ip: Ipv4Addr| IpKey { family: libc::AF_INET as u32, addr: [v4(ip), 0, 0, 0] };
     {
-        let mut inbound: SockHash<_, IpKey> = ebpf
-            .map_mut(names::MAP_INBOUND)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let mut inbound: SockHash<_, IpKey> = ebpf.map_mut(names::MAP_INBOUND).unwrap().try_into().unwrap();
         inbound.insert(key(pod), listener.as_raw_fd(), 0).unwrap();
     }
     {
-        let mut node_addrs: HashMap<_, IpKey, u32> = ebpf
-            .map_mut(names::MAP_NODE_ADDRS)
-            .unwrap()
-            .try_into()
-            .unwrap();
+        let mut node_addrs: HashMap<_, IpKey, u32> = ebpf.map_mut(names::MAP_NODE_ADDRS).unwrap().try_into().unwrap();
         node_addrs.insert(key(node), 1, 0).unwrap();
     }
-    let prog: &SkLookup = ebpf
-        .program(names::PROG_SK_LOOKUP)
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let prog: &SkLookup = ebpf.program(names::PROG_SK_LOOKUP).unwrap().try_into().unwrap();
     // Steered to the agent's listener, the original destination untouched.
-    assert_eq!(
-        run(prog, lookup(true, peer, pod, 80)),
-        (SK_PASS, socket_cookie(&listener))
-    );
+    assert_eq!(run(prog, lookup(true, peer, pod, 80)), (SK_PASS, socket_cookie(&listener)));
     // From the node's own address (a probe): passed to the app.
     assert_eq!(run(prog, lookup(true, node, pod, 80)), (SK_PASS, 0));
     drop(listener);

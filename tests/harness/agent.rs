@@ -46,14 +46,7 @@ impl Agent {
         let err = out.try_clone().expect("dup log fd");
         let mut cmd = Command::new(agent_bin());
         cmd.arg("run")
-            .args([
-                "--node",
-                &node.full,
-                "--log-format",
-                "json",
-                "--drain-secs",
-                "5",
-            ])
+            .args(["--node", &node.full, "--log-format", "json", "--drain-secs", "5"])
             .arg("--state-root")
             .arg(topo.state_root())
             .arg("--cgroup-root")
@@ -85,28 +78,16 @@ impl Agent {
 
     pub fn start_with(topo: &Topology, node: &Node, opts: &AgentOptions) -> Agent {
         static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let seq = SEQ
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            .to_string();
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed).to_string();
         let (child, log) = Self::spawn(topo, node, opts, &seq);
-        let mut agent = Agent {
-            child,
-            node: node.clone(),
-            log,
-            state_root: topo.state_root(),
-            bin: agent_bin(),
-        };
+        let mut agent = Agent { child, node: node.clone(), log, state_root: topo.state_root(), bin: agent_bin() };
         agent.wait_ready(Duration::from_secs(60));
         agent
     }
 
     /// Starts an agent that is expected to fail; returns its exit status and
     /// output.
-    pub fn start_expecting_failure(
-        topo: &Topology,
-        node: &Node,
-        opts: &AgentOptions,
-    ) -> (ExitStatus, String) {
+    pub fn start_expecting_failure(topo: &Topology, node: &Node, opts: &AgentOptions) -> (ExitStatus, String) {
         let (mut child, log) = Self::spawn(topo, node, opts, "fail");
         let deadline = Instant::now() + Duration::from_secs(30);
         let status = loop {
@@ -115,10 +96,7 @@ impl Agent {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!(
-                    "agent did not exit; log: {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
+                panic!("agent did not exit; log: {}", std::fs::read_to_string(&log).unwrap_or_default());
             }
             std::thread::sleep(Duration::from_millis(50));
         };
@@ -137,21 +115,14 @@ impl Agent {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                panic!(
-                    "agent exited during start-up ({status}); log:\n{}",
-                    self.log_text()
-                );
+                panic!("agent exited during start-up ({status}); log:\n{}", self.log_text());
             }
             if let Ok(reply) = self.try_call_raw(&json!({"op": "status"}).to_string())
                 && reply["result"]["pid"] == json!(self.pid())
             {
                 return;
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent not ready within {timeout:?}; log:\n{}",
-                self.log_text()
-            );
+            assert!(Instant::now() < deadline, "agent not ready within {timeout:?}; log:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(25));
         }
     }
@@ -168,8 +139,7 @@ impl Agent {
 
     /// Sends one raw API line; returns the reply object (`ok`, `error`, `result`).
     pub fn call_raw(&self, line: &str) -> Value {
-        self.try_call_raw(line)
-            .unwrap_or_else(|e| panic!("agent API: {e}"))
+        self.try_call_raw(line).unwrap_or_else(|e| panic!("agent API: {e}"))
     }
 
     pub fn status(&self) -> Value {
@@ -238,11 +208,7 @@ impl Agent {
             if let Some(v) = self.access_logs().into_iter().find(&pred) {
                 return v;
             }
-            assert!(
-                Instant::now() < deadline,
-                "no access-log line for {what}; log:\n{}",
-                self.log_text()
-            );
+            assert!(Instant::now() < deadline, "no access-log line for {what}; log:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -261,10 +227,7 @@ impl Agent {
             if let Some(s) = self.child.try_wait().expect("try_wait") {
                 return s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "agent did not exit after SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "agent did not exit after SIGTERM");
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -18,10 +18,7 @@ use serde_json::Value;
 pub fn enter(cmd: &mut Command, netns: &Path, procs: Option<&Path>) {
     let ns = File::open(netns).unwrap_or_else(|e| panic!("open {}: {e}", netns.display()));
     let procs = procs.map(|p| {
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(p)
-            .unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
+        std::fs::OpenOptions::new().write(true).open(p).unwrap_or_else(|e| panic!("open {}: {e}", p.display()))
     });
     // SAFETY: the closure only makes async-signal-safe syscalls.
     unsafe {
@@ -48,9 +45,7 @@ pub struct Spawned {
 
 impl Spawned {
     pub fn new(mut cmd: Command) -> Spawned {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit());
         let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = mpsc::channel();
@@ -68,9 +63,7 @@ impl Spawned {
 
     /// The next JSON line, waiting at most `timeout`.
     pub fn next(&self, timeout: Duration) -> Value {
-        self.lines
-            .recv_timeout(timeout)
-            .unwrap_or_else(|e| panic!("no output from workload within {timeout:?}: {e}"))
+        self.lines.recv_timeout(timeout).unwrap_or_else(|e| panic!("no output from workload within {timeout:?}: {e}"))
     }
 
     /// Waits for a line whose `event` is `event`.
@@ -87,9 +80,7 @@ impl Spawned {
 
     pub fn write_line(&mut self, line: &str) {
         let stdin = self.child.stdin.as_mut().expect("piped stdin");
-        stdin
-            .write_all(format!("{line}\n").as_bytes())
-            .expect("write to workload");
+        stdin.write_all(format!("{line}\n").as_bytes()).expect("write to workload");
         stdin.flush().expect("flush");
     }
 
@@ -104,11 +95,7 @@ impl Spawned {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
                 return status;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "workload {} did not exit within {timeout:?}",
-                self.pid()
-            );
+            assert!(std::time::Instant::now() < deadline, "workload {} did not exit within {timeout:?}", self.pid());
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -11,16 +11,8 @@ pub fn is_root() -> bool {
 
 /// Runs `ip <args>` and panics with its stderr on failure.
 pub fn ip(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("run `ip` (install iproute2: `cargo xtask setup`)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("ip").args(args).output().expect("run `ip` (install iproute2: `cargo xtask setup`)");
+    assert!(out.status.success(), "ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
 /// Like [`ip`] but ignores failure (cleanup paths).
@@ -31,21 +23,10 @@ pub fn ip_quiet(args: &[&str]) {
 /// Writes a sysctl inside a named netns.
 pub fn netns_sysctl(netns: &str, key: &str, value: &str) {
     let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            netns,
-            "sysctl",
-            "-qw",
-            &format!("{key}={value}"),
-        ])
+        .args(["netns", "exec", netns, "sysctl", "-qw", &format!("{key}={value}")])
         .output()
         .expect("run sysctl");
-    assert!(
-        out.status.success(),
-        "sysctl {key} in {netns}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "sysctl {key} in {netns}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The cgroup v2 mount point (e.g. `/sys/fs/cgroup` or `/sys/fs/cgroup/unified`).

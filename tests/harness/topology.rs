@@ -78,11 +78,7 @@ impl Pod {
     fn tool(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(Workload::tool());
         cmd.args(args);
-        enter(
-            &mut cmd,
-            &self.netns_path(),
-            Some(&self.cgroup.join("cgroup.procs")),
-        );
+        enter(&mut cmd, &self.netns_path(), Some(&self.cgroup.join("cgroup.procs")));
         cmd
     }
 
@@ -121,11 +117,15 @@ fn run_json(mut cmd: Command) -> Value {
     let last = stdout.lines().rev().find(|l| l.starts_with('{'));
     match last.and_then(|l| serde_json::from_str(l).ok()) {
         Some(v) => v,
-        None => panic!(
-            "workload {cmd:?} printed no JSON result: {stdout} {}",
-            String::from_utf8_lossy(&out.stderr)
-        ),
+        None => panic!("workload {cmd:?} printed no JSON result: {stdout} {}", String::from_utf8_lossy(&out.stderr)),
     }
+}
+
+/// `ip -n <netns> <words…>`.
+fn ipn(netns: &str, command: &str) {
+    let mut args = vec!["-n", netns];
+    args.extend(command.split_whitespace());
+    ip(&args);
 }
 
 /// One test's private world. Drop removes all of it.
@@ -143,11 +143,7 @@ impl Topology {
     pub fn with_prefix(prefix: &str) -> Topology {
         crate::require_root();
         SWEEP.call_once(sweep_leftovers);
-        let id = format!(
-            "{prefix}{}x{}",
-            std::process::id(),
-            NEXT_ID.fetch_add(1, Ordering::Relaxed)
-        );
+        let id = format!("{prefix}{}x{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::Relaxed));
         let cgroup_base = cgroup2_root().join(CGROUP_DIR).join(&id);
         std::fs::create_dir_all(&cgroup_base).expect("create the test's cgroup");
         let tmp = Path::new(TMP_DIR).join(&id);
@@ -171,6 +167,11 @@ impl Topology {
         ip(&["netns", "add", &full]);
         self.netns.lock().unwrap().push(full.clone());
         ip(&["-n", &full, "link", "set", "lo", "up"]);
+        // No duplicate-address detection on link-local addresses either: a
+        // tentative gateway address would drop the first IPv6 packets.
+        for key in ["net.ipv6.conf.all.accept_dad", "net.ipv6.conf.default.accept_dad"] {
+            netns_sysctl(&full, key, "0");
+        }
         full
     }
 
@@ -208,132 +209,51 @@ impl Topology {
         let (ip4, gw4) = (Ipv4Addr::new(10, k, p, 2), Ipv4Addr::new(10, k, p, 1));
         let ip6 = Ipv6Addr::new(0xfd00, u16::from(k), u16::from(p), 0, 0, 0, 0, 2);
         let gw6 = Ipv6Addr::new(0xfd00, u16::from(k), u16::from(p), 0, 0, 0, 0, 1);
-        let host_if = format!("p{p}");
-        ip(&[
-            "-n", &full, "link", "add", "eth0", "type", "veth", "peer", "name", &host_if, "netns",
-            &node.full,
-        ]);
-        ip(&[
-            "-n",
-            &full,
-            "addr",
-            "add",
-            &format!("{ip4}/24"),
-            "dev",
-            "eth0",
-        ]);
-        ip(&[
-            "-n",
-            &full,
-            "addr",
-            "add",
-            &format!("{ip6}/64"),
-            "dev",
-            "eth0",
-            "nodad",
-        ]);
-        ip(&["-n", &full, "link", "set", "eth0", "up"]);
-        ip(&[
-            "-n",
-            &node.full,
-            "addr",
-            "add",
-            &format!("{gw4}/24"),
-            "dev",
-            &host_if,
-        ]);
-        ip(&[
-            "-n",
-            &node.full,
-            "addr",
-            "add",
-            &format!("{gw6}/64"),
-            "dev",
-            &host_if,
-            "nodad",
-        ]);
-        ip(&["-n", &node.full, "link", "set", &host_if, "up"]);
-        ip(&[
-            "-n",
-            &full,
-            "route",
-            "add",
-            "default",
-            "via",
-            &gw4.to_string(),
-        ]);
-        ip(&[
-            "-n",
-            &full,
-            "-6",
-            "route",
-            "add",
-            "default",
-            "via",
-            &gw6.to_string(),
-        ]);
+        let dev = format!("p{p}");
+        let nd = &node.full;
+        // Fixed MACs and static neighbour entries: no ARP/ND round trips, and
+        // no first IPv6 packet lost while the forwarding node resolves.
+        let (pod_mac, gw_mac) = (format!("02:00:{k:02x}:{p:02x}:00:02"), format!("02:00:{k:02x}:{p:02x}:00:01"));
+        ipn(&full, &format!("link add eth0 address {pod_mac} type veth peer name {dev} address {gw_mac} netns {nd}"));
+        ipn(&full, &format!("addr add {ip4}/24 dev eth0"));
+        ipn(&full, &format!("addr add {ip6}/64 dev eth0 nodad"));
+        ipn(&full, "link set eth0 up");
+        ipn(nd, &format!("addr add {gw4}/24 dev {dev}"));
+        ipn(nd, &format!("addr add {gw6}/64 dev {dev} nodad"));
+        ipn(nd, &format!("link set {dev} up"));
+        for (ns, addr, mac, on) in [
+            (&full, gw4.to_string(), &gw_mac, "eth0"),
+            (&full, gw6.to_string(), &gw_mac, "eth0"),
+            (nd, ip4.to_string(), &pod_mac, dev.as_str()),
+            (nd, ip6.to_string(), &pod_mac, dev.as_str()),
+        ] {
+            ipn(ns, &format!("neigh replace {addr} lladdr {mac} dev {on} nud permanent"));
+        }
+        ipn(&full, &format!("route add default via {gw4}"));
+        ipn(&full, &format!("-6 route add default via {gw6}"));
         let cgroup = node.cgroup_root.join(name);
         std::fs::create_dir_all(&cgroup).expect("create pod cgroup");
-        Pod {
-            name: name.into(),
-            full,
-            node: node.name.clone(),
-            ip4,
-            ip6,
-            gw4,
-            cgroup,
-        }
+        Pod { name: name.into(), full, node: node.name.clone(), ip4, ip6, gw4, cgroup }
     }
 
     /// Joins two nodes with a veth and routes each one's pod ranges via it.
     pub fn connect_nodes(&self, a: &Node, b: &Node) {
         let (ia, ib) = (format!("n{}", b.index), format!("n{}", a.index));
-        ip(&[
-            "-n", &a.full, "link", "add", &ia, "type", "veth", "peer", "name", &ib, "netns",
-            &b.full,
-        ]);
+        let mac = |n: &Node| format!("02:fe:00:00:00:{:02x}", n.index);
+        ipn(
+            &a.full,
+            &format!("link add {ia} address {} type veth peer name {ib} address {} netns {}", mac(a), mac(b), b.full),
+        );
         for (node, dev, other) in [(a, &ia, b), (b, &ib, a)] {
-            ip(&[
-                "-n",
-                &node.full,
-                "addr",
-                "add",
-                &format!("{}/24", node.link4),
-                "dev",
-                dev,
-            ]);
-            ip(&[
-                "-n",
-                &node.full,
-                "addr",
-                "add",
-                &format!("{}/64", node.link6),
-                "dev",
-                dev,
-                "nodad",
-            ]);
-            ip(&["-n", &node.full, "link", "set", dev, "up"]);
-            let r4 = format!("10.{}.0.0/16", other.index);
-            ip(&[
-                "-n",
-                &node.full,
-                "route",
-                "add",
-                &r4,
-                "via",
-                &other.link4.to_string(),
-            ]);
-            let r6 = format!("fd00:{:x}::/32", other.index);
-            ip(&[
-                "-n",
-                &node.full,
-                "-6",
-                "route",
-                "add",
-                &r6,
-                "via",
-                &other.link6.to_string(),
-            ]);
+            let ns = &node.full;
+            ipn(ns, &format!("addr add {}/24 dev {dev}", node.link4));
+            ipn(ns, &format!("addr add {}/64 dev {dev} nodad", node.link6));
+            ipn(ns, &format!("link set {dev} up"));
+            for addr in [other.link4.to_string(), other.link6.to_string()] {
+                ipn(ns, &format!("neigh replace {addr} lladdr {} dev {dev} nud permanent", mac(other)));
+            }
+            ipn(ns, &format!("route add 10.{}.0.0/16 via {}", other.index, other.link4));
+            ipn(ns, &format!("-6 route add fd00:{:x}::/32 via {}", other.index, other.link6));
         }
     }
 
@@ -360,13 +280,9 @@ impl Drop for Topology {
         // remains here is removed by exact name.
         let agent = std::env::var_os("PILLION_AGENT_BIN").map(PathBuf::from);
         for node in self.nodes.lock().unwrap().iter() {
-            let bin = agent
-                .clone()
-                .unwrap_or_else(|| crate::locate_binary("pillion-agent", "PILLION_AGENT_BIN"));
-            let _ = Command::new(bin)
-                .args(["reset", "--node", &node.full, "--state-root"])
-                .arg(self.state_root())
-                .output();
+            let bin = agent.clone().unwrap_or_else(|| crate::locate_binary("pillion-agent", "PILLION_AGENT_BIN"));
+            let _ =
+                Command::new(bin).args(["reset", "--node", &node.full, "--state-root"]).arg(self.state_root()).output();
             remove_pin_tree(&Path::new(PIN_DIR).join(&node.full));
         }
         for name in self.netns.lock().unwrap().drain(..).rev() {

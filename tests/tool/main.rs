@@ -29,11 +29,7 @@ fn main() {
         "echo-server" => echo_server(addr(1), args.get(2).cloned()),
         "udp-echo" => udp_echo(addr(1)),
         "client" => {
-            let mut opts = ClientOpts {
-                bind: None,
-                hold: false,
-                timeout: Duration::from_secs(3),
-            };
+            let mut opts = ClientOpts { bind: None, hold: false, timeout: Duration::from_secs(3) };
             let mut i = 3;
             while i < args.len() {
                 match args[i].as_str() {
@@ -43,8 +39,7 @@ fn main() {
                     }
                     "--hold" => opts.hold = true,
                     "--timeout-ms" => {
-                        opts.timeout =
-                            Duration::from_millis(arg(i + 1).parse().unwrap_or_else(|_| usage()));
+                        opts.timeout = Duration::from_millis(arg(i + 1).parse().unwrap_or_else(|_| usage()));
                         i += 1;
                     }
                     _ => usage(),
@@ -74,10 +69,7 @@ fn pattern(len: usize) -> Vec<u8> {
 
 fn echo_server(addr: SocketAddr, banner: Option<String>) {
     let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-    println!(
-        "{}",
-        json!({"event": "ready", "addr": listener.local_addr().unwrap().to_string()})
-    );
+    println!("{}", json!({"event": "ready", "addr": listener.local_addr().unwrap().to_string()}));
     std::io::stdout().flush().ok();
     for stream in listener.incoming().flatten() {
         let banner = banner.clone();
@@ -115,10 +107,7 @@ fn echo_server(addr: SocketAddr, banner: Option<String>) {
 
 fn udp_echo(addr: SocketAddr) {
     let sock = UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-    println!(
-        "{}",
-        json!({"event": "ready", "addr": sock.local_addr().unwrap().to_string()})
-    );
+    println!("{}", json!({"event": "ready", "addr": sock.local_addr().unwrap().to_string()}));
     std::io::stdout().flush().ok();
     let mut buf = [0u8; 1500];
     while let Ok((n, from)) = sock.recv_from(&mut buf) {
@@ -150,11 +139,7 @@ fn connect(to: SocketAddr, opts: &ClientOpts) -> std::io::Result<TcpStream> {
     let Some(bind) = opts.bind else {
         return TcpStream::connect_timeout(&to, opts.timeout);
     };
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(to),
-        socket2::Type::STREAM,
-        None,
-    )?;
+    let socket = socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.bind(&bind.into())?;
     socket.connect_timeout(&to.into(), opts.timeout)?;
@@ -169,10 +154,7 @@ fn client(to: SocketAddr, bytes: usize, opts: &ClientOpts) -> serde_json::Value 
         Ok(s) => s,
         Err(e) => return fail("connect", &e),
     };
-    let local = stream
-        .local_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
     let _ = stream.set_read_timeout(Some(opts.timeout.max(Duration::from_secs(10))));
     if opts.hold {
         println!("{}", json!({"event": "connected", "local": local}));
@@ -194,21 +176,14 @@ fn client(to: SocketAddr, bytes: usize, opts: &ClientOpts) -> serde_json::Value 
     };
     let mut received = Vec::new();
     let read = stream.read_to_end(&mut received);
-    let wrote = writer
-        .join()
-        .unwrap_or_else(|_| Err(std::io::Error::other("writer panicked")));
+    let wrote = writer.join().unwrap_or_else(|_| Err(std::io::Error::other("writer panicked")));
     if let Err(e) = read.and(wrote.map(|_| 0)) {
         return fail("transfer", &e);
     }
     // An optional banner line precedes the echo.
     let (banner, echo) = if received.len() > bytes {
         let split = received.len() - bytes;
-        (
-            String::from_utf8_lossy(&received[..split])
-                .trim_end()
-                .to_string(),
-            &received[split..],
-        )
+        (String::from_utf8_lossy(&received[..split]).trim_end().to_string(), &received[split..])
     } else {
         (String::new(), &received[..])
     };
@@ -224,11 +199,7 @@ fn client(to: SocketAddr, bytes: usize, opts: &ClientOpts) -> serde_json::Value 
 }
 
 fn udp_client(to: SocketAddr) -> serde_json::Value {
-    let bind: SocketAddr = if to.is_ipv6() {
-        "[::]:0".parse().unwrap()
-    } else {
-        "0.0.0.0:0".parse().unwrap()
-    };
+    let bind: SocketAddr = if to.is_ipv6() { "[::]:0".parse().unwrap() } else { "0.0.0.0:0".parse().unwrap() };
     let run = || -> std::io::Result<bool> {
         let sock = UdpSocket::bind(bind)?;
         sock.connect(to)?;
@@ -247,11 +218,7 @@ fn udp_client(to: SocketAddr) -> serde_json::Value {
 /// `count` sequential connections, `interval` apart; prints progress after
 /// each and a summary at the end.
 fn run_loop(to: SocketAddr, count: u64, interval: Duration, bytes: usize) {
-    let opts = ClientOpts {
-        bind: None,
-        hold: false,
-        timeout: Duration::from_secs(3),
-    };
+    let opts = ClientOpts { bind: None, hold: false, timeout: Duration::from_secs(3) };
     let mut failures = 0u64;
     let mut errors = Vec::new();
     for i in 1..=count {
@@ -262,15 +229,9 @@ fn run_loop(to: SocketAddr, count: u64, interval: Duration, bytes: usize) {
                 errors.push(result);
             }
         }
-        println!(
-            "{}",
-            json!({"event": "progress", "done": i, "failures": failures})
-        );
+        println!("{}", json!({"event": "progress", "done": i, "failures": failures}));
         std::io::stdout().flush().ok();
         std::thread::sleep(interval);
     }
-    println!(
-        "{}",
-        json!({"event": "summary", "count": count, "failures": failures, "errors": errors})
-    );
+    println!("{}", json!({"event": "summary", "count": count, "failures": failures, "errors": errors}));
 }

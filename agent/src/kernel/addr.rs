@@ -7,22 +7,14 @@ use pillion_common::{AF_INET, AF_INET6, IpKey, SockAddr};
 
 pub fn ip_key(ip: IpAddr) -> IpKey {
     match canonical(ip) {
-        IpAddr::V4(v4) => IpKey {
-            family: AF_INET.into(),
-            addr: [u32::from_ne_bytes(v4.octets()), 0, 0, 0],
-        },
-        IpAddr::V6(v6) => IpKey {
-            family: AF_INET6.into(),
-            addr: words(v6),
-        },
+        IpAddr::V4(v4) => IpKey { family: AF_INET.into(), addr: [u32::from_ne_bytes(v4.octets()), 0, 0, 0] },
+        IpAddr::V6(v6) => IpKey { family: AF_INET6.into(), addr: words(v6) },
     }
 }
 
 fn words(v6: Ipv6Addr) -> [u32; 4] {
     let o = v6.octets();
-    std::array::from_fn(|i| {
-        u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]])
-    })
+    std::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
 }
 
 /// A v4-mapped IPv6 address becomes the IPv4 address it stands for.
@@ -62,10 +54,7 @@ mod tests {
 
     #[test]
     fn mapped_addresses_key_as_v4() {
-        assert_eq!(
-            ip_key("::ffff:10.1.2.3".parse().unwrap()),
-            ip_key("10.1.2.3".parse().unwrap())
-        );
+        assert_eq!(ip_key("::ffff:10.1.2.3".parse().unwrap()), ip_key("10.1.2.3".parse().unwrap()));
     }
 
     #[test]
@@ -73,19 +62,9 @@ mod tests {
         for text in ["10.9.8.7:80", "[fd00:1:2::5]:8443"] {
             let addr: SocketAddr = text.parse().unwrap();
             let key = ip_key(addr.ip());
-            let rec = SockAddr {
-                addr: key.addr,
-                port: addr.port(),
-                family: key.family as u16,
-            };
+            let rec = SockAddr { addr: key.addr, port: addr.port(), family: key.family as u16 };
             assert_eq!(socket_addr(&rec), Some(addr));
         }
-        assert_eq!(
-            socket_addr(&SockAddr {
-                family: 99,
-                ..Default::default()
-            }),
-            None
-        );
+        assert_eq!(socket_addr(&SockAddr { family: 99, ..Default::default() }), None);
     }
 }

@@ -23,24 +23,13 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), KernelError> {
     if fs_magic(path).ok() == Some(BPF_FS_MAGIC) {
         return Ok(());
     }
-    let err = |source| KernelError::NoBpffs {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = |source| KernelError::NoBpffs { path: path.to_path_buf(), source };
     std::fs::create_dir_all(path).map_err(err)?;
-    nix::mount::mount(
-        Some("bpf"),
-        path,
-        Some("bpf"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .map_err(|e| err(e.into()))?;
+    nix::mount::mount(Some("bpf"), path, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>)
+        .map_err(|e| err(e.into()))?;
     match fs_magic(path) {
         Ok(BPF_FS_MAGIC) => Ok(()),
-        _ => Err(err(io::Error::other(
-            "mount succeeded but no bpffs is visible",
-        ))),
+        _ => Err(err(io::Error::other("mount succeeded but no bpffs is visible"))),
     }
 }
 
@@ -48,9 +37,7 @@ pub fn ensure_bpffs(path: &Path) -> Result<(), KernelError> {
 pub fn check_cgroup2(path: &Path) -> Result<(), KernelError> {
     match fs_magic(path) {
         Ok(CGROUP2_SUPER_MAGIC) if path.is_dir() => Ok(()),
-        _ => Err(KernelError::NotCgroup2 {
-            path: path.to_path_buf(),
-        }),
+        _ => Err(KernelError::NotCgroup2 { path: path.to_path_buf() }),
     }
 }
 
@@ -75,12 +62,7 @@ pub fn own_cgroup_id() -> io::Result<u64> {
     let rel = text
         .lines()
         .find_map(|l| l.strip_prefix("0::"))
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                "no cgroup v2 entry in /proc/self/cgroup",
-            )
-        })?;
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup v2 entry in /proc/self/cgroup"))?;
     let dir = cgroup2_mount()?.join(rel.trim_start_matches('/'));
     Ok(std::fs::metadata(dir)?.ino())
 }
@@ -99,10 +81,7 @@ mod tests {
     fn a_tmp_dir_is_not_cgroup2() {
         let dir = tempfile::tempdir().unwrap();
         let err = check_cgroup2(dir.path()).unwrap_err();
-        assert!(
-            err.to_string().contains("not a cgroup v2 directory"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("not a cgroup v2 directory"), "{err}");
     }
 
     #[test]

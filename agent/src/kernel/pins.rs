@@ -6,12 +6,8 @@ use pillion_common::names;
 
 use crate::error::KernelError;
 
-pub const PROGRAMS: [&str; 4] = [
-    names::PROG_CONNECT4,
-    names::PROG_CONNECT6,
-    names::PROG_SOCKOPS,
-    names::PROG_SK_LOOKUP,
-];
+pub const PROGRAMS: [&str; 4] =
+    [names::PROG_CONNECT4, names::PROG_CONNECT6, names::PROG_SOCKOPS, names::PROG_SK_LOOKUP];
 pub const CGROUP_LINKS: [&str; 3] = ["connect4", "connect6", "sockops"];
 
 #[derive(Debug, Clone)]
@@ -22,10 +18,7 @@ pub struct PinLayout {
 
 impl PinLayout {
     pub fn new(bpffs: &Path, node: &str) -> Self {
-        Self {
-            bpffs: bpffs.to_path_buf(),
-            root: bpffs.join("pillion").join(node),
-        }
+        Self { bpffs: bpffs.to_path_buf(), root: bpffs.join("pillion").join(node) }
     }
     pub fn bpffs(&self) -> &Path {
         &self.bpffs
@@ -59,16 +52,9 @@ impl PinLayout {
     }
 
     pub fn create_dirs(&self) -> Result<(), KernelError> {
-        for dir in [
-            self.maps_dir(),
-            self.progs_dir(),
-            self.links_dir(),
-            self.pods_dir(),
-        ] {
-            std::fs::create_dir_all(&dir).map_err(|e| KernelError::Pin {
-                path: dir.clone(),
-                message: e.to_string(),
-            })?;
+        for dir in [self.maps_dir(), self.progs_dir(), self.links_dir(), self.pods_dir()] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| KernelError::Pin { path: dir.clone(), message: e.to_string() })?;
         }
         Ok(())
     }

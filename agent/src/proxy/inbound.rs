@@ -16,10 +16,7 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     pod.bump(|c| &c.inbound_accepted);
     let active = ActiveGuard::new(&pod);
     let peer = SocketAddr::new(canonical(peer.ip()), peer.port());
-    let dst = client
-        .local_addr()
-        .ok()
-        .map(|a| SocketAddr::new(canonical(a.ip()), a.port()));
+    let dst = client.local_addr().ok().map(|a| SocketAddr::new(canonical(a.ip()), a.port()));
     let mut record = ConnRecord {
         direction: Direction::Inbound,
         src: peer,

@@ -25,11 +25,7 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     pod.bump(|c| &c.outbound_accepted);
     let active = ActiveGuard::new(&pod);
     let side = client.local_addr().map(side_of).unwrap_or(SIDE_V4);
-    let key = OrigDstKey {
-        netns_cookie: pod.cookie,
-        side,
-        client_port: u32::from(peer.port()),
-    };
+    let key = OrigDstKey { netns_cookie: pod.cookie, side, client_port: u32::from(peer.port()) };
     let src = SocketAddr::new(pod.pod_ip_like(peer), peer.port());
     let mut record = ConnRecord {
         direction: Direction::Outbound,
@@ -80,10 +76,7 @@ mod tests {
     #[test]
     fn sides_follow_the_listener_address() {
         assert_eq!(side_of("127.0.0.1:15001".parse().unwrap()), SIDE_V4);
-        assert_eq!(
-            side_of("[::ffff:127.0.0.1]:15001".parse().unwrap()),
-            SIDE_V4
-        );
+        assert_eq!(side_of("[::ffff:127.0.0.1]:15001".parse().unwrap()), SIDE_V4);
         assert_eq!(side_of("[::1]:15001".parse().unwrap()), SIDE_V6);
     }
 }

@@ -31,15 +31,8 @@ pub mod names {
     pub const PROG_CONNECT6: &str = "pillion_connect6";
     pub const PROG_SOCKOPS: &str = "pillion_sockops";
     pub const PROG_SK_LOOKUP: &str = "pillion_sk_lookup";
-    pub const ALL_MAPS: [&str; 7] = [
-        MAP_ENROLLED,
-        MAP_EXEMPT_CGROUPS,
-        MAP_PENDING,
-        MAP_ORIG_DST,
-        MAP_NODE_ADDRS,
-        MAP_INBOUND,
-        MAP_STATS,
-    ];
+    pub const ALL_MAPS: [&str; 7] =
+        [MAP_ENROLLED, MAP_EXEMPT_CGROUPS, MAP_PENDING, MAP_ORIG_DST, MAP_NODE_ADDRS, MAP_INBOUND, MAP_STATS];
 }
 
 /// Indices into the per-CPU `STATS` array, counted by the kernel programs.
