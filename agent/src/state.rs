@@ -20,6 +20,9 @@ pub struct PodRecord {
     pub netns_inode: u64,
 }
 
+/// A record file that could not be read, with the reason.
+pub type Unreadable = (PathBuf, String);
+
 #[derive(Debug, Clone)]
 pub struct StateDir {
     pods: PathBuf,
@@ -52,7 +55,7 @@ impl StateDir {
 
     /// Every readable record; unreadable files are reported, not fatal, so
     /// one corrupt record cannot keep the other pods from being adopted.
-    pub fn load(&self) -> io::Result<(Vec<PodRecord>, Vec<(PathBuf, String)>)> {
+    pub fn load(&self) -> io::Result<(Vec<PodRecord>, Vec<Unreadable>)> {
         let mut good = Vec::new();
         let mut bad = Vec::new();
         let mut entries: Vec<_> = std::fs::read_dir(&self.pods)?.flatten().map(|e| e.path()).collect();
