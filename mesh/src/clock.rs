@@ -33,9 +33,7 @@ impl Clock for SystemClock {
     }
 
     fn sleep_until(&self, deadline: SystemTime) -> BoxFuture<'static, ()> {
-        let wait = deadline
-            .duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO);
+        let wait = deadline.duration_since(SystemTime::now()).unwrap_or(Duration::ZERO);
         Box::pin(tokio::time::sleep(wait))
     }
 }
@@ -51,10 +49,7 @@ pub struct ManualClock {
 
 impl ManualClock {
     pub fn new(start: SystemTime) -> Self {
-        Self {
-            tx: Arc::new(watch::channel(start).0),
-            lock: Arc::default(),
-        }
+        Self { tx: Arc::new(watch::channel(start).0), lock: Arc::default() }
     }
 
     /// Starts at the real current time, so certificates it stamps are plausible.

@@ -26,9 +26,7 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// The aws-lc-rs provider, built once and shared by every config.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
-    PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
-        .clone()
+    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())).clone()
 }
 
 /// Errors building TLS material. Peer-verification failures surface as `rustls::Error`

@@ -38,7 +38,7 @@ impl TokenSource {
 
 #[derive(Debug, Clone)]
 pub struct IstioCaConfig {
-    /// e.g. `http://127.0.0.1:15012` (plaintext, tests) or an `https://` istiod address.
+    /// e.g. `http://127.0.0.1:15012` (plaintext only for now).
     pub endpoint: String,
     pub token: TokenSource,
     /// Send `ImpersonatedIdentity` (node-agent mode). Off: the CA issues the caller's own.
@@ -70,14 +70,11 @@ pub struct IstioCaClient {
 
 impl IstioCaClient {
     /// Builds a lazily-connecting client: construction never blocks on the CA being up.
-    /// TLS (`https://`) uses tonic's transport over the given endpoint; plaintext is for
-    /// loopback and tests.
+    /// Only plaintext `http://` endpoints are supported so far (loopback, a node-local CA, or
+    /// behind a TLS-terminating sidecar); TLS to istiod on 15012 is not wired yet.
     pub fn new(config: IstioCaConfig) -> Result<Self, CaError> {
         let endpoint = Endpoint::from_shared(config.endpoint.clone())
-            .map_err(|e| CaError::Transport {
-                endpoint: config.endpoint.clone(),
-                message: e.to_string(),
-            })?
+            .map_err(|e| CaError::Transport { endpoint: config.endpoint.clone(), message: e.to_string() })?
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout);
         let client = IstioCertificateServiceClient::new(endpoint.connect_lazy());
@@ -92,9 +89,7 @@ impl IstioCaClient {
         let metadata = self.config.impersonate.then(|| Struct {
             fields: [(
                 IMPERSONATED_IDENTITY.to_owned(),
-                Value {
-                    kind: Some(Kind::StringValue(req.identity.to_string())),
-                },
+                Value { kind: Some(Kind::StringValue(req.identity.to_string())) },
             )]
             .into(),
         });
@@ -104,15 +99,13 @@ impl IstioCaClient {
             metadata,
         });
         if let Some(token) = token {
-            let value: MetadataValue<_> = format!("Bearer {token}").parse().map_err(|_| {
-                CaError::Token("token has characters not allowed in a header".into())
-            })?;
+            let value: MetadataValue<_> = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| CaError::Token("token has characters not allowed in a header".into()))?;
             request.metadata_mut().insert("authorization", value);
         }
         if let Some(cluster) = &self.config.cluster_id {
-            let value = cluster
-                .parse()
-                .map_err(|_| CaError::Token("cluster id is not a valid header value".into()))?;
+            let value = cluster.parse().map_err(|_| CaError::Token("cluster id is not a valid header value".into()))?;
             request.metadata_mut().insert("clusterid", value);
         }
         Ok(request)
@@ -143,10 +136,7 @@ impl CertificateSource for IstioCaClient {
             )));
         }
         let root = certs.pop().expect("len checked above");
-        Ok(IssuedChain {
-            chain: certs,
-            roots: vec![root],
-        })
+        Ok(IssuedChain { chain: certs, roots: vec![root] })
     }
 }
 

@@ -24,23 +24,13 @@ pub fn generate_csr(identity: &Identity) -> Result<CsrAndKey, CaError> {
         .map_err(|e| CaError::Signing(format!("generating a P-256 key: {e}")))?;
     let mut params = CertificateParams::default();
     params.subject_alt_names = vec![uri_san(identity)?];
-    let csr = params
-        .serialize_request(&key)
-        .map_err(|e| CaError::Signing(format!("building the CSR: {e}")))?;
-    let csr_pem = csr
-        .pem()
-        .map_err(|e| CaError::Signing(format!("encoding the CSR: {e}")))?;
-    Ok(CsrAndKey {
-        csr_pem,
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    })
+    let csr = params.serialize_request(&key).map_err(|e| CaError::Signing(format!("building the CSR: {e}")))?;
+    let csr_pem = csr.pem().map_err(|e| CaError::Signing(format!("encoding the CSR: {e}")))?;
+    Ok(CsrAndKey { csr_pem, key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())) })
 }
 
 pub(crate) fn uri_san(identity: &Identity) -> Result<SanType, CaError> {
-    let uri = identity
-        .as_str()
-        .to_owned()
-        .try_into()
-        .map_err(|e| CaError::Signing(format!("identity is not IA5: {e}")))?;
+    let uri =
+        identity.as_str().to_owned().try_into().map_err(|e| CaError::Signing(format!("identity is not IA5: {e}")))?;
     Ok(SanType::URI(uri))
 }

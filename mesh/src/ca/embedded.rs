@@ -9,9 +9,8 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
-    SerialNumber,
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SerialNumber,
 };
 use rustls_pki_types::CertificateDer;
 use time::OffsetDateTime;
@@ -64,14 +63,8 @@ impl EmbeddedCa {
         let root_issuer = Issuer::new(root_params, root_key);
 
         let int_key = new_key()?;
-        let int_params = ca_params(
-            &format!("Pillion intermediate CA ({trust_domain})"),
-            now,
-            Some(0),
-        )?;
-        let intermediate = int_params
-            .signed_by(&int_key, &root_issuer)
-            .map_err(material)?;
+        let int_params = ca_params(&format!("Pillion intermediate CA ({trust_domain})"), now, Some(0))?;
+        let intermediate = int_params.signed_by(&int_key, &root_issuer).map_err(material)?;
         let pem = CaPem {
             root_cert: root.pem(),
             intermediate_cert: intermediate.pem(),
@@ -92,9 +85,7 @@ impl EmbeddedCa {
     /// PKCS#8 key. Several roots may be given while a CA rotation is in progress.
     pub fn from_pem(trust_domain: &str, pem: &CaPem, clock: SharedClock) -> Result<Self, CaError> {
         let roots = parse_pem_certs(&pem.root_cert).map_err(material)?;
-        let intermediate = parse_pem_certs(&pem.intermediate_cert)
-            .map_err(material)?
-            .remove(0);
+        let intermediate = parse_pem_certs(&pem.intermediate_cert).map_err(material)?.remove(0);
         let key = KeyPair::from_pem(&pem.intermediate_key).map_err(material)?;
         let issuer = Issuer::from_ca_cert_der(&intermediate, key).map_err(material)?;
         Ok(Self {
@@ -111,10 +102,7 @@ impl EmbeddedCa {
     pub fn from_dir(trust_domain: &str, dir: &Path, clock: SharedClock) -> Result<Self, CaError> {
         let read = |name: &str| {
             let path = dir.join(name);
-            std::fs::read_to_string(&path).map_err(|source| CaError::Io {
-                path: path.display().to_string(),
-                source,
-            })
+            std::fs::read_to_string(&path).map_err(|source| CaError::Io { path: path.display().to_string(), source })
         };
         let pem = CaPem {
             root_cert: read("root-cert.pem")?,
@@ -151,20 +139,11 @@ impl EmbeddedCa {
     /// Signs a PEM CSR for `identity`. The CSR's signature is checked (proof the requester
     /// holds the key) but its subject and SANs are ignored: the identity is decided by the
     /// caller's authorization, never by the requester.
-    pub fn sign_csr(
-        &self,
-        identity: &Identity,
-        csr_pem: &str,
-        lifetime: Duration,
-    ) -> Result<IssuedChain, CaError> {
+    pub fn sign_csr(&self, identity: &Identity, csr_pem: &str, lifetime: Duration) -> Result<IssuedChain, CaError> {
         if identity.trust_domain() != self.trust_domain {
-            return Err(CaError::PermissionDenied(format!(
-                "{identity} is outside trust domain {}",
-                self.trust_domain
-            )));
+            return Err(CaError::PermissionDenied(format!("{identity} is outside trust domain {}", self.trust_domain)));
         }
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
-            .map_err(|e| CaError::BadCsr(e.to_string()))?;
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| CaError::BadCsr(e.to_string()))?;
         let now = self.clock.now();
         let lifetime = lifetime.min(self.max_lifetime).max(Duration::from_secs(1));
         let mut params = CertificateParams::default();
@@ -173,22 +152,11 @@ impl EmbeddedCa {
         params.serial_number = Some(random_serial()?);
         params.subject_alt_names = vec![uri_san(identity)?];
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        let leaf = params
-            .signed_by(&csr.public_key, &self.issuer)
-            .map_err(|e| CaError::Signing(e.to_string()))?;
-        Ok(IssuedChain {
-            chain: vec![leaf.der().clone(), self.intermediate.clone()],
-            roots: self.roots.clone(),
-        })
+        let leaf = params.signed_by(&csr.public_key, &self.issuer).map_err(|e| CaError::Signing(e.to_string()))?;
+        Ok(IssuedChain { chain: vec![leaf.der().clone(), self.intermediate.clone()], roots: self.roots.clone() })
     }
 }
 
@@ -206,25 +174,15 @@ impl<T: CertificateSource> CertificateSource for Arc<T> {
     }
 }
 
-fn ca_params(
-    cn: &str,
-    now: SystemTime,
-    path_len: Option<u8>,
-) -> Result<CertificateParams, CaError> {
+fn ca_params(cn: &str, now: SystemTime, path_len: Option<u8>) -> Result<CertificateParams, CaError> {
     let mut params = CertificateParams::default();
-    params
-        .distinguished_name
-        .push(DnType::OrganizationName, "Pillion");
+    params.distinguished_name.push(DnType::OrganizationName, "Pillion");
     params.distinguished_name.push(DnType::CommonName, cn);
     params.is_ca = IsCa::Ca(match path_len {
         Some(n) => BasicConstraints::Constrained(n),
         None => BasicConstraints::Unconstrained,
     });
-    params.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
     params.not_before = odt(now - BACKDATE);
     params.not_after = odt(now + CA_LIFETIME);
     params.serial_number = Some(random_serial()?);

@@ -17,8 +17,7 @@ use tonic::{Request, Response, Status};
 
 use super::embedded::EmbeddedCa;
 use super::proto::{
-    IstioCertificateRequest, IstioCertificateResponse, IstioCertificateService,
-    IstioCertificateServiceServer,
+    IstioCertificateRequest, IstioCertificateResponse, IstioCertificateService, IstioCertificateServiceServer,
 };
 use super::{CaError, IMPERSONATED_IDENTITY};
 use crate::parse::Identity;
@@ -60,8 +59,7 @@ impl StaticAllowList {
         own: Identity,
         may_impersonate: impl IntoIterator<Item = Identity>,
     ) -> Self {
-        self.entries
-            .insert(token.into(), (own, may_impersonate.into_iter().collect()));
+        self.entries.insert(token.into(), (own, may_impersonate.into_iter().collect()));
         self
     }
 }
@@ -69,20 +67,12 @@ impl StaticAllowList {
 #[async_trait]
 impl CaAuthorizer for StaticAllowList {
     async fn authorize(&self, caller: &CallerInfo) -> Result<Identity, CaError> {
-        let token = caller
-            .bearer_token
-            .as_deref()
-            .ok_or_else(|| CaError::Unauthenticated("no bearer token".into()))?;
-        let (own, allowed) = self
-            .entries
-            .get(token)
-            .ok_or_else(|| CaError::Unauthenticated("unknown token".into()))?;
+        let token = caller.bearer_token.as_deref().ok_or_else(|| CaError::Unauthenticated("no bearer token".into()))?;
+        let (own, allowed) = self.entries.get(token).ok_or_else(|| CaError::Unauthenticated("unknown token".into()))?;
         match &caller.impersonated {
             None => Ok(own.clone()),
             Some(id) if id == own || allowed.contains(id) => Ok(id.clone()),
-            Some(id) => Err(CaError::PermissionDenied(format!(
-                "{own} may not impersonate {id}"
-            ))),
+            Some(id) => Err(CaError::PermissionDenied(format!("{own} may not impersonate {id}"))),
         }
     }
 }
@@ -98,11 +88,7 @@ pub struct CaServer<A> {
 
 impl<A: CaAuthorizer> CaServer<A> {
     pub fn new(ca: Arc<EmbeddedCa>, authorizer: A) -> Self {
-        Self {
-            ca,
-            authorizer,
-            default_lifetime: super::embedded::DEFAULT_MAX_LIFETIME,
-        }
+        Self { ca, authorizer, default_lifetime: super::embedded::DEFAULT_MAX_LIFETIME }
     }
 
     pub fn into_service(self) -> IstioCertificateServiceServer<Self> {
@@ -115,18 +101,12 @@ impl<A: CaAuthorizer> CaServer<A> {
         listener: TcpListener,
         shutdown: impl std::future::Future<Output = ()> + Send,
     ) -> Result<(), CaError> {
-        let addr = listener
-            .local_addr()
-            .map(|a| a.to_string())
-            .unwrap_or_default();
+        let addr = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
         tonic::transport::Server::builder()
             .add_service(self.into_service())
             .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
             .await
-            .map_err(|e| CaError::Transport {
-                endpoint: addr,
-                message: e.to_string(),
-            })
+            .map_err(|e| CaError::Transport { endpoint: addr, message: e.to_string() })
     }
 }
 
@@ -137,11 +117,7 @@ fn caller_info<T>(request: &Request<T>, impersonated: Option<Identity>) -> Calle
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|t| t.trim().to_owned());
-    CallerInfo {
-        bearer_token,
-        impersonated,
-        peer: request.remote_addr(),
-    }
+    CallerInfo { bearer_token, impersonated, peer: request.remote_addr() }
 }
 
 fn to_status(e: CaError) -> Status {
@@ -160,46 +136,31 @@ impl<A: CaAuthorizer> IstioCertificateService for CaServer<A> {
         &self,
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
-        let impersonated =
-            match request
-                .get_ref()
-                .metadata
-                .as_ref()
-                .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
-                .and_then(|v| v.kind.as_ref())
-            {
-                None => None,
-                Some(Kind::StringValue(s)) => Some(Identity::parse(s).map_err(|e| {
-                    Status::invalid_argument(format!("{IMPERSONATED_IDENTITY}: {e}"))
-                })?),
-                Some(_) => {
-                    return Err(Status::invalid_argument(format!(
-                        "{IMPERSONATED_IDENTITY} must be a string"
-                    )));
-                }
-            };
+        let impersonated = match request
+            .get_ref()
+            .metadata
+            .as_ref()
+            .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
+            .and_then(|v| v.kind.as_ref())
+        {
+            None => None,
+            Some(Kind::StringValue(s)) => Some(
+                Identity::parse(s).map_err(|e| Status::invalid_argument(format!("{IMPERSONATED_IDENTITY}: {e}")))?,
+            ),
+            Some(_) => {
+                return Err(Status::invalid_argument(format!("{IMPERSONATED_IDENTITY} must be a string")));
+            }
+        };
         let caller = caller_info(&request, impersonated);
-        let identity = self
-            .authorizer
-            .authorize(&caller)
-            .await
-            .map_err(to_status)?;
+        let identity = self.authorizer.authorize(&caller).await.map_err(to_status)?;
         let req = request.into_inner();
         let lifetime = match u64::try_from(req.validity_duration) {
             Ok(0) | Err(_) => self.default_lifetime,
             Ok(secs) => Duration::from_secs(secs),
         };
-        let issued = self
-            .ca
-            .sign_csr(&identity, &req.csr, lifetime)
-            .map_err(to_status)?;
+        let issued = self.ca.sign_csr(&identity, &req.csr, lifetime).map_err(to_status)?;
         tracing::info!(%identity, peer = ?caller.peer, "issued workload certificate");
-        let cert_chain = issued
-            .chain
-            .iter()
-            .chain(issued.roots.first())
-            .map(|der| pem_cert(der))
-            .collect();
+        let cert_chain = issued.chain.iter().chain(issued.roots.first()).map(|der| pem_cert(der)).collect();
         Ok(Response::new(IstioCertificateResponse { cert_chain }))
     }
 }

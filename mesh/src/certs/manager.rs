@@ -80,26 +80,13 @@ impl Drop for Inner {
 
 impl std::fmt::Debug for CertManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertManager")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
+        f.debug_struct("CertManager").field("config", &self.inner.config).finish_non_exhaustive()
     }
 }
 
 impl CertManager {
-    pub fn new(
-        source: Arc<dyn CertificateSource>,
-        config: CertManagerConfig,
-        metrics: CertMetrics,
-    ) -> Self {
-        Self {
-            inner: Arc::new(Inner {
-                source,
-                config,
-                metrics,
-                entries: Mutex::default(),
-            }),
-        }
+    pub fn new(source: Arc<dyn CertificateSource>, config: CertManagerConfig, metrics: CertMetrics) -> Self {
+        Self { inner: Arc::new(Inner { source, config, metrics, entries: Mutex::default() }) }
     }
 
     pub fn clock(&self) -> &SharedClock {
@@ -110,11 +97,7 @@ impl CertManager {
     /// issuance). Must be called inside a tokio runtime.
     pub async fn fetch(&self, identity: &Identity) -> Result<WorkloadCert, CertError> {
         let mut rx = self.subscribe(identity);
-        let state = rx
-            .wait_for(|s| !matches!(s, CertState::Pending))
-            .await
-            .map_err(|_| CertError::Forgotten)?
-            .clone();
+        let state = rx.wait_for(|s| !matches!(s, CertState::Pending)).await.map_err(|_| CertError::Forgotten)?.clone();
         match state {
             CertState::Ready(cert) => Ok(cert),
             CertState::Failed(e) => Err(e),
@@ -139,13 +122,7 @@ impl CertManager {
         }
         let (tx, rx) = watch::channel(CertState::Pending);
         let task = tokio::spawn(run(Arc::downgrade(&self.inner), identity.clone(), tx));
-        entries.insert(
-            identity.clone(),
-            Entry {
-                rx: rx.clone(),
-                task,
-            },
-        );
+        entries.insert(identity.clone(), Entry { rx: rx.clone(), task });
         self.inner.metrics.workloads.set(entries.len() as i64);
         rx
     }
@@ -220,11 +197,7 @@ async fn issue(inner: &Inner, identity: &Identity) -> Result<WorkloadCert, CertE
     let csr = generate_csr(identity).map_err(|e| CertError::Source(Arc::new(e)))?;
     let issued = inner
         .source
-        .sign(SignRequest {
-            identity: identity.clone(),
-            csr_pem: csr.csr_pem,
-            lifetime: inner.config.lifetime,
-        })
+        .sign(SignRequest { identity: identity.clone(), csr_pem: csr.csr_pem, lifetime: inner.config.lifetime })
         .await
         .map_err(|e| CertError::Source(Arc::new(e)))?;
     let mut roots = issued.roots;
@@ -237,10 +210,7 @@ async fn issue(inner: &Inner, identity: &Identity) -> Result<WorkloadCert, CertE
     let bundle = TrustBundle::new(roots).map_err(unusable)?;
     let cert = WorkloadCert::new(issued.chain, csr.key, bundle).map_err(unusable)?;
     if cert.identity() != identity {
-        return Err(CertError::WrongIdentity {
-            expected: identity.to_string(),
-            got: cert.identity().to_string(),
-        });
+        return Err(CertError::WrongIdentity { expected: identity.to_string(), got: cert.identity().to_string() });
     }
     Ok(cert)
 }

@@ -25,11 +25,7 @@ impl CertMetrics {
             m.renewal_failures.clone(),
         );
         sub.register("issued", "Certificates issued", m.issued.clone());
-        sub.register(
-            "workloads",
-            "Workload identities holding a certificate",
-            m.workloads.clone(),
-        );
+        sub.register("workloads", "Workload identities holding a certificate", m.workloads.clone());
         m
     }
 }

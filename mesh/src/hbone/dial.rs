@@ -54,10 +54,7 @@ impl UpstreamDialer for TcpUpstream {
     type Stream = TcpStream;
     async fn dial(&self, request: &ConnectRequest) -> io::Result<TcpStream> {
         let addr: SocketAddr = request.target.socket_addr().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "target is a host name; only waypoints resolve names",
-            )
+            io::Error::new(io::ErrorKind::InvalidInput, "target is a host name; only waypoints resolve names")
         })?;
         let s = TcpStream::connect(addr).await?;
         s.set_nodelay(true)?;
@@ -85,10 +82,7 @@ impl CertProvider for WorkloadCert {
         if self.identity() == identity {
             Ok(self.clone())
         } else {
-            Err(CertError::WrongIdentity {
-                expected: identity.to_string(),
-                got: self.identity().to_string(),
-            })
+            Err(CertError::WrongIdentity { expected: identity.to_string(), got: self.identity().to_string() })
         }
     }
 }

@@ -14,9 +14,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::{
-    CertProvider, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, HboneError, TcpDialer,
-};
+use super::{CertProvider, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, HboneError, TcpDialer};
 use crate::clock::{SharedClock, SystemClock};
 use crate::parse::Identity;
 
@@ -71,9 +69,7 @@ pub struct Pool<D> {
 
 impl<D> Clone for Pool<D> {
     fn clone(&self) -> Self {
-        Self {
-            inner: self.inner.clone(),
-        }
+        Self { inner: self.inner.clone() }
     }
 }
 
@@ -110,29 +106,29 @@ impl<D: TcpDialer> Pool<D> {
     }
 
     /// Opens a tunnel to `request.target` through the destination in `key`.
-    pub async fn connect(
-        &self,
-        key: PoolKey,
-        request: TunnelRequest,
-    ) -> Result<Tunnel, HboneError> {
-        let slot = match self.reserve(&key) {
-            Some(slot) => slot,
-            None => {
-                let dial_lock = self
-                    .lock()
-                    .entry(key.clone())
-                    .or_default()
-                    .dial_lock
-                    .clone();
-                let _dialling = dial_lock.lock().await;
-                match self.reserve(&key) {
-                    Some(slot) => slot,
-                    None => {
-                        let conn = self.open_connection(&key).await?;
-                        let slot = conn.reserve_unchecked();
-                        self.lock().entry(key.clone()).or_default().conns.push(conn);
-                        slot
-                    }
+    pub async fn connect(&self, key: PoolKey, request: TunnelRequest) -> Result<Tunnel, HboneError> {
+        if let Some(slot) = self.reserve(&key) {
+            // A pooled connection may have been closed by the peer (GOAWAY on drain) since
+            // it was last used: close it and retry once on a fresh one.
+            let conn = slot.conn.clone();
+            match tunnel::open(slot, &key, request.clone(), self.inner.config.response_timeout).await {
+                Err(HboneError::H2(e)) if e.is_go_away() || e.is_io() => {
+                    tracing::debug!(conn = conn.id, error = %e, "pooled HBONE connection is gone; redialling");
+                    conn.close();
+                }
+                other => return other,
+            }
+        }
+        let dial_lock = self.lock().entry(key.clone()).or_default().dial_lock.clone();
+        let slot = {
+            let _dialling = dial_lock.lock().await;
+            match self.reserve(&key) {
+                Some(slot) => slot,
+                None => {
+                    let conn = self.open_connection(&key).await?;
+                    let slot = conn.reserve_unchecked();
+                    self.lock().entry(key.clone()).or_default().conns.push(conn);
+                    slot
                 }
             }
         };
@@ -170,11 +166,7 @@ impl<D: TcpDialer> Pool<D> {
     fn reserve(&self, key: &PoolKey) -> Option<conn::Slot> {
         let state = self.lock();
         let max = self.inner.config.max_streams;
-        state
-            .get(key)?
-            .conns
-            .iter()
-            .find_map(|c| c.try_reserve(max))
+        state.get(key)?.conns.iter().find_map(|c| c.try_reserve(max))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, KeyConns>> {
@@ -187,17 +179,12 @@ impl<D: TcpDialer> Pool<D> {
         let tcp = tokio::time::timeout(cfg.connect_timeout, self.inner.dialer.dial(key))
             .await
             .map_err(|_| HboneError::ConnectTimeout(key.dst))?
-            .map_err(|source| HboneError::Dial {
-                addr: key.dst,
-                source,
-            })?;
+            .map_err(|source| HboneError::Dial { addr: key.dst, source })?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let (conn, driver) = tokio::time::timeout(
-            cfg.handshake_timeout,
-            conn::handshake(id, tcp, key, &cert, cfg.clock.clone()),
-        )
-        .await
-        .map_err(|_| HboneError::HandshakeTimeout(key.dst))??;
+        let (conn, driver) =
+            tokio::time::timeout(cfg.handshake_timeout, conn::handshake(id, tcp, key, &cert, cfg.clock.clone()))
+                .await
+                .map_err(|_| HboneError::HandshakeTimeout(key.dst))??;
         self.inner.open.send_modify(|n| *n += 1);
         let weak = Arc::downgrade(&self.inner);
         let key = key.clone();

@@ -216,8 +216,7 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let cert = self.resolver.resolve(local).await?;
-        let tls_config =
-            config::server_config_with(&cert, self.verifier_for(cert.trust_bundle())?)?;
+        let tls_config = config::server_config_with(&cert, self.verifier_for(cert.trust_bundle())?)?;
         let handshake = async {
             let tls = TlsAcceptor::from(Arc::new(tls_config))
                 .accept(io)

@@ -61,17 +61,10 @@ impl Authority {
         }
         if let Some(rest) = input.strip_prefix('[') {
             // Bracketed IPv6: `[addr]:port`. Zone ids (`%eth0`) are meaningless across hosts.
-            let (addr, after) = rest
-                .split_once(']')
-                .ok_or_else(|| AuthorityError::BadHost(input.to_owned()))?;
-            let ip: Ipv6Addr = addr
-                .parse()
-                .map_err(|_| AuthorityError::BadHost(addr.to_owned()))?;
+            let (addr, after) = rest.split_once(']').ok_or_else(|| AuthorityError::BadHost(input.to_owned()))?;
+            let ip: Ipv6Addr = addr.parse().map_err(|_| AuthorityError::BadHost(addr.to_owned()))?;
             let port = after.strip_prefix(':').ok_or(AuthorityError::MissingPort)?;
-            return Ok(Self {
-                host: Host::Ip(IpAddr::V6(ip)),
-                port: parse_port(port)?,
-            });
+            return Ok(Self { host: Host::Ip(IpAddr::V6(ip)), port: parse_port(port)? });
         }
         let (host, port) = input.rsplit_once(':').ok_or(AuthorityError::MissingPort)?;
         if host.contains(':') {
@@ -79,17 +72,11 @@ impl Authority {
         }
         let port = parse_port(port)?;
         if let Ok(ip) = host.parse::<std::net::Ipv4Addr>() {
-            return Ok(Self {
-                host: Host::Ip(IpAddr::V4(ip)),
-                port,
-            });
+            return Ok(Self { host: Host::Ip(IpAddr::V4(ip)), port });
         }
         if is_dns_name(host) {
             // Names are case-insensitive; store them canonical so policy compares equal.
-            return Ok(Self {
-                host: Host::Name(host.to_ascii_lowercase()),
-                port,
-            });
+            return Ok(Self { host: Host::Name(host.to_ascii_lowercase()), port });
         }
         Err(AuthorityError::BadHost(host.to_owned()))
     }
@@ -97,10 +84,7 @@ impl Authority {
 
 impl From<SocketAddr> for Authority {
     fn from(addr: SocketAddr) -> Self {
-        Self {
-            host: Host::Ip(addr.ip()),
-            port: addr.port(),
-        }
+        Self { host: Host::Ip(addr.ip()), port: addr.port() }
     }
 }
 
@@ -138,9 +122,7 @@ fn is_dns_name(s: &str) -> bool {
             && label.len() <= 63
             && !label.starts_with('-')
             && !label.ends_with('-')
-            && label
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
     })
 }
 
@@ -155,10 +137,7 @@ mod tests {
         let a = Authority::parse("[fd00::5]:8080").unwrap();
         assert_eq!(a.to_string(), "[fd00::5]:8080");
         let a = Authority::parse("Reviews.Default.svc.cluster.local:9080").unwrap();
-        assert_eq!(
-            a.host,
-            Host::Name("reviews.default.svc.cluster.local".into())
-        );
+        assert_eq!(a.host, Host::Name("reviews.default.svc.cluster.local".into()));
     }
 
     #[test]
@@ -183,10 +162,7 @@ mod tests {
         ] {
             assert!(Authority::parse(bad).is_err(), "{bad:?} must be refused");
         }
-        assert_eq!(
-            Authority::parse("x:99999"),
-            Err(AuthorityError::BadPort("99999".into()))
-        );
+        assert_eq!(Authority::parse("x:99999"), Err(AuthorityError::BadPort("99999".into())));
     }
 
     #[test]

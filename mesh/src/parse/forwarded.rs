@@ -32,10 +32,7 @@ pub struct ForwardedElement {
 
 impl ForwardedElement {
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(key))
-            .map(|(_, v)| v.as_str())
+        self.pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(key)).map(|(_, v)| v.as_str())
     }
 
     /// The `for=` node: who sent the request to the hop that wrote this element.
@@ -62,10 +59,7 @@ impl Node {
                 "" => None,
                 p => Some(p.strip_prefix(':').ok_or_else(bad)?),
             };
-            return Ok(Node::Ip {
-                ip: IpAddr::V6(ip),
-                port: port.map(|p| parse_port(p).ok_or_else(bad)).transpose()?,
-            });
+            return Ok(Node::Ip { ip: IpAddr::V6(ip), port: port.map(|p| parse_port(p).ok_or_else(bad)).transpose()? });
         } else {
             match s.split_once(':') {
                 Some((n, p)) => (n, Some(p)),
@@ -85,10 +79,7 @@ impl Node {
             return Ok(Node::Obfuscated(name.to_owned()));
         }
         let ip: Ipv4Addr = name.parse().map_err(|_| bad())?;
-        Ok(Node::Ip {
-            ip: IpAddr::V4(ip),
-            port,
-        })
+        Ok(Node::Ip { ip: IpAddr::V4(ip), port })
     }
 }
 
@@ -196,11 +187,7 @@ fn is_qd_or_escaped(c: u8) -> bool {
 }
 
 fn is_obfuscated(s: &str) -> bool {
-    s.len() > 1
-        && s.starts_with('_')
-        && s[1..]
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+    s.len() > 1 && s.starts_with('_') && s[1..].bytes().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
 }
 
 fn parse_port(p: &str) -> Option<u16> {
@@ -217,20 +204,13 @@ mod tests {
     #[test]
     fn parses_rfc_examples() {
         let els = parse_forwarded(r#"for="_gazonk""#).unwrap();
-        assert_eq!(
-            els[0].for_node(),
-            Some(Ok(Node::Obfuscated("_gazonk".into())))
-        );
+        assert_eq!(els[0].for_node(), Some(Ok(Node::Obfuscated("_gazonk".into()))));
         let els = parse_forwarded(r#"For="[2001:db8:cafe::17]:4711""#).unwrap();
         assert_eq!(
             els[0].for_node(),
-            Some(Ok(Node::Ip {
-                ip: "2001:db8:cafe::17".parse().unwrap(),
-                port: Some(4711)
-            }))
+            Some(Ok(Node::Ip { ip: "2001:db8:cafe::17".parse().unwrap(), port: Some(4711) }))
         );
-        let els =
-            parse_forwarded("for=192.0.2.60;proto=http;by=203.0.113.43, for=unknown").unwrap();
+        let els = parse_forwarded("for=192.0.2.60;proto=http;by=203.0.113.43, for=unknown").unwrap();
         assert_eq!(els.len(), 2);
         assert_eq!(els[0].get("proto"), Some("http"));
         assert_eq!(els[1].for_node(), Some(Ok(Node::Unknown)));
@@ -238,15 +218,7 @@ mod tests {
 
     #[test]
     fn refuses_malformed_values() {
-        for bad in [
-            "for",
-            "for=",
-            "=x",
-            r#"for="unterminated"#,
-            "for=1.2.3.4 x",
-            "for=a;for=b",
-            "for=\"a\u{e9}\"",
-        ] {
+        for bad in ["for", "for=", "=x", r#"for="unterminated"#, "for=1.2.3.4 x", "for=a;for=b", "for=\"a\u{e9}\""] {
             assert!(parse_forwarded(bad).is_err(), "{bad:?} must be refused");
         }
         assert!(Node::parse("[::1").is_err());

@@ -18,13 +18,9 @@ pub enum SpiffeIdError {
     TooLong,
     #[error("SPIFFE trust domain is empty or has characters other than a-z 0-9 . - _")]
     TrustDomain,
-    #[error(
-        "SPIFFE path segment {0:?} is empty, `.`/`..`, or has characters other than A-Z a-z 0-9 . - _"
-    )]
+    #[error("SPIFFE path segment {0:?} is empty, `.`/`..`, or has characters other than A-Z a-z 0-9 . - _")]
     Segment(String),
-    #[error(
-        "SPIFFE ID {0:?} is not an Istio workload identity: expected `spiffe://<td>/ns/<ns>/sa/<sa>`"
-    )]
+    #[error("SPIFFE ID {0:?} is not an Istio workload identity: expected `spiffe://<td>/ns/<ns>/sa/<sa>`")]
     NotIstioForm(String),
 }
 
@@ -46,11 +42,7 @@ impl SpiffeId {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
         };
-        if td.is_empty()
-            || !td
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b))
-        {
+        if td.is_empty() || !td.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._".contains(&b)) {
             return Err(SpiffeIdError::TrustDomain);
         }
         if !path.is_empty() {
@@ -59,18 +51,13 @@ impl SpiffeId {
                 let ok = !seg.is_empty()
                     && seg != "."
                     && seg != ".."
-                    && seg
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+                    && seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
                 if !ok {
                     return Err(SpiffeIdError::Segment(seg.chars().take(64).collect()));
                 }
             }
         }
-        Ok(Self {
-            raw: input.to_owned(),
-            path_at: SCHEME.len() + td.len(),
-        })
+        Ok(Self { raw: input.to_owned(), path_at: SCHEME.len() + td.len() })
     }
 
     pub fn trust_domain(&self) -> &str {
@@ -101,31 +88,17 @@ pub struct Identity {
 
 impl Identity {
     /// Builds `spiffe://<td>/ns/<ns>/sa/<sa>`, validating every part.
-    pub fn new(
-        trust_domain: &str,
-        namespace: &str,
-        service_account: &str,
-    ) -> Result<Self, SpiffeIdError> {
-        Self::parse(&format!(
-            "{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}"
-        ))
+    pub fn new(trust_domain: &str, namespace: &str, service_account: &str) -> Result<Self, SpiffeIdError> {
+        Self::parse(&format!("{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}"))
     }
 
     pub fn parse(input: &str) -> Result<Self, SpiffeIdError> {
         let id = SpiffeId::parse(input)?;
         let mut segs = id.path().split('/').skip(1);
-        let shape = (
-            segs.next(),
-            segs.next(),
-            segs.next(),
-            segs.next(),
-            segs.next(),
-        );
+        let shape = (segs.next(), segs.next(), segs.next(), segs.next(), segs.next());
         match shape {
             (Some("ns"), Some(_), Some("sa"), Some(_), None) => Ok(Self { id }),
-            _ => Err(SpiffeIdError::NotIstioForm(
-                input.chars().take(128).collect(),
-            )),
+            _ => Err(SpiffeIdError::NotIstioForm(input.chars().take(128).collect())),
         }
     }
 
@@ -173,10 +146,7 @@ mod tests {
         assert_eq!(id.trust_domain(), "cluster.local");
         assert_eq!(id.namespace(), "default");
         assert_eq!(id.service_account(), "bookinfo-ratings");
-        assert_eq!(
-            Identity::new("cluster.local", "default", "bookinfo-ratings").unwrap(),
-            id
-        );
+        assert_eq!(Identity::new("cluster.local", "default", "bookinfo-ratings").unwrap(), id);
     }
 
     #[test]
@@ -203,10 +173,7 @@ mod tests {
     #[test]
     fn generic_spiffe_ids_are_not_istio_identities() {
         assert!(SpiffeId::parse("spiffe://td/agent/node1").is_ok());
-        assert!(matches!(
-            Identity::parse("spiffe://td/agent/node1"),
-            Err(SpiffeIdError::NotIstioForm(_))
-        ));
+        assert!(matches!(Identity::parse("spiffe://td/agent/node1"), Err(SpiffeIdError::NotIstioForm(_))));
         assert!(Identity::parse("spiffe://td/ns/a/sa/b/extra").is_err());
         assert_eq!(SpiffeId::parse("spiffe://td").unwrap().path(), "");
     }

@@ -36,12 +36,7 @@ impl Traceparent {
         if trace_id == 0 || parent_id == 0 {
             return Err(TraceparentError::ZeroId);
         }
-        Ok(Self {
-            version: version as u8,
-            trace_id,
-            parent_id: parent_id as u64,
-            flags: flags as u8,
-        })
+        Ok(Self { version: version as u8, trace_id, parent_id: parent_id as u64, flags: flags as u8 })
     }
 
     pub fn sampled(&self) -> bool {
@@ -51,11 +46,7 @@ impl Traceparent {
 
 fn hex_field(part: Option<&str>, len: usize) -> Result<u128, TraceparentError> {
     let p = part.ok_or(TraceparentError::Shape)?;
-    if p.len() != len
-        || !p
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    {
+    if p.len() != len || !p.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         return Err(TraceparentError::Shape);
     }
     u128::from_str_radix(p, 16).map_err(|_| TraceparentError::Shape)
@@ -67,8 +58,7 @@ mod tests {
 
     #[test]
     fn parses_the_spec_example() {
-        let t =
-            Traceparent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        let t = Traceparent::parse("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
         assert_eq!(t.trace_id, 0x4bf92f3577b34da6a3ce929d0e0e4736);
         assert_eq!(t.parent_id, 0x00f067aa0ba902b7);
         assert!(t.sampled());

@@ -21,10 +21,7 @@ pub fn server_config(cert: &WorkloadCert, clock: SharedClock) -> Result<ServerCo
 }
 
 /// As [`server_config`], reusing a verifier (saves re-parsing the roots per connection).
-pub fn server_config_with(
-    cert: &WorkloadCert,
-    verifier: Arc<SvidClientVerifier>,
-) -> Result<ServerConfig, TlsError> {
+pub fn server_config_with(cert: &WorkloadCert, verifier: Arc<SvidClientVerifier>) -> Result<ServerConfig, TlsError> {
     let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(TlsError::Config)?
@@ -69,11 +66,7 @@ impl ResolvesServerCert for Fixed {
 }
 
 impl ResolvesClientCert for Fixed {
-    fn resolve(
-        &self,
-        _root_hint_subjects: &[&[u8]],
-        _sigschemes: &[SignatureScheme],
-    ) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, _root_hint_subjects: &[&[u8]], _sigschemes: &[SignatureScheme]) -> Option<Arc<CertifiedKey>> {
         Some(self.0.clone())
     }
 

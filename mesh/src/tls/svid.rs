@@ -19,9 +19,7 @@ pub enum SvidError {
     SpiffeId(#[from] SpiffeIdError),
     #[error("certificate is a CA but is used as a workload leaf: issue a leaf with CA=false")]
     LeafIsCa,
-    #[error(
-        "certificate identity {got} is not the expected {expected}: wrong workload or stale endpoint"
-    )]
+    #[error("certificate identity {got} is not the expected {expected}: wrong workload or stale endpoint")]
     WrongIdentity { expected: String, got: String },
 }
 
@@ -42,17 +40,10 @@ pub fn identity_of(leaf_der: &[u8]) -> Result<Identity, SvidError> {
 /// Applies the SVID rules and returns what Pillion needs from the leaf.
 pub fn leaf_info(leaf_der: &[u8]) -> Result<LeafInfo, SvidError> {
     let (_, cert) = X509Certificate::from_der(leaf_der).map_err(|_| SvidError::Der)?;
-    if cert
-        .basic_constraints()
-        .map_err(|_| SvidError::Der)?
-        .is_some_and(|bc| bc.value.ca)
-    {
+    if cert.basic_constraints().map_err(|_| SvidError::Der)?.is_some_and(|bc| bc.value.ca) {
         return Err(SvidError::LeafIsCa);
     }
-    let uris: Vec<&str> = match cert
-        .subject_alternative_name()
-        .map_err(|_| SvidError::Der)?
-    {
+    let uris: Vec<&str> = match cert.subject_alternative_name().map_err(|_| SvidError::Der)? {
         Some(san) => san
             .value
             .general_names

@@ -22,14 +22,9 @@ impl TrustBundle {
         }
         let mut store = RootCertStore::empty();
         for root in &roots {
-            store
-                .add(root.clone())
-                .map_err(|e| TlsError::BadRoot(e.to_string()))?;
+            store.add(root.clone()).map_err(|e| TlsError::BadRoot(e.to_string()))?;
         }
-        Ok(Self {
-            roots: Arc::new(roots),
-            store: Arc::new(store),
-        })
+        Ok(Self { roots: Arc::new(roots), store: Arc::new(store) })
     }
 
     /// Reads every `CERTIFICATE` block of a PEM document.

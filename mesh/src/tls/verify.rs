@@ -9,9 +9,7 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
-use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme,
-};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use super::svid::{self, SvidError};
@@ -59,8 +57,7 @@ impl ClientCertVerifier for SvidClientVerifier {
         intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, unix_now(&self.clock))?;
+        self.inner.verify_client_cert(end_entity, intermediates, unix_now(&self.clock))?;
         svid::identity_of(end_entity).map_err(svid_failure)?;
         Ok(ClientCertVerified::assertion())
     }
@@ -100,12 +97,7 @@ pub struct SvidServerVerifier {
 
 impl SvidServerVerifier {
     pub fn new(bundle: TrustBundle, expected: Vec<Identity>, clock: SharedClock) -> Self {
-        Self {
-            bundle,
-            expected,
-            clock,
-            algs: provider().signature_verification_algorithms,
-        }
+        Self { bundle, expected, clock, algs: provider().signature_verification_algorithms }
     }
 }
 
@@ -128,16 +120,8 @@ impl ServerCertVerifier for SvidServerVerifier {
         )?;
         let got = svid::identity_of(end_entity).map_err(svid_failure)?;
         if !self.expected.contains(&got) {
-            let expected = self
-                .expected
-                .iter()
-                .map(Identity::as_str)
-                .collect::<Vec<_>>()
-                .join(" or ");
-            return Err(svid_failure(SvidError::WrongIdentity {
-                expected,
-                got: got.to_string(),
-            }));
+            let expected = self.expected.iter().map(Identity::as_str).collect::<Vec<_>>().join(" or ");
+            return Err(svid_failure(SvidError::WrongIdentity { expected, got: got.to_string() }));
         }
         Ok(ServerCertVerified::assertion())
     }

@@ -31,11 +31,7 @@ impl WorkloadCert {
         let leaf = chain.first().ok_or(TlsError::EmptyChain)?;
         let info = svid::leaf_info(leaf)?;
         let key = CertifiedKey::from_der(chain, key, &provider()).map_err(TlsError::Key)?;
-        Ok(Self {
-            info: Arc::new(info),
-            key: Arc::new(key),
-            bundle,
-        })
+        Ok(Self { info: Arc::new(info), key: Arc::new(key), bundle })
     }
 
     pub fn identity(&self) -> &Identity {
@@ -57,10 +53,7 @@ impl WorkloadCert {
 
     /// Half-way through the validity period: when rotation should start.
     pub fn refresh_at(&self) -> SystemTime {
-        let life = self
-            .not_after()
-            .duration_since(self.not_before())
-            .unwrap_or(Duration::ZERO);
+        let life = self.not_after().duration_since(self.not_before()).unwrap_or(Duration::ZERO);
         self.not_before() + life / 2
     }
 

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mesh::ca::{
-    CaError, CaServer, CertificateSource, IstioCaClient, IstioCaConfig, SignRequest,
-    StaticAllowList, TokenSource, generate_csr,
+    CaError, CaServer, CertificateSource, IstioCaClient, IstioCaConfig, SignRequest, StaticAllowList, TokenSource,
+    generate_csr,
 };
 use mesh::certs::{CertManager, CertManagerConfig, CertMetrics};
 use mesh::hbone::TunnelRequest;
@@ -40,17 +40,10 @@ fn client(addr: SocketAddr, token: TokenSource, impersonate: bool) -> IstioCaCli
     IstioCaClient::new(config).unwrap()
 }
 
-async fn ask(
-    client: &IstioCaClient,
-    identity: &mesh::Identity,
-) -> Result<mesh::ca::IssuedChain, CaError> {
+async fn ask(client: &IstioCaClient, identity: &mesh::Identity) -> Result<mesh::ca::IssuedChain, CaError> {
     let csr = generate_csr(identity).unwrap();
     client
-        .sign(SignRequest {
-            identity: identity.clone(),
-            csr_pem: csr.csr_pem,
-            lifetime: Duration::from_secs(3600),
-        })
+        .sign(SignRequest { identity: identity.clone(), csr_pem: csr.csr_pem, lifetime: Duration::from_secs(3600) })
         .await
 }
 
@@ -60,44 +53,27 @@ async fn ca_client_gets_impersonated_certificates_and_sees_refusals() {
     let (addr, stop) = ca_server(&pki).await;
     let agent = client(addr, TokenSource::Static(AGENT_TOKEN.into()), true);
 
-    let issued = within(10, ask(&agent, &id("default", "client")))
-        .await
-        .unwrap();
-    assert_eq!(
-        identity_of(&issued.chain[0]).unwrap(),
-        id("default", "client")
-    );
-    assert_eq!(
-        issued.roots,
-        pki.ca.roots(),
-        "the root travels last in cert_chain"
-    );
+    let issued = within(10, ask(&agent, &id("default", "client"))).await.unwrap();
+    assert_eq!(identity_of(&issued.chain[0]).unwrap(), id("default", "client"));
+    assert_eq!(issued.roots, pki.ca.roots(), "the root travels last in cert_chain");
     assert_eq!(issued.chain.len(), 2, "leaf and intermediate");
 
     // An identity the agent may not act for.
-    let err = within(10, ask(&agent, &id("payments", "api")))
-        .await
-        .unwrap_err();
+    let err = within(10, ask(&agent, &id("payments", "api"))).await.unwrap_err();
     assert!(matches!(err, CaError::PermissionDenied(_)), "{err:?}");
     // A token the CA does not know, and no token at all.
     let stranger = client(addr, TokenSource::Static("forged".into()), true);
-    let err = within(10, ask(&stranger, &id("default", "client")))
-        .await
-        .unwrap_err();
+    let err = within(10, ask(&stranger, &id("default", "client"))).await.unwrap_err();
     assert!(matches!(err, CaError::Unauthenticated(_)), "{err:?}");
     let anonymous = client(addr, TokenSource::None, true);
-    let err = within(10, ask(&anonymous, &id("default", "client")))
-        .await
-        .unwrap_err();
+    let err = within(10, ask(&anonymous, &id("default", "client"))).await.unwrap_err();
     assert!(matches!(err, CaError::Unauthenticated(_)), "{err:?}");
     // A CSR that is not one.
     let err = within(
         10,
         agent.sign(SignRequest {
             identity: id("default", "client"),
-            csr_pem:
-                "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"
-                    .into(),
+            csr_pem: "-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n".into(),
             lifetime: Duration::from_secs(3600),
         }),
     )
@@ -106,27 +82,16 @@ async fn ca_client_gets_impersonated_certificates_and_sees_refusals() {
     assert!(matches!(err, CaError::BadCsr(_)), "{err:?}");
     // Without impersonation the CA issues the caller's own identity.
     let own = client(addr, TokenSource::Static(AGENT_TOKEN.into()), false);
-    let issued = within(10, ask(&own, &id("default", "client")))
-        .await
-        .unwrap();
-    assert_eq!(
-        identity_of(&issued.chain[0]).unwrap(),
-        id("pillion-system", "pillion-agent")
-    );
+    let issued = within(10, ask(&own, &id("default", "client"))).await.unwrap();
+    assert_eq!(identity_of(&issued.chain[0]).unwrap(), id("pillion-system", "pillion-agent"));
     stop.cancel();
 }
 
 #[tokio::test]
 async fn unreachable_ca_is_a_transport_error() {
-    let closed = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let agent = client(closed, TokenSource::Static(AGENT_TOKEN.into()), true);
-    let err = within(10, ask(&agent, &id("default", "client")))
-        .await
-        .unwrap_err();
+    let err = within(10, ask(&agent, &id("default", "client"))).await.unwrap_err();
     assert!(matches!(err, CaError::Transport { .. }), "{err:?}");
 }
 
@@ -137,14 +102,10 @@ async fn token_file_is_read_per_request() {
     let path = std::env::temp_dir().join(format!("pillion-token-{}", std::process::id()));
     std::fs::write(&path, "stale\n").unwrap();
     let agent = client(addr, TokenSource::File(path.clone()), true);
-    let err = within(10, ask(&agent, &id("default", "client")))
-        .await
-        .unwrap_err();
+    let err = within(10, ask(&agent, &id("default", "client"))).await.unwrap_err();
     assert!(matches!(err, CaError::Unauthenticated(_)), "{err:?}");
     std::fs::write(&path, format!("{AGENT_TOKEN}\n")).unwrap();
-    within(10, ask(&agent, &id("default", "client")))
-        .await
-        .unwrap();
+    within(10, ask(&agent, &id("default", "client"))).await.unwrap();
     let _ = std::fs::remove_file(path);
     stop.cancel();
 }
@@ -156,20 +117,14 @@ async fn hbone_works_with_certificates_from_the_grpc_ca() {
     let source = Arc::new(client(addr, TokenSource::Static(AGENT_TOKEN.into()), true));
     let certs = CertManager::new(
         source,
-        CertManagerConfig {
-            clock: pki.shared_clock(),
-            ..CertManagerConfig::default()
-        },
+        CertManagerConfig { clock: pki.shared_clock(), ..CertManagerConfig::default() },
         CertMetrics::default(),
     );
     let (client_id, server_id) = (id("default", "client"), id("default", "server"));
     let server_cert = within(10, certs.fetch(&server_id)).await.unwrap();
     let server = start_server(server_cert, pki.shared_clock(), RecordingHook::default()).await;
     let pool = mesh::hbone::Pool::new(
-        mesh::hbone::PoolConfig {
-            clock: pki.shared_clock(),
-            ..Default::default()
-        },
+        mesh::hbone::PoolConfig { clock: pki.shared_clock(), ..Default::default() },
         mesh::hbone::DirectTcpDialer,
         Arc::new(certs.clone()),
     );
@@ -184,9 +139,7 @@ async fn hbone_works_with_certificates_from_the_grpc_ca() {
     .unwrap();
     assert_eq!(round_trip(&mut t, b"via grpc ca").await, b"via grpc ca");
     // A workload the agent may not impersonate gets no certificate.
-    let err = within(10, certs.fetch(&id("payments", "api")))
-        .await
-        .unwrap_err();
+    let err = within(10, certs.fetch(&id("payments", "api"))).await.unwrap_err();
     assert!(err.to_string().contains("may not"), "{err}");
     stop.cancel();
 }

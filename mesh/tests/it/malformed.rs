@@ -24,17 +24,9 @@ async fn session(pki: &Pki, addr: SocketAddr) -> h2::client::SendRequest<Bytes> 
     let identity = id("default", "client");
     let csr = mesh::ca::generate_csr(&identity).unwrap();
     let issued = pki.ca.sign_csr(&identity, &csr.csr_pem, DAY).unwrap();
-    let config = config_with(
-        Some((issued.chain, csr.key)),
-        pki.bundle(),
-        id("default", "server"),
-        pki.shared_clock(),
-    );
+    let config = config_with(Some((issued.chain, csr.key)), pki.bundle(), id("default", "server"), pki.shared_clock());
     let tcp = TcpStream::connect(addr).await.unwrap();
-    let tls = TlsConnector::from(Arc::new(config))
-        .connect(ServerName::IpAddress(addr.ip().into()), tcp)
-        .await
-        .unwrap();
+    let tls = TlsConnector::from(Arc::new(config)).connect(ServerName::IpAddress(addr.ip().into()), tcp).await.unwrap();
     let (send, conn) = h2::client::handshake(tls).await.unwrap();
     tokio::spawn(conn);
     send
@@ -50,20 +42,11 @@ async fn status_of(
 }
 
 fn connect(authority: &str) -> http::Request<()> {
-    http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri(authority)
-        .body(())
-        .unwrap()
+    http::Request::builder().method(http::Method::CONNECT).uri(authority).body(()).unwrap()
 }
 
 async fn server(pki: &Pki, hook: RecordingHook) -> TestServer {
-    start_server(
-        pki.issue(&id("default", "server"), DAY).await,
-        pki.shared_clock(),
-        hook,
-    )
-    .await
+    start_server(pki.issue(&id("default", "server"), DAY).await, pki.shared_clock(), hook).await
 }
 
 #[tokio::test]
@@ -71,16 +54,10 @@ async fn non_connect_and_bad_ports_get_400_with_only_a_status() {
     let pki = Pki::new();
     let server = server(&pki, RecordingHook::default()).await;
     let mut send = session(&pki, server.addr).await;
-    let get = http::Request::builder()
-        .uri("http://10.0.0.1:80/")
-        .body(())
-        .unwrap();
+    let get = http::Request::builder().uri("http://10.0.0.1:80/").body(()).unwrap();
     let resp = within(10, status_of(&mut send, get)).await.unwrap();
     assert_eq!(resp.status(), 400);
-    assert!(
-        resp.headers().is_empty(),
-        "error responses carry only :status"
-    );
+    assert!(resp.headers().is_empty(), "error responses carry only :status");
     for bad in ["10.0.0.1:0", "10.0.0.1:65536"] {
         let resp = within(10, status_of(&mut send, connect(bad))).await;
         match resp {
@@ -90,14 +67,9 @@ async fn non_connect_and_bad_ports_get_400_with_only_a_status() {
         }
     }
     assert_eq!(server.dialer.dials.load(Ordering::SeqCst), 0);
-    assert!(
-        server.hook.seen.lock().unwrap().is_empty(),
-        "malformed requests never reach the hook"
-    );
+    assert!(server.hook.seen.lock().unwrap().is_empty(), "malformed requests never reach the hook");
     // The same connection still serves a good tunnel.
-    let resp = within(10, status_of(&mut send, connect("10.0.0.1:80")))
-        .await
-        .unwrap();
+    let resp = within(10, status_of(&mut send, connect("10.0.0.1:80"))).await.unwrap();
     assert_eq!(resp.status(), 200);
 }
 
@@ -106,19 +78,13 @@ async fn connect_without_authority_is_refused_cleanly() {
     let pki = Pki::new();
     let server = server(&pki, RecordingHook::default()).await;
     let mut send = session(&pki, server.addr).await;
-    let req = http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri("/")
-        .body(())
-        .unwrap();
+    let req = http::Request::builder().method(http::Method::CONNECT).uri("/").body(()).unwrap();
     match within(10, status_of(&mut send, req)).await {
         Ok(r) => assert_eq!(r.status(), 400),
         Err(e) => assert!(e.is_reset() || !e.is_io(), "unexpected failure: {e}"),
     }
     assert_eq!(server.dialer.dials.load(Ordering::SeqCst), 0);
-    let resp = within(10, status_of(&mut send, connect("10.0.0.1:80")))
-        .await
-        .unwrap();
+    let resp = within(10, status_of(&mut send, connect("10.0.0.1:80"))).await.unwrap();
     assert_eq!(resp.status(), 200, "the connection survives");
 }
 
@@ -128,24 +94,18 @@ async fn header_list_over_64_kib_gets_431() {
     let server = server(&pki, RecordingHook::default()).await;
     let mut send = session(&pki, server.addr).await;
     let mut req = connect("10.0.0.1:80");
-    req.headers_mut()
-        .insert("x-padding", "a".repeat(70 * 1024).parse().unwrap());
+    req.headers_mut().insert("x-padding", "a".repeat(70 * 1024).parse().unwrap());
     let resp = within(10, status_of(&mut send, req)).await.unwrap();
     assert_eq!(resp.status(), 431);
     assert_eq!(server.dialer.dials.load(Ordering::SeqCst), 0);
-    let resp = within(10, status_of(&mut send, connect("10.0.0.1:80")))
-        .await
-        .unwrap();
+    let resp = within(10, status_of(&mut send, connect("10.0.0.1:80"))).await.unwrap();
     assert_eq!(resp.status(), 200);
 }
 
 #[tokio::test]
 async fn hook_refusal_gets_401_and_nothing_is_dialled() {
     let pki = Pki::new();
-    let hook = RecordingHook {
-        deny_ports: vec![22],
-        ..Default::default()
-    };
+    let hook = RecordingHook { deny_ports: vec![22], ..Default::default() };
     let server = server(&pki, hook).await;
     let (client_id, server_id) = (id("default", "client"), id("default", "server"));
     let pool = pool(pki.issue(&client_id, DAY).await, pki.shared_clock(), 100);
@@ -158,15 +118,8 @@ async fn hook_refusal_gets_401_and_nothing_is_dialled() {
     )
     .await
     .unwrap_err();
-    assert!(
-        matches!(err, HboneError::Refused { status: 401, .. }),
-        "{err:?}"
-    );
-    assert_eq!(
-        server.dialer.dials.load(Ordering::SeqCst),
-        0,
-        "a refused CONNECT dials nothing"
-    );
+    assert!(matches!(err, HboneError::Refused { status: 401, .. }), "{err:?}");
+    assert_eq!(server.dialer.dials.load(Ordering::SeqCst), 0, "a refused CONNECT dials nothing");
     assert_eq!(server.hook.seen.lock().unwrap().len(), 1);
 }
 
@@ -180,30 +133,17 @@ async fn upstream_refusal_gets_503() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server_id = id("default", "server");
-    let server = HboneServer::builder(
-        pki.issue(&server_id, DAY).await,
-        Arc::new(RecordingHook::default()),
-        TcpUpstream,
-    )
-    .clock(pki.shared_clock())
-    .build();
+    let server =
+        HboneServer::builder(pki.issue(&server_id, DAY).await, Arc::new(RecordingHook::default()), TcpUpstream)
+            .clock(pki.shared_clock())
+            .build();
     let stop = CancellationToken::new();
     tokio::spawn(server.serve(listener, stop.clone()));
     let client_id = id("default", "client");
     let pool = pool(pki.issue(&client_id, DAY).await, pki.shared_clock(), 100);
-    let err = within(
-        10,
-        pool.connect(
-            key("p", &client_id, &server_id, addr),
-            TunnelRequest::new(closed),
-        ),
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        matches!(err, HboneError::Refused { status: 503, .. }),
-        "{err:?}"
-    );
+    let err =
+        within(10, pool.connect(key("p", &client_id, &server_id, addr), TunnelRequest::new(closed))).await.unwrap_err();
+    assert!(matches!(err, HboneError::Refused { status: 503, .. }), "{err:?}");
     stop.cancel();
 }
 
@@ -214,53 +154,32 @@ async fn garbage_and_http1_are_refused_and_other_tunnels_carry_on() {
     let (client_id, server_id) = (id("default", "client"), id("default", "server"));
     let pool = pool(pki.issue(&client_id, DAY).await, pki.shared_clock(), 100);
     let k = key("p", &client_id, &server_id, server.addr);
-    let mut live = pool
-        .connect(
-            k.clone(),
-            TunnelRequest::new(SocketAddr::from(([10, 0, 0, 1], 80))),
-        )
-        .await
-        .unwrap();
+    let mut live = pool.connect(k.clone(), TunnelRequest::new(SocketAddr::from(([10, 0, 0, 1], 80)))).await.unwrap();
     live.write_all(b"before").await.unwrap();
 
     // Garbage instead of a TLS ClientHello: the server closes the socket.
     let mut raw = TcpStream::connect(server.addr).await.unwrap();
-    raw.write_all(&[
-        0x16, 0x03, 0x01, 0xff, 0xff, 0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3,
-    ])
-    .await
-    .unwrap();
+    raw.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 0xde, 0xad, 0xbe, 0xef, 0, 1, 2, 3]).await.unwrap();
     let mut sink = Vec::new();
     let _ = within(10, raw.read_to_end(&mut sink)).await;
 
     // Plain-text HTTP/1.1 instead of TLS.
     let mut raw = TcpStream::connect(server.addr).await.unwrap();
-    raw.write_all(b"CONNECT 10.0.0.1:80 HTTP/1.1\r\nHost: 10.0.0.1:80\r\n\r\n")
-        .await
-        .unwrap();
+    raw.write_all(b"CONNECT 10.0.0.1:80 HTTP/1.1\r\nHost: 10.0.0.1:80\r\n\r\n").await.unwrap();
     let mut reply = Vec::new();
     let _ = within(10, raw.read_to_end(&mut reply)).await;
-    assert!(
-        !reply.starts_with(b"HTTP/1.1 200"),
-        "HTTP/1.1 must not open a tunnel"
-    );
+    assert!(!reply.starts_with(b"HTTP/1.1 200"), "HTTP/1.1 must not open a tunnel");
 
     // TLS offering ALPN http/1.1 only: refused in the handshake (no_application_protocol).
     let identity = id("default", "client");
     let csr = mesh::ca::generate_csr(&identity).unwrap();
     let issued = pki.ca.sign_csr(&identity, &csr.csr_pem, DAY).unwrap();
-    let mut config = config_with(
-        Some((issued.chain, csr.key)),
-        pki.bundle(),
-        server_id.clone(),
-        pki.shared_clock(),
-    );
+    let mut config = config_with(Some((issued.chain, csr.key)), pki.bundle(), server_id.clone(), pki.shared_clock());
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let tls = within(
         10,
-        TlsConnector::from(Arc::new(config.clone()))
-            .connect(ServerName::IpAddress(server.addr.ip().into()), tcp),
+        TlsConnector::from(Arc::new(config.clone())).connect(ServerName::IpAddress(server.addr.ip().into()), tcp),
     )
     .await;
     assert!(tls.is_err(), "ALPN http/1.1 must fail the handshake");
@@ -268,37 +187,20 @@ async fn garbage_and_http1_are_refused_and_other_tunnels_carry_on() {
     // TLS without ALPN, then HTTP/1.1 text: the server closes without answering.
     config.alpn_protocols.clear();
     let tcp = TcpStream::connect(server.addr).await.unwrap();
-    if let Ok(mut tls) = within(
-        10,
-        TlsConnector::from(Arc::new(config))
-            .connect(ServerName::IpAddress(server.addr.ip().into()), tcp),
-    )
-    .await
+    if let Ok(mut tls) =
+        within(10, TlsConnector::from(Arc::new(config)).connect(ServerName::IpAddress(server.addr.ip().into()), tcp))
+            .await
     {
         let _ = tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
         let mut reply = Vec::new();
         let _ = within(10, tls.read_to_end(&mut reply)).await;
-        assert!(
-            reply.is_empty(),
-            "no HTTP/1.1 answer expected, got {:?}",
-            String::from_utf8_lossy(&reply)
-        );
+        assert!(reply.is_empty(), "no HTTP/1.1 answer expected, got {:?}", String::from_utf8_lossy(&reply));
     }
 
     // The tunnel opened before all that still works, and new ones open.
     live.write_all(b" after").await.unwrap();
-    assert_eq!(
-        within(10, round_trip(&mut live, b"")).await,
-        b"before after"
-    );
-    let mut fresh = pool
-        .connect(k, TunnelRequest::new(SocketAddr::from(([10, 0, 0, 2], 80))))
-        .await
-        .unwrap();
+    assert_eq!(within(10, round_trip(&mut live, b"")).await, b"before after");
+    let mut fresh = pool.connect(k, TunnelRequest::new(SocketAddr::from(([10, 0, 0, 2], 80)))).await.unwrap();
     assert_eq!(within(10, round_trip(&mut fresh, b"fresh")).await, b"fresh");
-    assert_eq!(
-        server.hook.seen.lock().unwrap().len(),
-        2,
-        "only the two real tunnels reached the hook"
-    );
+    assert_eq!(server.hook.seen.lock().unwrap().len(), 2, "only the two real tunnels reached the hook");
 }

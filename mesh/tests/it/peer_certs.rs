@@ -10,10 +10,7 @@ use mesh::Identity;
 use mesh::clock::SharedClock;
 use mesh::hbone::{HboneError, TunnelRequest};
 use mesh::tls::{SvidServerVerifier, TrustBundle, provider};
-use rcgen::{
-    CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256,
-    SanType,
-};
+use rcgen::{CertificateParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
 use rustls::ClientConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::net::TcpStream;
@@ -30,18 +27,11 @@ pub async fn try_connect(addr: SocketAddr, config: ClientConfig) -> Result<u16, 
         .connect(ServerName::IpAddress(addr.ip().into()), tcp)
         .await
         .map_err(|e| format!("tls: {e}"))?;
-    let (mut send, conn) = h2::client::handshake(tls)
-        .await
-        .map_err(|e| format!("h2: {e}"))?;
+    let (mut send, conn) = h2::client::handshake(tls).await.map_err(|e| format!("h2: {e}"))?;
     tokio::spawn(conn);
-    let req = http::Request::builder()
-        .method(http::Method::CONNECT)
-        .uri("10.0.0.1:80")
-        .body(())
-        .unwrap();
-    let (resp, _stream): (_, h2::SendStream<Bytes>) = send
-        .send_request(req, false)
-        .map_err(|e| format!("send: {e}"))?;
+    let req = http::Request::builder().method(http::Method::CONNECT).uri("10.0.0.1:80").body(()).unwrap();
+    let (resp, _stream): (_, h2::SendStream<Bytes>) =
+        send.send_request(req, false).map_err(|e| format!("send: {e}"))?;
     let resp = resp.await.map_err(|e| format!("response: {e}"))?;
     Ok(resp.status().as_u16())
 }
@@ -56,11 +46,7 @@ pub fn config_with(
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(SvidServerVerifier::new(
-            bundle,
-            vec![expected],
-            clock,
-        )));
+        .with_custom_certificate_verifier(Arc::new(SvidServerVerifier::new(bundle, vec![expected], clock)));
     let mut config = match chain {
         Some((chain, key)) => builder.with_client_auth_cert(chain, key).unwrap(),
         None => builder.with_no_client_auth(),
@@ -74,53 +60,31 @@ fn mint(
     pki: &Pki,
     tweak: impl FnOnce(&mut CertificateParams),
 ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-    let issuer = Issuer::from_ca_cert_pem(
-        &pki.pem.intermediate_cert,
-        KeyPair::from_pem(&pki.pem.intermediate_key).unwrap(),
-    )
-    .unwrap();
+    let issuer =
+        Issuer::from_ca_cert_pem(&pki.pem.intermediate_cert, KeyPair::from_pem(&pki.pem.intermediate_key).unwrap())
+            .unwrap();
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).unwrap();
     let mut params = CertificateParams::default();
     let now = time::OffsetDateTime::from(mesh::clock::Clock::now(&pki.clock));
     params.not_before = now - time::Duration::minutes(1);
     params.not_after = now + time::Duration::hours(1);
     params.is_ca = IsCa::ExplicitNoCa;
-    params.extended_key_usages = vec![
-        ExtendedKeyUsagePurpose::ServerAuth,
-        ExtendedKeyUsagePurpose::ClientAuth,
-    ];
-    params.subject_alt_names = vec![SanType::URI(
-        id("default", "client").as_str().try_into().unwrap(),
-    )];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.subject_alt_names = vec![SanType::URI(id("default", "client").as_str().try_into().unwrap())];
     tweak(&mut params);
     let leaf = params.signed_by(&key, &issuer).unwrap();
     let intermediate = mesh::tls::trust::parse_pem_certs(&pki.pem.intermediate_cert).unwrap();
     let chain = vec![leaf.der().clone(), intermediate[0].clone()];
-    (
-        chain,
-        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-    )
+    (chain, PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
 }
 
-async fn assert_refused(
-    pki: &Pki,
-    chain: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
-    why: &str,
-) {
+async fn assert_refused(pki: &Pki, chain: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>, why: &str) {
     let server_id = id("default", "server");
-    let server = start_server(
-        pki.issue(&server_id, DAY).await,
-        pki.shared_clock(),
-        RecordingHook::default(),
-    )
-    .await;
+    let server = start_server(pki.issue(&server_id, DAY).await, pki.shared_clock(), RecordingHook::default()).await;
     let config = config_with(chain, pki.bundle(), server_id, pki.shared_clock());
     let result = within(10, try_connect(server.addr, config)).await;
     assert!(result.is_err(), "{why}: expected refusal, got {result:?}");
-    assert!(
-        server.hook.seen.lock().unwrap().is_empty(),
-        "{why}: hook must not run"
-    );
+    assert!(server.hook.seen.lock().unwrap().is_empty(), "{why}: hook must not run");
 }
 
 #[tokio::test]
@@ -128,12 +92,7 @@ async fn valid_client_certificate_is_accepted_by_the_same_harness() {
     // Guards the refusal tests below: the harness itself must be able to succeed.
     let pki = Pki::new();
     let server_id = id("default", "server");
-    let server = start_server(
-        pki.issue(&server_id, DAY).await,
-        pki.shared_clock(),
-        RecordingHook::default(),
-    )
-    .await;
+    let server = start_server(pki.issue(&server_id, DAY).await, pki.shared_clock(), RecordingHook::default()).await;
     let good = mint(&pki, |_| {});
     let config = config_with(Some(good), pki.bundle(), server_id, pki.shared_clock());
     assert_eq!(within(10, try_connect(server.addr, config)).await, Ok(200));
@@ -143,9 +102,7 @@ async fn valid_client_certificate_is_accepted_by_the_same_harness() {
 async fn client_certificate_with_two_uri_sans_is_refused() {
     let pki = Pki::new();
     let bad = mint(&pki, |p| {
-        p.subject_alt_names.push(SanType::URI(
-            id("default", "other").as_str().try_into().unwrap(),
-        ));
+        p.subject_alt_names.push(SanType::URI(id("default", "other").as_str().try_into().unwrap()));
     });
     assert_refused(&pki, Some(bad), "two URI SANs").await;
 }
@@ -153,9 +110,7 @@ async fn client_certificate_with_two_uri_sans_is_refused() {
 #[tokio::test]
 async fn client_certificate_that_is_a_ca_is_refused() {
     let pki = Pki::new();
-    let bad = mint(&pki, |p| {
-        p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained)
-    });
+    let bad = mint(&pki, |p| p.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained));
     assert_refused(&pki, Some(bad), "CA as leaf").await;
 }
 
@@ -184,29 +139,13 @@ async fn other_pair(other: &Pki) -> (Vec<CertificateDer<'static>>, PrivateKeyDer
 async fn expired_client_certificate_is_refused() {
     let pki = Pki::new();
     let server_id = id("default", "server");
-    let server = start_server(
-        pki.issue(&server_id, DAY).await,
-        pki.shared_clock(),
-        RecordingHook::default(),
-    )
-    .await;
+    let server = start_server(pki.issue(&server_id, DAY).await, pki.shared_clock(), RecordingHook::default()).await;
     let identity = id("default", "client");
     let csr = mesh::ca::generate_csr(&identity).unwrap();
-    let issued = pki
-        .ca
-        .sign_csr(&identity, &csr.csr_pem, Duration::from_secs(3600))
-        .unwrap();
-    let config = config_with(
-        Some((issued.chain, csr.key)),
-        pki.bundle(),
-        server_id,
-        pki.shared_clock(),
-    );
+    let issued = pki.ca.sign_csr(&identity, &csr.csr_pem, Duration::from_secs(3600)).unwrap();
+    let config = config_with(Some((issued.chain, csr.key)), pki.bundle(), server_id, pki.shared_clock());
     // Valid now...
-    assert_eq!(
-        within(10, try_connect(server.addr, config.clone())).await,
-        Ok(200)
-    );
+    assert_eq!(within(10, try_connect(server.addr, config.clone())).await, Ok(200));
     // ...refused once the (injected) clock passes its expiry; the server cert is still valid.
     pki.clock.advance(Duration::from_secs(2 * 3600));
     let result = within(10, try_connect(server.addr, config)).await;
@@ -217,28 +156,17 @@ async fn expired_client_certificate_is_refused() {
 async fn wrong_server_identity_is_refused_by_the_client() {
     let pki = Pki::new();
     let (client_id, server_id) = (id("default", "client"), id("default", "server"));
-    let server = start_server(
-        pki.issue(&server_id, DAY).await,
-        pki.shared_clock(),
-        RecordingHook::default(),
-    )
-    .await;
+    let server = start_server(pki.issue(&server_id, DAY).await, pki.shared_clock(), RecordingHook::default()).await;
     let pool = pool(pki.issue(&client_id, DAY).await, pki.shared_clock(), 100);
     let impostor_expected = id("default", "payments");
     let err = within(
         10,
-        pool.connect(
-            key("p", &client_id, &impostor_expected, server.addr),
-            TunnelRequest::new(server.addr),
-        ),
+        pool.connect(key("p", &client_id, &impostor_expected, server.addr), TunnelRequest::new(server.addr)),
     )
     .await
     .unwrap_err();
     assert!(matches!(err, HboneError::Tls { .. }), "got {err:?}");
-    assert!(
-        err.to_string().contains("payments") || format!("{err:?}").contains("WrongIdentity"),
-        "{err:?}"
-    );
+    assert!(err.to_string().contains("payments") || format!("{err:?}").contains("WrongIdentity"), "{err:?}");
     assert!(server.hook.seen.lock().unwrap().is_empty());
     assert_eq!(pool.connection_count(), 0);
 }
@@ -247,12 +175,7 @@ async fn wrong_server_identity_is_refused_by_the_client() {
 async fn tls12_only_client_is_refused() {
     let pki = Pki::new();
     let server_id = id("default", "server");
-    let server = start_server(
-        pki.issue(&server_id, DAY).await,
-        pki.shared_clock(),
-        RecordingHook::default(),
-    )
-    .await;
+    let server = start_server(pki.issue(&server_id, DAY).await, pki.shared_clock(), RecordingHook::default()).await;
     let good = mint(&pki, |_| {});
     let mut config = ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS12])

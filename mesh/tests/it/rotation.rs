@@ -21,23 +21,14 @@ use crate::support::*;
 const HOUR: Duration = Duration::from_secs(3600);
 
 fn manager(pki: &Pki, source: Arc<dyn CertificateSource>, metrics: CertMetrics) -> CertManager {
-    let config = CertManagerConfig {
-        lifetime: HOUR,
-        clock: pki.shared_clock(),
-        ..CertManagerConfig::default()
-    };
+    let config = CertManagerConfig { lifetime: HOUR, clock: pki.shared_clock(), ..CertManagerConfig::default() };
     CertManager::new(source, config, metrics)
 }
 
 async fn serial_changes(m: &CertManager, identity: &mesh::Identity, old: &[u8]) -> Vec<u8> {
     let mut rx = m.subscribe(identity);
-    let state = within(
-        10,
-        rx.wait_for(|s| matches!(s, CertState::Ready(c) if c.serial() != old)),
-    )
-    .await
-    .unwrap()
-    .clone();
+    let state =
+        within(10, rx.wait_for(|s| matches!(s, CertState::Ready(c) if c.serial() != old))).await.unwrap().clone();
     match state {
         CertState::Ready(c) => c.serial().to_vec(),
         _ => unreachable!(),
@@ -61,20 +52,14 @@ async fn certificates_rotate_at_half_life_while_tunnels_run() {
     let stop = CancellationToken::new();
     tokio::spawn(server.serve(listener, stop.clone()));
     let pool = Pool::new(
-        PoolConfig {
-            clock: pki.shared_clock(),
-            ..PoolConfig::default()
-        },
+        PoolConfig { clock: pki.shared_clock(), ..PoolConfig::default() },
         mesh::hbone::DirectTcpDialer,
         Arc::new(certs.clone()),
     );
     let target = || TunnelRequest::new(SocketAddr::from(([10, 0, 0, 1], 80)));
     let mut running = Vec::new();
     for _ in 0..8 {
-        let mut t = pool
-            .connect(key("p1", &client_id, &server_id, addr), target())
-            .await
-            .unwrap();
+        let mut t = pool.connect(key("p1", &client_id, &server_id, addr), target()).await.unwrap();
         t.write_all(b"x").await.unwrap();
         let mut one = [0u8; 1];
         t.read_exact(&mut one).await.unwrap();
@@ -99,12 +84,7 @@ async fn certificates_rotate_at_half_life_while_tunnels_run() {
         within(10, t.read_exact(&mut one)).await.unwrap();
         assert_eq!(&one, b"y");
     }
-    let mut fresh = within(
-        10,
-        pool.connect(key("p2", &client_id, &server_id, addr), target()),
-    )
-    .await
-    .unwrap();
+    let mut fresh = within(10, pool.connect(key("p2", &client_id, &server_id, addr), target())).await.unwrap();
     assert_eq!(round_trip(&mut fresh, b"new cert").await, b"new cert");
     for mut t in running {
         assert_eq!(within(10, round_trip(&mut t, b"z")).await, b"z");
@@ -125,10 +105,7 @@ impl CertificateSource for Flaky {
         let failing = self.fail.load(Ordering::SeqCst);
         let _ = self.calls.send(failing);
         if failing {
-            return Err(CaError::Transport {
-                endpoint: "test".into(),
-                message: "CA down".into(),
-            });
+            return Err(CaError::Transport { endpoint: "test".into(), message: "CA down".into() });
         }
         self.inner.sign(request).await
     }
@@ -138,11 +115,7 @@ impl CertificateSource for Flaky {
 async fn failed_renewal_keeps_the_old_certificate_counts_and_retries() {
     let pki = Pki::new();
     let (tx, mut calls) = mpsc::unbounded_channel();
-    let source = Arc::new(Flaky {
-        inner: pki.ca.clone(),
-        fail: AtomicBool::new(false),
-        calls: tx,
-    });
+    let source = Arc::new(Flaky { inner: pki.ca.clone(), fail: AtomicBool::new(false), calls: tx });
     let mut registry = Registry::default();
     let metrics = CertMetrics::register(&mut registry);
     let certs = manager(&pki, source.clone(), metrics.clone());
@@ -158,15 +131,8 @@ async fn failed_renewal_keeps_the_old_certificate_counts_and_retries() {
     pki.clock.advance(Duration::from_secs(1));
     assert_eq!(within(10, calls.recv()).await, Some(true));
     assert!(metrics.renewal_failures.get() >= 1);
-    assert_eq!(
-        certs.current(&identity).unwrap().serial(),
-        first.serial(),
-        "old certificate kept"
-    );
-    assert_eq!(
-        certs.fetch(&identity).await.unwrap().serial(),
-        first.serial()
-    );
+    assert_eq!(certs.current(&identity).unwrap().serial(), first.serial(), "old certificate kept");
+    assert_eq!(certs.fetch(&identity).await.unwrap().serial(), first.serial());
 
     source.fail.store(false, Ordering::SeqCst);
     pki.clock.advance(Duration::from_secs(2));
@@ -175,10 +141,7 @@ async fn failed_renewal_keeps_the_old_certificate_counts_and_retries() {
     assert_eq!(metrics.renewal_failures.get(), 2);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    assert!(
-        text.contains("pillion_certificate_renewal_failures_total 2"),
-        "{text}"
-    );
+    assert!(text.contains("pillion_certificate_renewal_failures_total 2"), "{text}");
 
     certs.forget(&identity);
     assert!(certs.current(&identity).is_none());

@@ -11,8 +11,8 @@ use mesh::ca::EmbeddedCa;
 use mesh::ca::embedded::CaPem;
 use mesh::clock::{ManualClock, SharedClock};
 use mesh::hbone::{
-    Accepted, ConnectHook, ConnectRequest, DirectTcpDialer, HboneServer, Pool, PoolConfig, PoolKey,
-    Refusal, UpstreamDialer,
+    Accepted, ConnectHook, ConnectRequest, DirectTcpDialer, HboneServer, Pool, PoolConfig, PoolKey, Refusal,
+    UpstreamDialer,
 };
 use mesh::tls::{TrustBundle, WorkloadCert};
 use mesh::{Identity, ca::CertificateSource, ca::SignRequest};
@@ -37,11 +37,7 @@ impl Pki {
     pub fn new() -> Self {
         let clock = ManualClock::starting_now();
         let (ca, pem) = EmbeddedCa::generate(TD, clock.shared()).unwrap();
-        Self {
-            ca: Arc::new(ca),
-            pem,
-            clock,
-        }
+        Self { ca: Arc::new(ca), pem, clock }
     }
 
     pub fn shared_clock(&self) -> SharedClock {
@@ -55,21 +51,9 @@ impl Pki {
     /// A valid workload certificate through the normal CSR path.
     pub async fn issue(&self, identity: &Identity, lifetime: Duration) -> WorkloadCert {
         let csr = mesh::ca::generate_csr(identity).unwrap();
-        let issued = self
-            .ca
-            .sign(SignRequest {
-                identity: identity.clone(),
-                csr_pem: csr.csr_pem,
-                lifetime,
-            })
-            .await
-            .unwrap();
-        WorkloadCert::new(
-            issued.chain,
-            csr.key,
-            TrustBundle::new(issued.roots).unwrap(),
-        )
-        .unwrap()
+        let issued =
+            self.ca.sign(SignRequest { identity: identity.clone(), csr_pem: csr.csr_pem, lifetime }).await.unwrap();
+        WorkloadCert::new(issued.chain, csr.key, TrustBundle::new(issued.roots).unwrap()).unwrap()
     }
 }
 
@@ -88,9 +72,7 @@ impl ConnectHook for RecordingHook {
         if self.deny_ports.contains(&request.target.port) {
             return Err(Refusal::Denied("port denied by test policy".into()));
         }
-        Ok(Accepted {
-            baggage: self.baggage.clone(),
-        })
+        Ok(Accepted { baggage: self.baggage.clone() })
     }
 }
 
@@ -144,11 +126,7 @@ impl Drop for TestServer {
     }
 }
 
-pub async fn start_server(
-    cert: WorkloadCert,
-    clock: SharedClock,
-    hook: RecordingHook,
-) -> TestServer {
+pub async fn start_server(cert: WorkloadCert, clock: SharedClock, hook: RecordingHook) -> TestServer {
     let hook = Arc::new(hook);
     let dialer = Arc::new(EchoDialer::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -159,29 +137,15 @@ pub async fn start_server(
         .default_baggage("k8s.namespace.name=default")
         .build();
     tokio::spawn(server.serve(listener, shutdown.clone()));
-    TestServer {
-        addr,
-        hook,
-        dialer,
-        shutdown,
-    }
+    TestServer { addr, hook, dialer, shutdown }
 }
 
 pub fn key(pod: &str, src: &Identity, dst: &Identity, addr: SocketAddr) -> PoolKey {
-    PoolKey {
-        src_pod: pod.into(),
-        src_identity: src.clone(),
-        dst_identity: dst.clone(),
-        dst: addr,
-    }
+    PoolKey { src_pod: pod.into(), src_identity: src.clone(), dst_identity: dst.clone(), dst: addr }
 }
 
 pub fn pool(cert: WorkloadCert, clock: SharedClock, max_streams: usize) -> Pool<DirectTcpDialer> {
-    let config = PoolConfig {
-        max_streams,
-        clock,
-        ..PoolConfig::default()
-    };
+    let config = PoolConfig { max_streams, clock, ..PoolConfig::default() };
     Pool::new(config, DirectTcpDialer, Arc::new(cert))
 }
 
@@ -196,7 +160,5 @@ pub async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(s: &mut S, msg: &[u8]
 
 /// Bounds a test step so a hang fails fast instead of stalling CI.
 pub async fn within<F: std::future::Future>(secs: u64, f: F) -> F::Output {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .expect("test step timed out")
+    tokio::time::timeout(Duration::from_secs(secs), f).await.expect("test step timed out")
 }

@@ -31,22 +31,13 @@ async fn tunnel_carries_64_mib_exactly_both_ways() {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let hook = Arc::new(RecordingHook::default());
-    let server = HboneServer::builder(server_cert, hook, TcpUpstream)
-        .clock(pki.shared_clock())
-        .build();
+    let server = HboneServer::builder(server_cert, hook, TcpUpstream).clock(pki.shared_clock()).build();
     let shutdown = CancellationToken::new();
     tokio::spawn(server.serve(listener, shutdown.clone()));
 
     let pool = pool(client_cert, pki.shared_clock(), 100);
-    let tunnel = within(
-        10,
-        pool.connect(
-            key("p", &client_id, &server_id, addr),
-            TunnelRequest::new(upstream),
-        ),
-    )
-    .await
-    .unwrap();
+    let tunnel =
+        within(10, pool.connect(key("p", &client_id, &server_id, addr), TunnelRequest::new(upstream))).await.unwrap();
     let (mut r, mut w) = tokio::io::split(tunnel);
     let writer = tokio::spawn(async move {
         let chunk: Vec<u8> = (0..LEN).map(pattern).collect();
@@ -81,17 +72,8 @@ async fn thousand_concurrent_streams_share_five_connections() {
     const PER_CONN: usize = 200;
     let pki = Pki::new();
     let (client_id, server_id) = (id("default", "client"), id("default", "server"));
-    let server = start_server(
-        pki.issue(&server_id, DAY).await,
-        pki.shared_clock(),
-        RecordingHook::default(),
-    )
-    .await;
-    let pool = pool(
-        pki.issue(&client_id, DAY).await,
-        pki.shared_clock(),
-        PER_CONN,
-    );
+    let server = start_server(pki.issue(&server_id, DAY).await, pki.shared_clock(), RecordingHook::default()).await;
+    let pool = pool(pki.issue(&client_id, DAY).await, pki.shared_clock(), PER_CONN);
     let key = key("p", &client_id, &server_id, server.addr);
     // Every task holds its tunnel open until all are open: 1,000 truly concurrent streams.
     let barrier = Arc::new(tokio::sync::Barrier::new(STREAMS));
@@ -114,28 +96,16 @@ async fn thousand_concurrent_streams_share_five_connections() {
         }
     })
     .await;
-    assert_eq!(
-        conns.len(),
-        STREAMS / PER_CONN,
-        "tunnels must fill connections before opening more"
-    );
-    assert_eq!(
-        server
-            .dialer
-            .dials
-            .load(std::sync::atomic::Ordering::SeqCst),
-        STREAMS
-    );
+    assert_eq!(conns.len(), STREAMS / PER_CONN, "tunnels must fill connections before opening more");
+    assert_eq!(server.dialer.dials.load(std::sync::atomic::Ordering::SeqCst), STREAMS);
 }
 
 #[tokio::test]
 async fn hook_sees_identity_target_and_trace_headers_and_200_carries_baggage() {
     let pki = Pki::new();
     let (client_id, server_id) = (id("default", "client"), id("default", "server"));
-    let hook = RecordingHook {
-        baggage: Some("k8s.deployment.name=server,service.name=server".into()),
-        ..Default::default()
-    };
+    let hook =
+        RecordingHook { baggage: Some("k8s.deployment.name=server,service.name=server".into()), ..Default::default() };
     let server = start_server(pki.issue(&server_id, DAY).await, pki.shared_clock(), hook).await;
     let pool = pool(pki.issue(&client_id, DAY).await, pki.shared_clock(), 100);
     let target = Authority::parse("[fd00::5]:9080").unwrap();
@@ -143,30 +113,17 @@ async fn hook_sees_identity_target_and_trace_headers_and_200_carries_baggage() {
     request.traceparent = Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into());
     request.baggage = Some("k8s.namespace.name=default".into());
     request.forwarded = Some("for=\"[fd00::9]:1234\"".into());
-    let mut t = within(
-        10,
-        pool.connect(key("p", &client_id, &server_id, server.addr), request),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        t.response_baggage(),
-        Some("k8s.deployment.name=server,service.name=server")
-    );
+    let mut t = within(10, pool.connect(key("p", &client_id, &server_id, server.addr), request)).await.unwrap();
+    assert_eq!(t.response_baggage(), Some("k8s.deployment.name=server,service.name=server"));
     assert_eq!(round_trip(&mut t, b"ping").await, b"ping");
 
     let seen = server.hook.seen.lock().unwrap().clone();
-    let [req] = seen.as_slice() else {
-        panic!("one CONNECT expected, saw {}", seen.len())
-    };
+    let [req] = seen.as_slice() else { panic!("one CONNECT expected, saw {}", seen.len()) };
     assert_eq!(req.peer_identity, client_id);
     assert_eq!(req.local_identity, server_id);
     assert_eq!(req.target, target, "IPv6 target must arrive as [addr]:port");
     assert_eq!(req.local_addr, server.addr);
-    assert_eq!(
-        req.traceparent.as_deref(),
-        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
-    );
+    assert_eq!(req.traceparent.as_deref(), Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
     assert_eq!(req.baggage.as_deref(), Some("k8s.namespace.name=default"));
     let fwd = req.forwarded_elements().unwrap().unwrap();
     assert_eq!(fwd[0].get("for"), Some("[fd00::9]:1234"));
@@ -176,12 +133,7 @@ async fn hook_sees_identity_target_and_trace_headers_and_200_carries_baggage() {
 async fn half_close_lets_the_reply_finish_after_the_request_ends() {
     let pki = Pki::new();
     let (client_id, server_id) = (id("default", "client"), id("default", "server"));
-    let server = start_server(
-        pki.issue(&server_id, DAY).await,
-        pki.shared_clock(),
-        RecordingHook::default(),
-    )
-    .await;
+    let server = start_server(pki.issue(&server_id, DAY).await, pki.shared_clock(), RecordingHook::default()).await;
     let pool = pool(pki.issue(&client_id, DAY).await, pki.shared_clock(), 100);
     let mut t = pool
         .connect(

@@ -104,10 +104,7 @@ where
     let tls = TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|source| HboneError::Tls {
-            addr: key.dst,
-            source,
-        })?;
+        .map_err(|source| HboneError::Tls { addr: key.dst, source })?;
     if tls.get_ref().1.alpn_protocol() != Some(ALPN_H2) {
         return Err(HboneError::Alpn(key.dst));
     }
@@ -122,11 +119,7 @@ where
         id,
         send,
         clock,
-        state: Mutex::new(State {
-            active: 0,
-            closed: false,
-            idle_since: None,
-        }),
+        state: Mutex::new(State { active: 0, closed: false, idle_since: None }),
         changed: Notify::new(),
     });
     Ok((conn, driver))

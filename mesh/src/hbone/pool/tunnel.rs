@@ -25,12 +25,7 @@ pub struct TunnelRequest {
 
 impl TunnelRequest {
     pub fn new(target: impl Into<Authority>) -> Self {
-        Self {
-            target: target.into(),
-            traceparent: None,
-            baggage: None,
-            forwarded: None,
-        }
+        Self { target: target.into(), traceparent: None, baggage: None, forwarded: None }
     }
 }
 
@@ -45,10 +40,7 @@ pub struct Tunnel {
 
 impl std::fmt::Debug for Tunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tunnel")
-            .field("conn", &self.conn_id)
-            .field("stream", &self.io)
-            .finish_non_exhaustive()
+        f.debug_struct("Tunnel").field("conn", &self.conn_id).field("stream", &self.io).finish_non_exhaustive()
     }
 }
 
@@ -71,9 +63,7 @@ pub(super) async fn open(
     response_timeout: Duration,
 ) -> Result<Tunnel, HboneError> {
     let target = request.target.to_string();
-    let mut builder = Request::builder()
-        .method(Method::CONNECT)
-        .uri(target.as_str());
+    let mut builder = Request::builder().method(Method::CONNECT).uri(target.as_str());
     for (name, value) in [
         (headers::TRACEPARENT, &request.traceparent),
         (headers::BAGGAGE, &request.baggage),
@@ -83,10 +73,7 @@ pub(super) async fn open(
             builder = builder.header(name, v.as_str());
         }
     }
-    let req = builder.body(()).map_err(|_| HboneError::Refused {
-        target: target.clone(),
-        status: 400,
-    })?;
+    let req = builder.body(()).map_err(|_| HboneError::Refused { target: target.clone(), status: 400 })?;
     let opened = async {
         let mut send = slot.conn.send.clone().ready().await?;
         let (response, stream) = send.send_request(req, false)?;
@@ -97,40 +84,20 @@ pub(super) async fn open(
         .map_err(|_| HboneError::ResponseTimeout(target.clone()))??;
     if response.status() != StatusCode::OK {
         tracing::debug!(dst = %key.dst, %target, status = %response.status(), "HBONE CONNECT refused");
-        return Err(HboneError::Refused {
-            target,
-            status: response.status().as_u16(),
-        });
+        return Err(HboneError::Refused { target, status: response.status().as_u16() });
     }
-    let response_baggage = response
-        .headers()
-        .get(headers::BAGGAGE)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    Ok(Tunnel {
-        io: H2Stream::new(stream, response.into_body()),
-        response_baggage,
-        conn_id: slot.conn.id,
-        _slot: slot,
-    })
+    let response_baggage = response.headers().get(headers::BAGGAGE).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    Ok(Tunnel { io: H2Stream::new(stream, response.into_body()), response_baggage, conn_id: slot.conn.id, _slot: slot })
 }
 
 impl AsyncRead for Tunnel {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for Tunnel {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
 

@@ -40,13 +40,7 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
             Ok(t) => t,
             Err(()) => return refuse(&mut respond, StatusCode::BAD_REQUEST),
         };
-        let header = |name: &str| {
-            request
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let connect = ConnectRequest {
             peer_identity: base.peer_identity.clone(),
             peer_addr: base.peer_addr,
@@ -74,9 +68,7 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
                 return refuse(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
             }
         };
-        let baggage = accepted
-            .baggage
-            .unwrap_or_else(|| self.default_baggage.clone());
+        let baggage = accepted.baggage.unwrap_or_else(|| self.default_baggage.clone());
         let mut ok = Response::builder().status(StatusCode::OK);
         if let Ok(v) = http::HeaderValue::from_str(&baggage) {
             ok = ok.header(headers::BAGGAGE, v);
@@ -108,10 +100,7 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
 /// request body and this handle are dropped with the request still open; an explicit
 /// `send_reset` here would discard the queued response instead.
 fn refuse(respond: &mut SendResponse<Bytes>, status: StatusCode) {
-    let response = Response::builder()
-        .status(status)
-        .body(())
-        .expect("static response");
+    let response = Response::builder().status(status).body(()).expect("static response");
     if let Err(e) = respond.send_response(response, true) {
         tracing::debug!(error = %e, "client went away before the refusal");
     }
