@@ -137,3 +137,22 @@ fn two_pods_using_the_same_client_port_each_reach_their_own_destination() {
         t.agent.wait_access_log("same-port", |v| v["src.addr"] == json!(src) && v["dst.addr"] == json!(dst));
     }
 }
+
+#[test]
+fn a_refused_upstream_reaches_the_client_as_a_reset_not_a_hang() {
+    let t = one_node();
+    t.agent.enrol(&t.client).expect("enrol client");
+    // Nothing listens on the server's port 9999.
+    let result = t.client.client(t.server.addr4(9999), 1000, &["--timeout-ms", "5000"]);
+    assert_eq!(result["ok"], json!(false), "{result}");
+    assert!(
+        matches!(result["error_kind"].as_str(), Some("reset" | "refused")),
+        "the client should see a reset, got {result}"
+    );
+    assert!(result["ms"].is_null() || result["ms"].as_u64().unwrap() < 4000, "{result}");
+    t.agent.wait_access_log("refused upstream", |v| {
+        v["dst.addr"] == json!(t.server.addr4(9999).to_string())
+            && v["error"].as_str().is_some_and(|e| e.contains("refused"))
+    });
+    assert_eq!(counter(&t.agent, &t.client, "upstream_failed"), 1);
+}

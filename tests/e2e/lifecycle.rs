@@ -81,3 +81,25 @@ fn reset_unenrols_and_unpins_everything() {
     assert_ok(&result, "traffic after reset goes direct");
     assert!(result["local"].as_str().unwrap().starts_with(&t.client.ip4.to_string()), "{result}");
 }
+
+#[test]
+fn a_pod_that_vanished_while_the_agent_was_down_is_cleaned_up_on_restart() {
+    let mut t = one_node();
+    let doomed = t.topo.add_pod(&t.node, "doomed");
+    t.agent.enrol(&t.client).expect("enrol client");
+    t.agent.enrol(&doomed).expect("enrol doomed");
+    let pin = std::path::Path::new("/sys/fs/bpf/pillion").join(&t.node.full).join("pods/default_doomed");
+    assert!(pin.exists());
+    t.agent.kill();
+    let out = std::process::Command::new("ip").args(["netns", "del", &doomed.full]).output().unwrap();
+    assert!(out.status.success());
+
+    let restarted = Agent::start(&t.topo, &t.node);
+    let pods = restarted.status()["pods"].clone();
+    let names: Vec<&str> = pods.as_array().unwrap().iter().filter_map(|p| p["pod"]["name"].as_str()).collect();
+    assert_eq!(names, vec!["client"], "the vanished pod is still listed");
+    assert!(!pin.exists(), "the vanished pod's sk_lookup pin was left behind");
+    let _app = t.server.echo_server("[::]:8080".parse().unwrap(), None);
+    assert_ok(&t.client.client(t.server.addr4(8080), 1000, &[]), "the other pod still works");
+    t.agent = restarted;
+}
