@@ -21,7 +21,7 @@ pub mod embedded;
 pub mod proto;
 pub mod server;
 
-pub use client::{IstioCaClient, IstioCaConfig, TokenSource};
+pub use client::{CaClientTls, IstioCaClient, IstioCaConfig, TokenSource};
 pub use csr::{CsrAndKey, generate_csr};
 pub use embedded::EmbeddedCa;
 pub use server::{CaAuthorizer, CaServer, CallerInfo, StaticAllowList};
@@ -53,6 +53,13 @@ pub struct IssuedChain {
 #[async_trait]
 pub trait CertificateSource: Send + Sync + 'static {
     async fn sign(&self, request: SignRequest) -> Result<IssuedChain, CaError>;
+}
+
+#[async_trait]
+impl<T: CertificateSource + ?Sized> CertificateSource for std::sync::Arc<T> {
+    async fn sign(&self, request: SignRequest) -> Result<IssuedChain, CaError> {
+        (**self).sign(request).await
+    }
 }
 
 /// Errors of every certificate source and of the CA server.

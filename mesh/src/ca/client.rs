@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use prost_types::{Struct, Value, value::Kind};
 use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use super::proto::{IstioCertificateRequest, IstioCertificateServiceClient};
 use super::{CaError, CertificateSource, IMPERSONATED_IDENTITY, IssuedChain, SignRequest};
@@ -36,10 +36,22 @@ impl TokenSource {
     }
 }
 
+/// How to verify the CA's serving certificate on an `https://` endpoint.
+#[derive(Debug, Clone)]
+pub struct CaClientTls {
+    /// PEM roots the CA's certificate must chain to (Istio: the `istio-ca-root-cert`
+    /// ConfigMap's `root-cert.pem`).
+    pub roots_pem: String,
+    /// DNS name the CA's certificate must carry, e.g. `istiod.istio-system.svc`.
+    pub domain: String,
+}
+
 #[derive(Debug, Clone)]
 pub struct IstioCaConfig {
-    /// e.g. `http://127.0.0.1:15012` (plaintext only for now).
+    /// `https://istiod.istio-system.svc:15012` (with `tls`), or `http://…` on loopback.
     pub endpoint: String,
+    /// Required for `https://` endpoints.
+    pub tls: Option<CaClientTls>,
     pub token: TokenSource,
     /// Send `ImpersonatedIdentity` (node-agent mode). Off: the CA issues the caller's own.
     pub impersonate: bool,
@@ -53,6 +65,7 @@ impl IstioCaConfig {
     pub fn new(endpoint: impl Into<String>, token: TokenSource) -> Self {
         Self {
             endpoint: endpoint.into(),
+            tls: None,
             token,
             impersonate: true,
             cluster_id: None,
@@ -70,13 +83,38 @@ pub struct IstioCaClient {
 
 impl IstioCaClient {
     /// Builds a lazily-connecting client: construction never blocks on the CA being up.
-    /// Only plaintext `http://` endpoints are supported so far (loopback, a node-local CA, or
-    /// behind a TLS-terminating sidecar); TLS to istiod on 15012 is not wired yet.
+    /// `https://` endpoints need [`IstioCaConfig::tls`]; a bearer token is sent over
+    /// plaintext only to a loopback address.
     pub fn new(config: IstioCaConfig) -> Result<Self, CaError> {
-        let endpoint = Endpoint::from_shared(config.endpoint.clone())
-            .map_err(|e| CaError::Transport { endpoint: config.endpoint.clone(), message: e.to_string() })?
+        let transport = |message: String| CaError::Transport { endpoint: config.endpoint.clone(), message };
+        let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
+            .map_err(|e| transport(e.to_string()))?
             .connect_timeout(config.connect_timeout)
             .timeout(config.request_timeout);
+        let https = config.endpoint.starts_with("https://");
+        match (&config.tls, https) {
+            (Some(tls), true) => {
+                let tls = ClientTlsConfig::new()
+                    .ca_certificate(Certificate::from_pem(&tls.roots_pem))
+                    .domain_name(tls.domain.clone());
+                endpoint = endpoint.tls_config(tls).map_err(|e| transport(e.to_string()))?;
+            }
+            (None, true) => {
+                return Err(transport("https endpoint without CA roots: set IstioCaConfig::tls".into()));
+            }
+            (Some(_), false) => {
+                return Err(transport("TLS is configured but the endpoint is not https://".into()));
+            }
+            (None, false) => {
+                if !is_loopback(endpoint.uri()) && !matches!(config.token, TokenSource::None) {
+                    return Err(transport(
+                        "refusing to send a bearer token in plaintext to a non-loopback CA: \
+                         use https:// and IstioCaConfig::tls"
+                            .into(),
+                    ));
+                }
+            }
+        }
         let client = IstioCertificateServiceClient::new(endpoint.connect_lazy());
         Ok(Self { config, client })
     }
@@ -137,6 +175,14 @@ impl CertificateSource for IstioCaClient {
         }
         let root = certs.pop().expect("len checked above");
         Ok(IssuedChain { chain: certs, roots: vec![root] })
+    }
+}
+
+fn is_loopback(uri: &http::Uri) -> bool {
+    match uri.host() {
+        Some("localhost") => true,
+        Some(h) => h.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+        None => false,
     }
 }
 

@@ -4,7 +4,6 @@
 //! (file case): only the intermediate signs workloads, so a leaked node never holds a root key.
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -12,7 +11,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, ExtendedKeyUsagePurpose, IsCa,
     Issuer, KeyPair, KeyUsagePurpose, PKCS_ECDSA_P256_SHA256, SerialNumber,
 };
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::OffsetDateTime;
 
 use super::csr::uri_san;
@@ -160,17 +159,42 @@ impl EmbeddedCa {
     }
 }
 
-#[async_trait]
-impl CertificateSource for EmbeddedCa {
-    async fn sign(&self, request: SignRequest) -> Result<IssuedChain, CaError> {
-        self.sign_csr(&request.identity, &request.csr_pem, request.lifetime)
+impl EmbeddedCa {
+    /// A TLS serving certificate for the CA server itself (DNS names such as
+    /// `pillion-ca.pillion-system.svc`), chained to this CA's roots.
+    pub fn serving_cert(
+        &self,
+        dns_names: &[&str],
+        lifetime: Duration,
+    ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), CaError> {
+        let key = new_key()?;
+        let names: Vec<String> = dns_names.iter().map(|s| (*s).to_owned()).collect();
+        let mut params = CertificateParams::new(names).map_err(material)?;
+        let now = self.clock.now();
+        params.not_before = odt(now - BACKDATE);
+        params.not_after = odt(now + lifetime);
+        params.serial_number = Some(random_serial()?);
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.use_authority_key_identifier_extension = true;
+        let cert = params.signed_by(&key, &self.issuer).map_err(material)?;
+        Ok((
+            vec![cert.der().clone(), self.intermediate.clone()],
+            PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        ))
+    }
+
+    /// The roots as PEM (for [`super::CaClientTls::roots_pem`] or a ConfigMap).
+    pub fn roots_pem(&self) -> String {
+        self.roots.iter().map(|r| super::server::pem_cert(r)).collect()
     }
 }
 
 #[async_trait]
-impl<T: CertificateSource> CertificateSource for Arc<T> {
+impl CertificateSource for EmbeddedCa {
     async fn sign(&self, request: SignRequest) -> Result<IssuedChain, CaError> {
-        (**self).sign(request).await
+        self.sign_csr(&request.identity, &request.csr_pem, request.lifetime)
     }
 }
 

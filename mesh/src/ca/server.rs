@@ -11,7 +11,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use prost_types::value::Kind;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::TcpIncoming;
 use tonic::{Request, Response, Status};
 
@@ -110,6 +113,54 @@ impl<A: CaAuthorizer> CaServer<A> {
     }
 }
 
+impl<A: CaAuthorizer> CaServer<A> {
+    /// Serves over TLS (as istiod does on 15012) until `shutdown` resolves. The serving
+    /// certificate is typically [`EmbeddedCa::serving_cert`] for the CA's DNS name.
+    pub async fn serve_tls(
+        self,
+        listener: TcpListener,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        shutdown: impl std::future::Future<Output = ()> + Send,
+    ) -> Result<(), CaError> {
+        let endpoint = listener.local_addr().map(|a| a.to_string()).unwrap_or_default();
+        let transport = |message: String| CaError::Transport { endpoint: endpoint.clone(), message };
+        let mut config = rustls::ServerConfig::builder_with_provider(crate::tls::provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|e| transport(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(|e| CaError::CaMaterial(e.to_string()))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        // Handshakes run in their own tasks so one slow client cannot stall accepting.
+        let (tx, rx) = mpsc::channel(64);
+        let accept_loop = tokio::spawn(async move {
+            while let Ok((tcp, peer)) = listener.accept().await {
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
+                    match handshake.await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "CA TLS handshake failed"),
+                        Err(_) => tracing::debug!(%peer, "CA TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        let incoming = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) });
+        let result = tonic::transport::Server::builder()
+            .add_service(self.into_service())
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+            .map_err(|e| transport(e.to_string()));
+        accept_loop.abort();
+        result
+    }
+}
+
 fn caller_info<T>(request: &Request<T>, impersonated: Option<Identity>) -> CallerInfo {
     let bearer_token = request
         .metadata()
@@ -165,7 +216,7 @@ impl<A: CaAuthorizer> IstioCertificateService for CaServer<A> {
     }
 }
 
-fn pem_cert(der: &[u8]) -> String {
+pub(crate) fn pem_cert(der: &[u8]) -> String {
     pem_encode("CERTIFICATE", der)
 }
 

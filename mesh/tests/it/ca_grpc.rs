@@ -143,3 +143,34 @@ async fn hbone_works_with_certificates_from_the_grpc_ca() {
     assert!(err.to_string().contains("may not"), "{err}");
     stop.cancel();
 }
+
+#[tokio::test]
+async fn ca_client_talks_tls_to_the_ca_server() {
+    let pki = Pki::new();
+    let (chain, key) = pki.ca.serving_cert(&["pillion-ca.pillion-system.svc"], Duration::from_secs(3600)).unwrap();
+    let allow =
+        StaticAllowList::new().allow(AGENT_TOKEN, id("pillion-system", "pillion-agent"), [id("default", "client")]);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone();
+    let server = CaServer::new(pki.ca.clone(), allow);
+    tokio::spawn(async move { server.serve_tls(listener, chain, key, shutdown.cancelled_owned()).await });
+
+    let config = |domain: &str| {
+        let mut c = IstioCaConfig::new(format!("https://{addr}"), TokenSource::Static(AGENT_TOKEN.into()));
+        c.tls = Some(mesh::ca::CaClientTls { roots_pem: pki.ca.roots_pem(), domain: domain.into() });
+        c
+    };
+    let agent = IstioCaClient::new(config("pillion-ca.pillion-system.svc")).unwrap();
+    let issued = within(10, ask(&agent, &id("default", "client"))).await.unwrap();
+    assert_eq!(identity_of(&issued.chain[0]).unwrap(), id("default", "client"));
+    // The CA's certificate does not name this host: the client refuses to talk.
+    let wrong = IstioCaClient::new(config("istiod.istio-system.svc")).unwrap();
+    let err = within(10, ask(&wrong, &id("default", "client"))).await.unwrap_err();
+    assert!(matches!(err, CaError::Transport { .. }), "{err:?}");
+    // A token is never sent in plaintext off loopback.
+    let plain = IstioCaConfig::new("http://10.0.0.1:15012", TokenSource::Static(AGENT_TOKEN.into()));
+    assert!(IstioCaClient::new(plain).is_err());
+    stop.cancel();
+}
