@@ -15,6 +15,7 @@ pub mod certs;
 pub mod clock;
 pub mod hbone;
 pub mod parse;
+pub mod telemetry;
 pub mod tls;
 
 pub use parse::{Authority, Identity, SpiffeId};
