@@ -120,16 +120,23 @@ impl<D: TcpDialer> Pool<D> {
             }
         }
         let dial_lock = self.lock().entry(key.clone()).or_default().dial_lock.clone();
-        let slot = {
+        let dialled = {
             let _dialling = dial_lock.lock().await;
             match self.reserve(&key) {
-                Some(slot) => slot,
-                None => {
-                    let conn = self.open_connection(&key).await?;
+                Some(slot) => Ok(slot),
+                None => self.open_connection(&key).await.map(|conn| {
                     let slot = conn.reserve_unchecked();
                     self.lock().entry(key.clone()).or_default().conns.push(conn);
                     slot
-                }
+                }),
+            }
+        };
+        drop(dial_lock);
+        let slot = match dialled {
+            Ok(slot) => slot,
+            Err(e) => {
+                self.forget_if_unused(&key);
+                return Err(e);
             }
         };
         tunnel::open(slot, &key, request, self.inner.config.response_timeout).await
@@ -150,6 +157,11 @@ impl<D: TcpDialer> Pool<D> {
         self.lock().get(key).map_or(0, |k| k.conns.len())
     }
 
+    /// Keys with pool state (connections or a dial in progress).
+    pub fn tracked_keys(&self) -> usize {
+        self.lock().len()
+    }
+
     /// Closes every connection of a source pod (the pod left): tunnels on them are reset.
     pub fn remove_pod(&self, src_pod: &str) {
         let mut state = self.lock();
@@ -161,6 +173,17 @@ impl<D: TcpDialer> Pool<D> {
                 true
             }
         });
+    }
+
+    /// Drops a key's bookkeeping after a failed dial, unless another caller is using it.
+    fn forget_if_unused(&self, key: &PoolKey) {
+        let mut state = self.lock();
+        if let Some(k) = state.get(key)
+            && k.conns.is_empty()
+            && Arc::strong_count(&k.dial_lock) == 1
+        {
+            state.remove(key);
+        }
     }
 
     fn reserve(&self, key: &PoolKey) -> Option<conn::Slot> {

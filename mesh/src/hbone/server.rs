@@ -70,6 +70,12 @@ pub struct ConnectRequest {
 }
 
 impl ConnectRequest {
+    /// Whether the target IP is the address the client dialled. ztunnel answers 400 when it
+    /// is not; an agent hook should refuse with [`Refusal::BadTarget`] (never an open proxy).
+    pub fn targets_dialled_address(&self) -> bool {
+        self.target.socket_addr().is_some_and(|t| t.ip() == self.local_addr.ip())
+    }
+
     /// The parsed `Forwarded` header, if present.
     pub fn forwarded_elements(&self) -> Option<Result<Vec<ForwardedElement>, ForwardedError>> {
         self.forwarded.as_deref().map(parse_forwarded)

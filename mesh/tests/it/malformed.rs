@@ -204,3 +204,45 @@ async fn garbage_and_http1_are_refused_and_other_tunnels_carry_on() {
     assert_eq!(within(10, round_trip(&mut fresh, b"fresh")).await, b"fresh");
     assert_eq!(server.hook.seen.lock().unwrap().len(), 2, "only the two real tunnels reached the hook");
 }
+
+#[tokio::test]
+async fn rapid_resets_get_goaway_enhance_your_calm() {
+    let pki = Pki::new();
+    let server = HboneServer::builder(
+        pki.issue(&id("default", "server"), DAY).await,
+        Arc::new(RecordingHook::default()),
+        Arc::new(EchoDialer::default()),
+    )
+    .clock(pki.shared_clock())
+    .build();
+    // Accept by hand to observe how the server ends this one connection.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let served = tokio::spawn(async move {
+        let (s, peer) = listener.accept().await.unwrap();
+        let local = s.local_addr().unwrap();
+        server.serve_connection(s, peer, local, CancellationToken::new()).await
+    });
+    let identity = id("default", "client");
+    let csr = mesh::ca::generate_csr(&identity).unwrap();
+    let issued = pki.ca.sign_csr(&identity, &csr.csr_pem, DAY).unwrap();
+    let config = config_with(Some((issued.chain, csr.key)), pki.bundle(), id("default", "server"), pki.shared_clock());
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let tls = TlsConnector::from(Arc::new(config)).connect(ServerName::IpAddress(addr.ip().into()), tcp).await.unwrap();
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    // Open and immediately cancel streams, as the HTTP/2 "rapid reset" attack does.
+    for _ in 0..200 {
+        let Ok(mut ready) = send.clone().ready().await else { break };
+        let Ok((_resp, mut stream)) = ready.send_request(connect("10.0.0.1:80"), false) else { break };
+        stream.send_reset(h2::Reason::CANCEL);
+    }
+    let ended = within(10, served).await.unwrap();
+    match ended {
+        Err(HboneError::H2(e)) => {
+            assert!(e.is_go_away(), "{e:?}");
+            assert_eq!(e.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{e:?}");
+        }
+        other => panic!("expected GOAWAY(ENHANCE_YOUR_CALM), got {other:?}"),
+    }
+}

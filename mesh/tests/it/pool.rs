@@ -153,3 +153,16 @@ async fn a_connection_the_server_drains_is_replaced() {
     let mut t2 = within(10, pool.connect(k, target())).await.unwrap();
     assert_eq!(round_trip(&mut t2, b"two").await, b"two");
 }
+
+#[tokio::test]
+async fn a_failed_dial_leaves_no_pool_entry_behind() {
+    let pki = Pki::new();
+    let client_id = id("default", "client");
+    let closed = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    let pool = pool(pki.issue(&client_id, DAY).await, pki.shared_clock(), 100);
+    let k = key("p", &client_id, &id("default", "server"), closed);
+    let err = within(10, pool.connect(k.clone(), target())).await.unwrap_err();
+    assert!(matches!(err, HboneError::Dial { .. }), "{err:?}");
+    assert_eq!(pool.connections_for(&k), 0);
+    assert_eq!(pool.tracked_keys(), 0, "failed dials must not accumulate state");
+}
