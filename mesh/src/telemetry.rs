@@ -74,6 +74,10 @@ pub enum TelemetryError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "the {server} server must listen on loopback only, not {addr}: it can change log levels and shows configuration; use 127.0.0.1 or [::1]"
+    )]
+    NotLoopback { server: &'static str, addr: SocketAddr },
     #[error("log filter {filter:?} is invalid: {reason}; use directives like `info` or `info,access=warn,mesh=debug`")]
     LogFilter { filter: String, reason: String },
     #[error("the logging subscriber is gone, so levels cannot change: build it with LogControl::new's layer")]

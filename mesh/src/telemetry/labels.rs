@@ -63,7 +63,8 @@ impl EncodeLabelValue for SecurityPolicy {
 }
 
 /// The labels of every `istio_tcp_*` series, in Istio's order. Build with
-/// [`ConnectionLabels::new`] rather than by hand so defaults stay Istio's.
+/// [`ConnectionLabels::new`] rather than by hand: it applies Istio's defaults and escapes the
+/// values for the exposition format (the string fields hold escaped text).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ConnectionLabels {
     pub reporter: Reporter,
@@ -236,7 +237,7 @@ impl ConnectionLabels {
 
     /// Sets Envoy-style response flags (e.g. `UF` for an upstream connect failure).
     pub fn with_response_flags(mut self, flags: &str) -> Self {
-        self.response_flags = if flags.is_empty() { NO_FLAGS.to_owned() } else { flags.to_owned() };
+        self.response_flags = if flags.is_empty() { NO_FLAGS.to_owned() } else { escape(flags) };
         self
     }
 }
@@ -271,12 +272,32 @@ impl From<&Peer> for Resolved {
     }
 }
 
-/// Istio never exports an empty label: missing or empty becomes `unknown`.
+/// Istio never exports an empty label: missing or empty becomes `unknown`. The value is also
+/// escaped for the exposition format here, because prometheus-client writes label values
+/// verbatim: a `"` or newline in a workload name from a config file would otherwise end the
+/// value early and let the rest of the name forge series.
 fn value(v: Option<&str>) -> String {
     match v {
-        Some(v) if !v.is_empty() => v.to_owned(),
+        Some(v) if !v.is_empty() => escape(v),
         _ => UNKNOWN.to_owned(),
     }
+}
+
+/// OpenMetrics label-value escaping: backslash, double quote and line feed.
+fn escape(v: &str) -> String {
+    if !v.contains(['\\', '"', '\n']) {
+        return v.to_owned();
+    }
+    let mut out = String::with_capacity(v.len() + 8);
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -319,6 +340,15 @@ mod tests {
         let bare = Peer::workload("db", "shop").pod_labels(Vec::<(String, String)>::new());
         assert_eq!(bare.canonical_service.as_deref(), Some("db"));
         assert_eq!(bare.app.as_deref(), Some("db"));
+    }
+
+    #[test]
+    fn hostile_values_are_escaped() {
+        let src = Peer::workload("a\"} 1\nforged_total{x=\"", "ns\\x");
+        let l = ConnectionLabels::new(Reporter::Source, &src, &Peer::unknown(), None, SecurityPolicy::Unknown);
+        assert_eq!(l.source_workload, r#"a\"} 1\nforged_total{x=\""#);
+        assert_eq!(l.source_workload_namespace, r"ns\\x");
+        assert!(!l.source_workload.contains('\n'));
     }
 
     #[test]

@@ -179,3 +179,30 @@ impl AgentMetrics {
         self.config_reloads.get_or_create(&ReloadLabels { result }).inc();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::labels::{Peer, Reporter, SecurityPolicy};
+
+    #[test]
+    fn guard_is_shareable_between_copy_directions() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<ConnGuard>();
+    }
+
+    #[test]
+    fn hostile_label_values_cannot_forge_series() {
+        let mut registry = Registry::default();
+        let tcp = ConnectionMetrics::register(&mut registry);
+        let src = Peer::workload("x\"} 1\nforged_total{a=\"b", "default");
+        let guard =
+            tcp.open(ConnectionLabels::new(Reporter::Source, &src, &Peer::unknown(), None, SecurityPolicy::Unknown));
+        guard.add_sent(5);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(!text.lines().any(|l| l.starts_with("forged_total")), "{text}");
+        let opened = text.lines().filter(|l| l.starts_with("istio_tcp_connections_opened_total{")).count();
+        assert_eq!(opened, 1, "{text}");
+    }
+}

@@ -51,6 +51,10 @@ pub trait Endpoint: Send + Sync + 'static {
     /// For logs, e.g. "metrics".
     fn name(&self) -> &'static str;
     fn handle(&self, request: &Request<Bytes>) -> Response<Full<Bytes>>;
+    /// Endpoints that change state or reveal configuration refuse to listen beyond loopback.
+    fn loopback_only(&self) -> bool {
+        false
+    }
 }
 
 /// A bound, not yet serving, HTTP server. Binding first lets the caller learn the address
@@ -62,11 +66,15 @@ pub struct HttpServer {
 
 impl HttpServer {
     pub async fn bind(addr: SocketAddr, endpoint: impl Endpoint) -> Result<Self, TelemetryError> {
+        if endpoint.loopback_only() && !addr.ip().is_loopback() {
+            return Err(TelemetryError::NotLoopback { server: endpoint.name(), addr });
+        }
         let listener = TcpListener::bind(addr).await.map_err(|source| TelemetryError::Bind { addr, source })?;
         Ok(Self::from_listener(listener, endpoint))
     }
 
-    /// Serves on a listener the caller opened (e.g. inside another network namespace).
+    /// Serves on a listener the caller opened (e.g. inside another network namespace). The
+    /// caller answers for its address: the loopback check of [`HttpServer::bind`] is not repeated.
     pub fn from_listener(listener: TcpListener, endpoint: impl Endpoint) -> Self {
         Self { listener, endpoint: Arc::new(endpoint) }
     }

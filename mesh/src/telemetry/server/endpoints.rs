@@ -16,7 +16,8 @@ use crate::telemetry::{LogControl, Readiness, TelemetryError};
 /// natively, as it does for ztunnel, which serves the same.
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// `GET /metrics`: the registry in OpenMetrics text.
+/// `GET /metrics` (and `/stats/prometheus`, the path Istio's proxies also serve, so scrape
+/// configs written for them keep working): the registry in OpenMetrics text.
 pub struct MetricsEndpoint {
     registry: Arc<Registry>,
 }
@@ -33,7 +34,7 @@ impl super::Endpoint for MetricsEndpoint {
     }
 
     fn handle(&self, request: &Request<Bytes>) -> Response<Full<Bytes>> {
-        if request.uri().path() != "/metrics" {
+        if !matches!(request.uri().path(), "/metrics" | "/stats/prometheus") {
             return not_found(request.uri().path());
         }
         get_only(request, || {
@@ -77,7 +78,8 @@ impl super::Endpoint for ReadinessEndpoint {
     }
 }
 
-/// The admin API, meant for loopback only: `GET /config_dump`, `GET|POST /logging`.
+/// The admin API: `GET /config_dump`, `GET|POST /logging`. [`HttpServer::bind`](super::HttpServer::bind)
+/// refuses to put it on a non-loopback address.
 pub struct AdminEndpoint {
     dump: Box<dyn ConfigDump>,
     logs: LogControl,
@@ -135,6 +137,10 @@ impl AdminEndpoint {
 impl super::Endpoint for AdminEndpoint {
     fn name(&self) -> &'static str {
         "admin"
+    }
+
+    fn loopback_only(&self) -> bool {
+        true
     }
 
     fn handle(&self, request: &Request<Bytes>) -> Response<Full<Bytes>> {

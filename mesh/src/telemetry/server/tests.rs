@@ -117,6 +117,8 @@ async fn metrics_have_istio_names_labels_and_live_bytes() {
         assert!(closed.contains(line), "missing {line:?} in {closed}");
     }
 
+    let alias = call(addr, "GET", "/stats/prometheus").await;
+    assert_eq!(sample(&alias.body, "istio_tcp_connections_closed_total"), Some(1));
     assert_eq!(call(addr, "GET", "/").await.status, 404);
     assert_eq!(call(addr, "GET", "/metrics/x").await.status, 404);
     let post = call(addr, "POST", "/metrics").await;
@@ -266,4 +268,19 @@ async fn bind_conflict_says_how_to_fix() {
         panic!("second bind on {taken} succeeded");
     };
     assert!(err.to_string().contains("another process"), "{err}");
+}
+
+#[tokio::test]
+async fn admin_refuses_non_loopback_addresses() {
+    let (endpoint, _, _d) = admin(|| serde_json::json!({}));
+    let Err(err) = HttpServer::bind("0.0.0.0:0".parse().unwrap(), endpoint).await else {
+        panic!("admin bound to a wildcard address");
+    };
+    assert!(matches!(err, TelemetryError::NotLoopback { server: "admin", .. }), "{err}");
+    let (endpoint, _, _d) = admin(|| serde_json::json!({}));
+    assert!(HttpServer::bind("[::1]:0".parse().unwrap(), endpoint).await.is_ok() || !ipv6_loopback());
+}
+
+fn ipv6_loopback() -> bool {
+    std::net::TcpListener::bind("[::1]:0").is_ok()
 }
