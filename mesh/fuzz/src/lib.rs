@@ -23,21 +23,12 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "authority",
         run: fuzz_authority,
-        seeds: &[
-            "10.0.2.5:80",
-            "[fd00::5]:15008",
-            "reviews.default.svc.cluster.local:9080",
-            "a:1",
-        ],
+        seeds: &["10.0.2.5:80", "[fd00::5]:15008", "reviews.default.svc.cluster.local:9080", "a:1"],
     },
     Target {
         name: "spiffe_id",
         run: fuzz_spiffe_id,
-        seeds: &[
-            "spiffe://cluster.local/ns/default/sa/bookinfo",
-            "spiffe://td/agent/x",
-            "spiffe://a.b-c_d",
-        ],
+        seeds: &["spiffe://cluster.local/ns/default/sa/bookinfo", "spiffe://td/agent/x", "spiffe://a.b-c_d"],
     },
     Target {
         name: "forwarded",
@@ -77,9 +68,8 @@ pub fn fuzz_spiffe_id(data: &[u8]) {
         assert_eq!(rebuilt, input);
     }
     if let Ok(id) = spiffe_id::Identity::parse(&input) {
-        let rebuilt =
-            spiffe_id::Identity::new(id.trust_domain(), id.namespace(), id.service_account())
-                .expect("parts of a valid identity must rebuild it");
+        let rebuilt = spiffe_id::Identity::new(id.trust_domain(), id.namespace(), id.service_account())
+            .expect("parts of a valid identity must rebuild it");
         assert_eq!(rebuilt, id);
     }
 }
@@ -104,10 +94,7 @@ pub fn fuzz_traceparent(data: &[u8]) {
         assert_ne!(t.parent_id, 0);
         assert_ne!(t.version, 0xff);
         if t.version == 0 {
-            let rebuilt = format!(
-                "00-{:032x}-{:016x}-{:02x}",
-                t.trace_id, t.parent_id, t.flags
-            );
+            let rebuilt = format!("00-{:032x}-{:016x}-{:02x}", t.trace_id, t.parent_id, t.flags);
             assert_eq!(rebuilt, input);
         }
     }

@@ -147,3 +147,32 @@ async fn failed_renewal_keeps_the_old_certificate_counts_and_retries() {
     assert!(certs.current(&identity).is_none());
     assert!(certs.identities().is_empty());
 }
+
+#[tokio::test]
+async fn an_expired_certificate_is_not_served_while_renewal_keeps_failing() {
+    let pki = Pki::new();
+    let (tx, mut calls) = mpsc::unbounded_channel();
+    let source = Arc::new(Flaky { inner: pki.ca.clone(), fail: AtomicBool::new(false), calls: tx });
+    let config = CertManagerConfig {
+        lifetime: HOUR,
+        clock: pki.shared_clock(),
+        // Backoff longer than the remaining life, so the next attempt lands after expiry.
+        initial_backoff: Duration::from_secs(40 * 60),
+        max_backoff: Duration::from_secs(40 * 60),
+        ..CertManagerConfig::default()
+    };
+    let certs = CertManager::new(source.clone(), config, CertMetrics::default());
+    let identity = id("default", "client");
+    certs.fetch(&identity).await.unwrap();
+    assert_eq!(calls.recv().await, Some(false));
+    source.fail.store(true, Ordering::SeqCst);
+    pki.clock.advance(Duration::from_secs(31 * 60));
+    assert_eq!(within(10, calls.recv()).await, Some(true));
+    // 71 min: past the 59 min expiry; the retry fails too and the state turns Failed.
+    pki.clock.advance(Duration::from_secs(40 * 60));
+    assert_eq!(within(10, calls.recv()).await, Some(true));
+    let mut rx = certs.subscribe(&identity);
+    within(10, rx.wait_for(|s| matches!(s, CertState::Failed(_)))).await.unwrap();
+    assert!(certs.fetch(&identity).await.is_err());
+    assert!(certs.current(&identity).is_none());
+}

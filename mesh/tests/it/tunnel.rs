@@ -158,3 +158,61 @@ async fn half_close_lets_the_reply_finish_after_the_request_ends() {
         .unwrap();
     assert_eq!(t2.response_baggage(), Some("k8s.namespace.name=default"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_stream_does_not_stall_its_neighbours() {
+    let pki = Pki::new();
+    let (client_id, server_id) = (id("default", "client"), id("default", "server"));
+    let server = start_server(pki.issue(&server_id, DAY).await, pki.shared_clock(), RecordingHook::default()).await;
+    let pool = pool(pki.issue(&client_id, DAY).await, pki.shared_clock(), 100);
+    let k = key("p", &client_id, &server_id, server.addr);
+    let target = || TunnelRequest::new(SocketAddr::from(([10, 0, 0, 1], 80)));
+    // Stream A: 32 MiB sent, echoed back, never read: its windows and buffers (about 10 MiB
+    // in all) fill and it stalls.
+    let stalled = pool.connect(k.clone(), target()).await.unwrap();
+    let (_unread, mut w) = tokio::io::split(stalled);
+    let pusher = tokio::spawn(async move {
+        let chunk = vec![7u8; 1 << 20];
+        for _ in 0..32 {
+            if w.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    // Stream B on the same connection still moves 2 MiB both ways.
+    let mut busy = pool.connect(k, target()).await.unwrap();
+    let payload: Vec<u8> = (0..2 * 1024 * 1024).map(pattern).collect();
+    let (mut r, mut w) = tokio::io::split(&mut busy);
+    let send = async {
+        w.write_all(&payload).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let recv = async {
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).await.unwrap();
+        back
+    };
+    let ((), back) = within(20, async { tokio::join!(send, recv) }).await;
+    assert!(back == payload, "neighbour stream corrupted or cut short ({} bytes)", back.len());
+    assert!(!pusher.is_finished(), "stream A should still be stalled on flow control");
+    pusher.abort();
+}
+
+#[tokio::test]
+async fn shutdown_stops_new_connections_but_lets_open_tunnels_finish() {
+    let pki = Pki::new();
+    let (client_id, server_id) = (id("default", "client"), id("default", "server"));
+    let server = start_server(pki.issue(&server_id, DAY).await, pki.shared_clock(), RecordingHook::default()).await;
+    let pool = pool(pki.issue(&client_id, DAY).await, pki.shared_clock(), 100);
+    let k = key("p", &client_id, &server_id, server.addr);
+    let mut open = pool.connect(k.clone(), TunnelRequest::new(SocketAddr::from(([10, 0, 0, 1], 80)))).await.unwrap();
+    open.write_all(b"before drain").await.unwrap();
+    server.shutdown.cancel();
+    // The open tunnel completes after the drain started.
+    assert_eq!(within(10, round_trip(&mut open, b", after")).await, b"before drain, after");
+    drop(open);
+    // No new tunnels: the connection got GOAWAY and the listener is gone.
+    let other = key("other-pod", &client_id, &server_id, server.addr);
+    let err = within(10, pool.connect(other, TunnelRequest::new(SocketAddr::from(([10, 0, 0, 1], 80))))).await;
+    assert!(err.is_err(), "a drained server must not open tunnels");
+}

@@ -100,20 +100,12 @@ fn run(target: &Target, budget: Duration, seed: u64) -> Result<u64, Vec<u8>> {
 fn main() -> ExitCode {
     let mut seconds = 30u64;
     let mut seed = 0x5eed_u64
-        ^ std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        ^ std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0);
     let mut names = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
-            "--seconds" => {
-                seconds = args
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .expect("--seconds N")
-            }
+            "--seconds" => seconds = args.next().and_then(|v| v.parse().ok()).expect("--seconds N"),
             "--seed" => seed = args.next().and_then(|v| v.parse().ok()).expect("--seed S"),
             "--list" => {
                 TARGETS.iter().for_each(|t| println!("{}", t.name));
@@ -144,10 +136,7 @@ fn main() -> ExitCode {
         match run(t, Duration::from_secs(seconds), seed) {
             Ok(execs) => {
                 passed += 1;
-                println!(
-                    "fuzz {}: ok, {execs} inputs in {seconds} s (seed {seed})",
-                    t.name
-                );
+                println!("fuzz {}: ok, {execs} inputs in {seconds} s (seed {seed})", t.name);
             }
             Err(input) => {
                 failed += 1;
@@ -161,9 +150,5 @@ fn main() -> ExitCode {
         }
     }
     println!("{passed} passed, {failed} failed");
-    if failed == 0 {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    }
+    if failed == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
