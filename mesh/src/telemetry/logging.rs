@@ -2,17 +2,27 @@
 //!
 //! The filter is a `reload::Layer` directly on `tracing_subscriber::Registry` (the first layer),
 //! so a new filter governs every layer above it — the text or JSON formatter and the `access`
-//! target alike. Build the subscriber as:
+//! target alike. The agent builds its subscriber like this (`init` also routes the `log`
+//! crate, i.e. aya-log, into tracing, as `fmt().init()` did):
 //!
-//! ```
+//! ```no_run
 //! use mesh::telemetry::LogControl;
 //! use tracing_subscriber::prelude::*;
 //!
-//! let (filter, logs) = LogControl::new("info,access=info").expect("valid default filter");
-//! let subscriber = tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer());
-//! # let _ = subscriber; // the agent calls `.init()` here
-//! logs.set("debug,h2=info").expect("valid filter");
-//! assert_eq!(logs.current().unwrap(), "h2=info,debug");
+//! # fn main() -> Result<(), mesh::telemetry::TelemetryError> {
+//! # let json = false;
+//! let (filter, logs) = LogControl::from_env("PILLION_LOG", "info")?;
+//! let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
+//! let subscriber = tracing_subscriber::registry().with(filter);
+//! if json {
+//!     subscriber.with(fmt.json().flatten_event(true).with_current_span(false)).init();
+//! } else {
+//!     subscriber.with(fmt).init();
+//! }
+//! // Hand `logs` to `AdminEndpoint::new`; `POST /logging?level=debug` then calls:
+//! logs.set("debug,h2=info")?;
+//! assert_eq!(logs.current()?, "h2=info,debug");
+//! # Ok(()) }
 //! ```
 
 use tracing_subscriber::{EnvFilter, Registry, reload};
@@ -33,6 +43,15 @@ impl LogControl {
     pub fn new(initial: &str) -> Result<(FilterLayer, LogControl), TelemetryError> {
         let (layer, handle) = reload::Layer::new(parse(initial)?);
         Ok((layer, LogControl { handle }))
+    }
+
+    /// Starts from the environment variable `var` (e.g. `PILLION_LOG`) when set, else `default`.
+    /// A set but invalid variable is an error rather than silently ignored.
+    pub fn from_env(var: &str, default: &str) -> Result<(FilterLayer, LogControl), TelemetryError> {
+        match std::env::var(var) {
+            Ok(directives) => Self::new(&directives),
+            Err(_) => Self::new(default),
+        }
     }
 
     /// For a subscriber built elsewhere around its own reload layer.
@@ -61,6 +80,7 @@ fn parse(directives: &str) -> Result<EnvFilter, TelemetryError> {
     if directives.trim().is_empty() {
         return Err(bad("it is empty".into()));
     }
+    // Regexes off: field-value patterns arriving over HTTP are matched literally, never compiled.
     EnvFilter::builder().with_regex(false).parse(directives).map_err(|e| bad(e.to_string()))
 }
 
@@ -81,5 +101,14 @@ mod tests {
         assert_eq!(logs.current().unwrap(), "access=debug,warn");
         drop(subscriber);
         assert!(matches!(logs.current(), Err(TelemetryError::LogSubscriberGone)));
+    }
+
+    #[test]
+    fn from_env_falls_back_to_the_default() {
+        use tracing_subscriber::prelude::*;
+        let (filter, logs) = LogControl::from_env("PILLION_TEST_UNSET_LOG_VARIABLE", "warn").unwrap();
+        let _subscriber = tracing_subscriber::registry().with(filter);
+        assert_eq!(logs.current().unwrap(), "warn");
+        assert!(LogControl::from_env("PILLION_TEST_UNSET_LOG_VARIABLE", "access=loud").is_err());
     }
 }
