@@ -23,4 +23,6 @@ pub enum CertError {
     WrongIdentity { expected: String, got: String },
     #[error("certificate manager stopped tracking this identity (workload removed)")]
     Forgotten,
+    #[error("no local workload owns {0}: the client dialled an address that is not one of this node's pods")]
+    UnknownLocalAddress(std::net::SocketAddr),
 }

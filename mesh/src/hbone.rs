@@ -17,7 +17,9 @@ pub mod stream;
 
 pub use dial::{CertProvider, DirectTcpDialer, TcpDialer, TcpUpstream, UpstreamDialer};
 pub use pool::{Pool, PoolConfig, PoolKey, Tunnel, TunnelRequest};
-pub use server::{Accepted, ConnectHook, ConnectRequest, HboneServer, HboneServerBuilder, Refusal, ServerCertResolver};
+pub use server::{
+    Accepted, ByLocalAddress, ConnectHook, ConnectRequest, HboneServer, HboneServerBuilder, Refusal, ServerCertResolver,
+};
 pub use stream::H2Stream;
 
 /// The HBONE port.

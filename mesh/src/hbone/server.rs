@@ -50,6 +50,24 @@ impl<T: ServerCertResolver> ServerCertResolver for Arc<T> {
     }
 }
 
+/// Picks the identity for the dialled address with `lookup` (the agent: pod IP → workload
+/// identity), then its certificate from a [`CertManager`], issuing on first use.
+pub struct ByLocalAddress<F> {
+    pub certs: CertManager,
+    pub lookup: F,
+}
+
+#[async_trait]
+impl<F> ServerCertResolver for ByLocalAddress<F>
+where
+    F: Fn(SocketAddr) -> Option<Identity> + Send + Sync + 'static,
+{
+    async fn resolve(&self, local: SocketAddr) -> Result<WorkloadCert, CertError> {
+        let identity = (self.lookup)(local).ok_or(CertError::UnknownLocalAddress(local))?;
+        self.certs.fetch(&identity).await
+    }
+}
+
 /// Everything the hook and the dialer know about one CONNECT.
 #[derive(Debug, Clone)]
 pub struct ConnectRequest {

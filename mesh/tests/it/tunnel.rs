@@ -216,3 +216,43 @@ async fn shutdown_stops_new_connections_but_lets_open_tunnels_finish() {
     let err = within(10, pool.connect(other, TunnelRequest::new(SocketAddr::from(([10, 0, 0, 1], 80))))).await;
     assert!(err.is_err(), "a drained server must not open tunnels");
 }
+
+#[tokio::test]
+async fn ipv6_hbone_with_the_certificate_chosen_by_dialled_address() {
+    use mesh::certs::{CertManager, CertManagerConfig, CertMetrics};
+    use mesh::hbone::ByLocalAddress;
+
+    let pki = Pki::new();
+    let certs = CertManager::new(
+        pki.ca.clone(),
+        CertManagerConfig { clock: pki.shared_clock(), ..CertManagerConfig::default() },
+        CertMetrics::default(),
+    );
+    let (client_id, server_id) = (id("default", "client"), id("default", "server"));
+    let listener = TcpListener::bind("[::1]:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let owner = server_id.clone();
+    let resolver = ByLocalAddress {
+        certs: certs.clone(),
+        lookup: move |local: SocketAddr| local.ip().is_loopback().then(|| owner.clone()),
+    };
+    let hook = Arc::new(RecordingHook::default());
+    let server =
+        HboneServer::builder(resolver, hook.clone(), Arc::new(EchoDialer::default())).clock(pki.shared_clock()).build();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(server.serve(listener, shutdown.clone()));
+    let pool = mesh::hbone::Pool::new(
+        mesh::hbone::PoolConfig { clock: pki.shared_clock(), ..Default::default() },
+        mesh::hbone::DirectTcpDialer,
+        Arc::new(certs.clone()),
+    );
+    let target = SocketAddr::new(addr.ip(), 8080);
+    let mut t =
+        within(10, pool.connect(key("p", &client_id, &server_id, addr), TunnelRequest::new(target))).await.unwrap();
+    assert_eq!(round_trip(&mut t, b"v6").await, b"v6");
+    let seen = hook.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].target.to_string(), "[::1]:8080");
+    assert!(seen[0].targets_dialled_address());
+    assert_eq!(seen[0].local_identity, server_id);
+    shutdown.cancel();
+}
