@@ -8,12 +8,16 @@
 //! - [`ca`]: certificate sources (embedded CA, Istio CA client) and the CA server.
 //! - [`certs`]: per-workload certificates and their rotation.
 //! - [`hbone`]: the tunnel protocol, server and client pool.
+//! - [`model`]: the workload model and L4 policy evaluation (uses only [`parse`]).
+//! - [`config`]: the local YAML config source and its reloading watcher (uses [`model`]).
 #![forbid(unsafe_code)]
 
 pub mod ca;
 pub mod certs;
 pub mod clock;
+pub mod config;
 pub mod hbone;
+pub mod model;
 pub mod parse;
 pub mod telemetry;
 pub mod tls;
