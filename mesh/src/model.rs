@@ -202,6 +202,18 @@ impl Model {
     pub fn waypoint_service(&self, w: &WaypointRef) -> Option<&Service> {
         self.service(&w.namespace, &w.name)
     }
+
+    /// The workloads running a waypoint (its Service's endpoints).
+    pub fn waypoint_workloads<'a>(&'a self, w: &WaypointRef) -> impl Iterator<Item = &'a Workload> + 'a {
+        let si = self.index.services_by_name.get(&(w.namespace.clone(), w.name.clone()));
+        si.into_iter().flat_map(move |&si| self.index.endpoints[si].iter().map(move |&wi| &self.workloads[wi]))
+    }
+
+    /// Whether `src` is the identity of one of the waypoint's workloads: the inbound check
+    /// that traffic for a destination with a waypoint really came through it.
+    pub fn is_waypoint_identity(&self, w: &WaypointRef, src: &crate::parse::SpiffeId) -> bool {
+        self.waypoint_workloads(w).any(|wl| wl.identity().spiffe_id() == src)
+    }
 }
 
 /// Kubernetes `matchLabels` semantics: every selector pair is present in `labels`.

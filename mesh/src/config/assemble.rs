@@ -20,6 +20,12 @@ pub(super) fn parse(text: &str, version: u64) -> Result<Model, Problem> {
     }
 
     for d in &docs {
+        if let Body::SpecBeforeKind(spec) = &d.body {
+            return Err(Problem::at(
+                spec,
+                "`spec` comes before `kind`: put `kind` first, it decides how `spec` is read".into(),
+            ));
+        }
         check_kind(d)?;
     }
     let mut mesh_docs = docs.iter().filter(|d| d.kind.value == "MeshConfig");
@@ -123,12 +129,11 @@ fn check_kind(d: &Document) -> Result<(), Problem> {
 fn yaml_problem(e: serde_saphyr::Error) -> Problem {
     let at = e.location().map(|l| (l.line(), l.column()));
     let mut msg = e.without_snippet().to_string();
-    // Its message starts with its own "error: line N column M: "; ours says `file:N:M:`.
-    if let Some(rest) = msg.strip_prefix("error: ")
-        && let Some(i) = rest.find(": ")
-        && rest.starts_with("line ")
+    // Its message repeats the location ("… at line N, column M"); ours leads with `file:N:M:`.
+    if let Some((line, column)) = at
+        && let Some(short) = msg.strip_suffix(&format!(" at line {line}, column {column}"))
     {
-        msg = rest[i + 2..].to_owned();
+        msg = short.to_owned();
     }
     Problem { at, msg }
 }

@@ -55,6 +55,8 @@ pub(crate) enum Body {
     PeerAuthentication(PeerAuthenticationSpec),
     /// No `spec` (fine for Namespace; an empty AuthorizationPolicy means "deny all").
     Empty,
+    /// `spec` came before `kind`, so it could not be read; reported at its line.
+    SpecBeforeKind(Spanned<IgnoredAny>),
     /// A `spec` that was skipped: the kind is unknown (reported later at the kind's line)
     /// or the kind does not need one (Namespace).
     Skipped,
@@ -96,9 +98,10 @@ impl<'de> Visitor<'de> for DocumentVisitor {
                 }
                 "spec" => {
                     let Some(k) = kind.as_ref() else {
-                        // Custom errors carry no location in serde-saphyr; the missing-field
-                        // error does, so name the problem through it.
-                        return Err(de::Error::missing_field("kind (it must come before spec)"));
+                        // serde-saphyr gives custom errors no location, so remember where the
+                        // spec is and report it once the document is read.
+                        body = Some(Body::SpecBeforeKind(map.next_value::<Spanned<IgnoredAny>>()?));
+                        continue;
                     };
                     body = Some(match k.value.as_str() {
                         "Workload" => Body::Workload(map.next_value()?),

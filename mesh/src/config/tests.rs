@@ -137,6 +137,11 @@ fn example_builds_the_model() {
     assert!(m.service_by_vip("10.96.0.10:81".parse().unwrap()).is_none());
     assert_eq!(m.service_by_vip("10.96.0.20:15008".parse().unwrap()).unwrap().endpoints.len(), 1);
 
+    let wp = cart0.waypoint.as_ref().unwrap();
+    assert_eq!(m.waypoint_service(wp).unwrap().vips, ["10.96.0.20".parse::<std::net::IpAddr>().unwrap()]);
+    assert_eq!(m.waypoint_workloads(wp).map(|w| w.name()).collect::<Vec<_>>(), ["cart-0"]);
+    assert!(m.is_waypoint_identity(wp, cart0.identity().spiffe_id()));
+    assert!(!m.is_waypoint_identity(wp, legacy.identity().spiffe_id()));
     assert_eq!(m.peer_auth_mode(cart0, 8080), MtlsMode::Strict);
     let json = serde_json::to_string(&m).unwrap();
     assert!(json.contains("spiffe://cluster.local/ns/shop/sa/cart"), "{json}");
@@ -161,7 +166,7 @@ fn errors_name_file_line_and_problem() {
         ("no IPs", wl(""), 4, "spec.ips"),
         ("unknown kind", "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\n".into(), 2, "unknown kind \"Pod\""),
         ("wrong apiVersion", "apiVersion: v1\nkind: Workload\nmetadata: {name: a}\nspec: {node: n, ips: [10.0.0.1]}\n".into(), 1, "pillion.dev/v1alpha1"),
-        ("spec before kind", "apiVersion: v1\nspec: {}\nkind: Namespace\nmetadata: {name: a}\n".into(), 2, "kind"),
+        ("spec before kind", "apiVersion: v1\nspec: {}\nkind: Namespace\nmetadata: {name: a}\n".into(), 2, "put `kind` first"),
         ("YAML syntax", wl("  ips: [10.0.0.1\n"), 7, ""),
         ("bad name", "apiVersion: v1\nkind: Namespace\nmetadata: {name: Shop}\n".into(), 3, "Shop"),
         ("duplicate object", format!("{}---\n{}", wl("  ips: [10.0.0.1]\n"), wl("  ips: [10.0.0.2]\n")), 12, "defined twice"),
@@ -190,6 +195,7 @@ fn errors_name_file_line_and_problem() {
         assert_eq!(e.line(), Some(line), "{name}: wrong line in {msg}");
         assert!(msg.starts_with(&format!("test.yaml:{line}:")), "{name}: {msg}");
         assert!(msg.contains(needle), "{name}: {msg:?} lacks {needle:?}");
+        assert!(!msg.contains(" at line "), "{name}: location repeated in {msg:?}");
     }
 }
 

@@ -76,6 +76,8 @@ pub struct ReloadStatus {
     pub reloads: u64,
     /// Rejected files.
     pub failures: u64,
+    /// Times the file was read because it might have changed (content unchanged included).
+    pub checks: u64,
     /// The error of the last attempt, `None` if it succeeded.
     pub last_error: Option<ConfigError>,
     pub last_attempt: Option<SystemTime>,
@@ -236,6 +238,8 @@ impl Reloader {
         };
         let h = hash(&text);
         if h == self.content {
+            // Same bytes (a touch, a no-op save): not a new version.
+            self.status_tx.send_modify(|s| s.checks += 1);
             return;
         }
         self.content = h;
@@ -247,6 +251,7 @@ impl Reloader {
                 self.metrics.version.set(i64::try_from(version).unwrap_or(i64::MAX));
                 self.model_tx.send_replace(Arc::new(model));
                 self.status_tx.send_modify(|s| {
+                    s.checks += 1;
                     s.version = version;
                     s.reloads += 1;
                     s.last_error = None;
@@ -266,6 +271,7 @@ impl Reloader {
         tracing::error!(error = %e, version, "config rejected; keeping the last good configuration");
         self.metrics.reload_failures.inc();
         self.status_tx.send_modify(|s| {
+            s.checks += 1;
             s.failures += 1;
             s.last_error = Some(e);
             s.last_attempt = Some(SystemTime::now());

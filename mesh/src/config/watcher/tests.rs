@@ -81,6 +81,12 @@ async fn reload_cycle(options: WatchOptions, in_place: bool) {
     assert!(m.workload("shop", "b").is_some());
     assert_eq!(w.status().reloads, 1);
 
+    // Rewriting the same bytes is seen but is not a new version.
+    let checks = w.status().checks;
+    write(&(workload("a", "10.0.0.1") + &workload("b", "10.0.0.2")));
+    tokio::time::timeout(WAIT, status.wait_for(|s| s.checks > checks)).await.expect("rewrite seen").unwrap();
+    assert_eq!(w.current().version(), 2);
+
     // Garbage is rejected with a line number; the last good model stays.
     write(
         &(workload("a", "10.0.0.1")
