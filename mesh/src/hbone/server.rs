@@ -12,7 +12,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::{DEFAULT_HANDSHAKE_TIMEOUT, HboneError, UpstreamDialer, settings};
+use super::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, HboneError, UpstreamDialer, settings};
 use crate::certs::{CertError, CertManager};
 use crate::clock::{SharedClock, SystemClock};
 use crate::parse::{Authority, ForwardedElement, ForwardedError, Identity, parse_forwarded};
@@ -152,6 +152,8 @@ pub struct HboneServer<R, H, D> {
     dialer: D,
     clock: SharedClock,
     handshake_timeout: Duration,
+    /// Bound on dialling the upstream; past it the client gets 503.
+    upstream_timeout: Duration,
     default_baggage: String,
     /// Verifier for the last trust bundle seen; rebuilt only when the bundle changes.
     verifier: Mutex<Option<(TrustBundle, Arc<SvidClientVerifier>)>>,
@@ -169,6 +171,12 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServerBuilde
 
     pub fn handshake_timeout(mut self, t: Duration) -> Self {
         self.server.handshake_timeout = t;
+        self
+    }
+
+    /// How long dialling the upstream may take before the client gets 503.
+    pub fn upstream_timeout(mut self, t: Duration) -> Self {
+        self.server.upstream_timeout = t;
         self
     }
 
@@ -192,6 +200,7 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
                 dialer,
                 clock: SystemClock::shared(),
                 handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+                upstream_timeout: DEFAULT_CONNECT_TIMEOUT,
                 default_baggage: String::new(),
                 verifier: Mutex::default(),
             },

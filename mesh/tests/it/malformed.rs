@@ -246,3 +246,41 @@ async fn rapid_resets_get_goaway_enhance_your_calm() {
         other => panic!("expected GOAWAY(ENHANCE_YOUR_CALM), got {other:?}"),
     }
 }
+
+/// Never completes a dial, like a SYN into a black hole.
+struct BlackHoleUpstream;
+
+#[async_trait::async_trait]
+impl mesh::hbone::UpstreamDialer for BlackHoleUpstream {
+    type Stream = TcpStream;
+    async fn dial(&self, _request: &mesh::hbone::ConnectRequest) -> std::io::Result<TcpStream> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_upstream_dial_gets_503_and_the_refusal_ends_with_rst_no_error() {
+    let pki = Pki::new();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = HboneServer::builder(
+        pki.issue(&id("default", "server"), DAY).await,
+        Arc::new(RecordingHook::default()),
+        BlackHoleUpstream,
+    )
+    .clock(pki.shared_clock())
+    .upstream_timeout(Duration::from_millis(100))
+    .build();
+    let stop = CancellationToken::new();
+    tokio::spawn(server.serve(listener, stop.clone()));
+    let send = session(&pki, addr).await;
+    let mut ready = send.ready().await.unwrap();
+    let (resp, mut stream) = ready.send_request(connect("10.0.0.1:80"), false).unwrap();
+    let resp = within(10, resp).await.unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().is_empty(), "error responses carry only :status");
+    // ztunnel's shape: after the status, RST_STREAM(NO_ERROR) tells us to stop sending.
+    let reason = within(10, std::future::poll_fn(|cx| stream.poll_reset(cx))).await.unwrap();
+    assert_eq!(reason, h2::Reason::NO_ERROR);
+    stop.cancel();
+}

@@ -61,10 +61,14 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
                 return refuse(&mut respond, refusal.status());
             }
         };
-        let upstream = match self.dialer.dial(&connect).await {
-            Ok(u) => u,
-            Err(e) => {
+        let upstream = match tokio::time::timeout(self.upstream_timeout, self.dialer.dial(&connect)).await {
+            Ok(Ok(u)) => u,
+            Ok(Err(e)) => {
                 tracing::info!(target = %connect.target, error = %e, "HBONE upstream dial failed");
+                return refuse(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
+            }
+            Err(_) => {
+                tracing::info!(target = %connect.target, "HBONE upstream dial timed out");
                 return refuse(&mut respond, StatusCode::SERVICE_UNAVAILABLE);
             }
         };
