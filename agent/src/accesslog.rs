@@ -19,16 +19,22 @@ impl Direction {
     }
 }
 
-/// Everything one access-log line says about a finished connection.
-#[derive(Debug, Clone)]
-pub struct ConnRecord<'a> {
-    pub direction: Direction,
-    pub src: SocketAddr,
+/// Everything one access-log line says about a finished connection. Empty
+/// strings are unknown values.
+#[derive(Debug, Clone, Default)]
+pub struct ConnRecord {
+    pub direction: Option<Direction>,
+    pub src: Option<SocketAddr>,
+    pub src_workload: String,
+    pub src_namespace: String,
+    pub src_identity: String,
     pub dst: Option<SocketAddr>,
-    /// The enrolled pod this agent served (source for outbound, destination
-    /// for inbound), as `namespace/name`.
-    pub pod_namespace: &'a str,
-    pub pod_name: &'a str,
+    /// Where HBONE went (`podIP:15008` or a waypoint), when it was used.
+    pub dst_hbone: Option<SocketAddr>,
+    pub dst_service: String,
+    pub dst_workload: String,
+    pub dst_namespace: String,
+    pub dst_identity: String,
     /// Bytes from the source toward the destination, and back.
     pub bytes_sent: u64,
     pub bytes_recv: u64,
@@ -36,44 +42,39 @@ pub struct ConnRecord<'a> {
     pub error: Option<String>,
 }
 
-pub fn log(rec: &ConnRecord<'_>) {
-    let dst = rec.dst.map(|d| d.to_string()).unwrap_or_else(|| "unknown".into());
+fn addr(a: Option<SocketAddr>) -> String {
+    a.map(|a| a.to_string()).unwrap_or_default()
+}
+
+pub fn log(rec: &ConnRecord) {
     let duration = format!("{}ms", rec.duration.as_millis());
-    let (src_workload, src_namespace, dst_workload, dst_namespace) = match rec.direction {
-        Direction::Outbound => (rec.pod_name, rec.pod_namespace, "", ""),
-        Direction::Inbound => ("", "", rec.pod_name, rec.pod_namespace),
-    };
+    let direction = rec.direction.map(Direction::as_str).unwrap_or("unknown");
+    macro_rules! emit {
+        ($level:expr, $msg:literal $(, $k:ident = %$v:expr)*) => {
+            tracing::event!(
+                target: "access",
+                $level,
+                src.addr = %addr(rec.src),
+                src.workload = %rec.src_workload,
+                src.namespace = %rec.src_namespace,
+                src.identity = %rec.src_identity,
+                dst.addr = %addr(rec.dst),
+                dst.hbone_addr = %addr(rec.dst_hbone),
+                dst.service = %rec.dst_service,
+                dst.workload = %rec.dst_workload,
+                dst.namespace = %rec.dst_namespace,
+                dst.identity = %rec.dst_identity,
+                direction = direction,
+                bytes_sent = rec.bytes_sent,
+                bytes_recv = rec.bytes_recv,
+                duration = %duration,
+                $($k = %$v,)*
+                $msg
+            )
+        };
+    }
     match &rec.error {
-        None => tracing::event!(
-            target: "access",
-            tracing::Level::INFO,
-            src.addr = %rec.src,
-            src.workload = src_workload,
-            src.namespace = src_namespace,
-            dst.addr = %dst,
-            dst.workload = dst_workload,
-            dst.namespace = dst_namespace,
-            direction = rec.direction.as_str(),
-            bytes_sent = rec.bytes_sent,
-            bytes_recv = rec.bytes_recv,
-            duration = %duration,
-            "connection complete"
-        ),
-        Some(error) => tracing::event!(
-            target: "access",
-            tracing::Level::ERROR,
-            src.addr = %rec.src,
-            src.workload = src_workload,
-            src.namespace = src_namespace,
-            dst.addr = %dst,
-            dst.workload = dst_workload,
-            dst.namespace = dst_namespace,
-            direction = rec.direction.as_str(),
-            bytes_sent = rec.bytes_sent,
-            bytes_recv = rec.bytes_recv,
-            duration = %duration,
-            error = %error,
-            "connection failed"
-        ),
+        None => emit!(tracing::Level::INFO, "connection complete"),
+        Some(error) => emit!(tracing::Level::ERROR, "connection failed", error = %error),
     }
 }

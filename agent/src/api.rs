@@ -34,8 +34,8 @@ const MAX_LINE: usize = 64 * 1024;
 pub enum Request {
     Enrol { pod: PodSpec },
     Unenrol { namespace: String, name: String },
-    List,
-    Status,
+    List {},
+    Status {},
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -97,8 +97,8 @@ impl ApiState {
             Request::Unenrol { namespace, name } => {
                 this.registry.unenrol(&namespace, &name).map(|()| serde_json::Value::Null).map_err(|e| e.to_string())
             }
-            Request::List => Ok(to_value(&this.registry.list())),
-            Request::Status => Ok(to_value(&this.status())),
+            Request::List {} => Ok(to_value(&this.registry.list())),
+            Request::Status {} => Ok(to_value(&this.status())),
         })
         .await;
         match outcome {
@@ -204,7 +204,7 @@ impl Client {
     }
 
     pub fn status(&self) -> Result<Status, ApiError> {
-        Ok(serde_json::from_value(self.call(&Request::Status)?)?)
+        Ok(serde_json::from_value(self.call(&Request::Status {})?)?)
     }
 }
 

@@ -52,6 +52,25 @@ pub struct RunArgs {
     /// DaemonSet pod with hostNetwork this is also the agent's own.
     #[arg(long, env = "PILLION_HOST_NETNS", default_value = DEFAULT_HOST_NETNS)]
     pub host_netns: PathBuf,
+    /// The local configuration file (workloads, services, policies), reloaded
+    /// on change. Without it the model is empty: every connection is
+    /// passthrough.
+    #[arg(long, env = "PILLION_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Embedded CA files (`root-cert.pem`, `ca-cert.pem`, `ca-key.pem`, as
+    /// `pillion-agent ca-init` writes them). Without it the agent makes a
+    /// throwaway CA that no other node trusts (single-node use only).
+    #[arg(long, env = "PILLION_CA_DIR")]
+    pub ca_dir: Option<PathBuf>,
+    /// Prometheus metrics (`/metrics`).
+    #[arg(long, env = "PILLION_METRICS_ADDR", default_value = "[::]:15020")]
+    pub metrics_addr: std::net::SocketAddr,
+    /// Readiness (`/healthz/ready`).
+    #[arg(long, env = "PILLION_READINESS_ADDR", default_value = "[::]:15021")]
+    pub readiness_addr: std::net::SocketAddr,
+    /// Admin (`/config_dump`, `/logging`); loopback only.
+    #[arg(long, env = "PILLION_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
+    pub admin_addr: std::net::SocketAddr,
     /// Access-log and log format.
     #[arg(long, env = "PILLION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -22,13 +22,15 @@ use crate::{
     listeners::PodListeners,
     netns::Netns,
     pod::PodSpec,
-    proxy::{self, PodContext},
+    meshctx::MeshCtx,
+    proxy::{self, PodContext, PodDialer},
     state::{PodRecord, StateDir},
     stats::{CounterSnapshot, Counters},
 };
 
 pub struct Registry {
     kernel: Arc<Kernel>,
+    mesh: Arc<MeshCtx>,
     state: StateDir,
     cgroup_root: PathBuf,
     host_netns: Option<Netns>,
@@ -47,8 +49,10 @@ pub struct PodStatus {
 }
 
 impl Registry {
+    #[expect(clippy::too_many_arguments, reason = "wired once, in run.rs")]
     pub fn new(
         kernel: Arc<Kernel>,
+        mesh: Arc<MeshCtx>,
         state: StateDir,
         cgroup_root: &Path,
         host_netns: &Path,
@@ -58,6 +62,7 @@ impl Registry {
     ) -> Self {
         Self {
             kernel,
+            mesh,
             state,
             cgroup_root: cgroup_root.canonicalize().unwrap_or_else(|_| cgroup_root.to_path_buf()),
             host_netns: match Netns::open(host_netns) {
@@ -204,6 +209,12 @@ impl Registry {
             undo(&added);
             return Err(e.into());
         }
+        let netns = Arc::new(netns);
+        let pool = mesh::hbone::Pool::new(
+            mesh::hbone::PoolConfig { connect_timeout: self.connect_timeout, ..Default::default() },
+            PodDialer { netns: netns.clone(), timeout: self.connect_timeout },
+            Arc::new(self.mesh.certs.clone()),
+        );
         let pod = Arc::new(PodContext {
             spec,
             netns,
@@ -214,6 +225,8 @@ impl Registry {
             connect_timeout: self.connect_timeout,
             drain: self.drain.clone(),
             cancel: CancellationToken::new(),
+            mesh: self.mesh.clone(),
+            pool,
         });
         serve(&pod, listeners).map_err(EnrolError::InPod)?;
         Ok(pod)
@@ -272,5 +285,8 @@ fn serve(pod: &Arc<PodContext>, listeners: PodListeners) -> std::io::Result<()> 
     for l in inbound.into_iter().flatten() {
         tokio::spawn(proxy::accept_loop(pod.clone(), tokio_listener(l)?, proxy::inbound::handle));
     }
+    let hbone = [Some(listeners.hbone_v4), listeners.hbone_v6];
+    let hbone = hbone.into_iter().flatten().map(tokio_listener).collect::<std::io::Result<Vec<_>>>()?;
+    proxy::hbone_in::serve(pod, hbone);
     Ok(())
 }

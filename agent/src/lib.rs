@@ -9,14 +9,17 @@
 pub mod accesslog;
 pub mod api;
 pub mod config;
+pub mod conntrack;
 pub mod drain;
 pub mod enrol;
 pub mod error;
 pub mod kernel;
 pub mod listeners;
+pub mod meshctx;
 pub mod netns;
 pub mod pod;
 pub mod proxy;
+pub mod route;
 pub mod run;
 pub mod state;
 pub mod stats;

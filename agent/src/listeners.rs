@@ -5,7 +5,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener},
 };
 
-use pillion_common::{INBOUND_PORT, OUTBOUND_PORT};
+use pillion_common::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
 use socket2::{Domain, Socket, Type};
 
 use crate::netns::Netns;
@@ -20,6 +20,9 @@ pub struct PodListeners {
     pub outbound_v6: Option<TcpListener>,
     pub inbound_v4: TcpListener,
     pub inbound_v6: Option<TcpListener>,
+    /// HBONE on every address of the pod (`0.0.0.0:15008`, `[::]:15008`).
+    pub hbone_v4: TcpListener,
+    pub hbone_v6: Option<TcpListener>,
 }
 
 impl PodListeners {
@@ -38,11 +41,18 @@ impl PodListeners {
                 Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(None),
                 Err(e) => Err(e),
             };
+            let any6 = match bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, HBONE_PORT))) {
+                Ok(l) => Some(l),
+                Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => None,
+                Err(e) => return Err(e),
+            };
             Ok(PodListeners {
                 outbound_v4: v4(OUTBOUND_PORT)?,
                 outbound_v6: v6(OUTBOUND_PORT)?,
                 inbound_v4: v4(INBOUND_PORT)?,
                 inbound_v6: v6(INBOUND_PORT)?,
+                hbone_v4: bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, HBONE_PORT)))?,
+                hbone_v6: any6,
             })
         })
     }

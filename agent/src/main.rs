@@ -59,6 +59,14 @@ enum Command {
         #[command(flatten)]
         node: NodeArgs,
     },
+    /// Create an embedded CA (root + intermediate) in a directory, for
+    /// `run --ca-dir`. Every node's agent must use the same one.
+    CaInit {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
     /// Unenrol every pod and remove the node's pins and state. The agent must
     /// be stopped first; this is the uninstall path, not a restart.
     Reset {
@@ -70,21 +78,18 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => {
-            run::init_logging(args.log_format);
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build();
-            match runtime {
-                Ok(rt) => rt.block_on(run::run(args)),
-                Err(e) => Err(e.into()),
-            }
-        }
+        Command::Run(args) => run::init_logging(args.log_format).and_then(|logs| {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            runtime.block_on(run::run(args, logs))
+        }),
+        Command::CaInit { dir, trust_domain } => ca_init(&dir, &trust_domain),
         Command::Enrol { node, name, namespace, netns, ips, cgroup } => {
             let pod = PodSpec { name, namespace, netns, ips, cgroup };
             call(&node, &Request::Enrol { pod })
         }
         Command::Unenrol { node, name, namespace } => call(&node, &Request::Unenrol { namespace, name }),
-        Command::List { node } => call(&node, &Request::List),
-        Command::Status { node } => call(&node, &Request::Status),
+        Command::List { node } => call(&node, &Request::List {}),
+        Command::Status { node } => call(&node, &Request::Status {}),
         Command::Reset { node } => reset(&node),
     };
     match result {
@@ -108,7 +113,7 @@ fn reset(node: &NodeArgs) -> anyhow::Result<()> {
     if Client::new(node.api_socket()).status().is_ok() {
         anyhow::bail!("an agent is running for node {}; stop it first (SIGTERM), then reset", node.node);
     }
-    run::init_logging(LogFormat::Text);
+    run::init_logging(LogFormat::Text)?;
     let pins = PinLayout::new(&node.bpffs, &node.node);
     kernel::unpin_all(&pins)?;
     match std::fs::remove_dir_all(node.state_dir()) {
@@ -121,5 +126,23 @@ fn reset(node: &NodeArgs) -> anyhow::Result<()> {
         pins.root().display(),
         node.state_dir().display()
     );
+    Ok(())
+}
+
+fn ca_init(dir: &std::path::Path, trust_domain: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let files = ["root-cert.pem", "ca-cert.pem", "ca-key.pem"];
+    if files.iter().any(|f| dir.join(f).exists()) {
+        anyhow::bail!("{} already holds a CA; remove it first to make a new one", dir.display());
+    }
+    let (_, pem) = mesh::ca::EmbeddedCa::generate(trust_domain, mesh::clock::SystemClock::shared())?;
+    std::fs::create_dir_all(dir)?;
+    for (name, text, mode) in
+        [(files[0], &pem.root_cert, 0o644), (files[1], &pem.intermediate_cert, 0o644), (files[2], &pem.intermediate_key, 0o600)]
+    {
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(dir.join(name))?;
+        std::io::Write::write_all(&mut f, text.as_bytes())?;
+    }
+    println!("CA for trust domain {trust_domain} written to {}", dir.display());
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! The L4 proxy: outbound (15001) and inbound plaintext (15006) for each
 //! enrolled pod, relaying to the original destination.
 
+pub mod hbone_in;
 pub mod inbound;
+pub mod observed;
 pub mod outbound;
 pub mod relay;
 
@@ -31,10 +33,25 @@ pub fn reset(stream: TcpStream) {
     drop(stream);
 }
 
+/// Dials HBONE connections from the source pod's netns (one pool per pod:
+/// pods never share a connection).
+pub struct PodDialer {
+    pub netns: std::sync::Arc<Netns>,
+    pub timeout: Duration,
+}
+
+#[async_trait::async_trait]
+impl mesh::hbone::TcpDialer for PodDialer {
+    type Stream = TcpStream;
+    async fn dial(&self, key: &mesh::hbone::PoolKey) -> io::Result<TcpStream> {
+        dial_in(&self.netns, key.dst, self.timeout).await
+    }
+}
+
 /// What the proxy needs to serve one enrolled pod.
 pub struct PodContext {
     pub spec: crate::pod::PodSpec,
-    pub netns: Netns,
+    pub netns: std::sync::Arc<Netns>,
     pub cookie: u64,
     pub counters: crate::stats::Counters,
     pub agent_counters: std::sync::Arc<crate::stats::Counters>,
@@ -43,6 +60,8 @@ pub struct PodContext {
     pub drain: crate::drain::Drain,
     /// Cancelled on unenrol: the pod's accept loops stop.
     pub cancel: tokio_util::sync::CancellationToken,
+    pub mesh: std::sync::Arc<crate::meshctx::MeshCtx>,
+    pub pool: mesh::hbone::Pool<PodDialer>,
 }
 
 impl PodContext {
@@ -53,7 +72,7 @@ impl PodContext {
         self.spec.ips.iter().copied().find(|ip| ip.is_ipv6() == want_v6).unwrap_or(self.spec.ips[0])
     }
 
-    fn bump(&self, pick: impl Fn(&crate::stats::Counters) -> &std::sync::atomic::AtomicU64) {
+    pub(crate) fn bump(&self, pick: impl Fn(&crate::stats::Counters) -> &std::sync::atomic::AtomicU64) {
         crate::stats::bump(pick(&self.counters));
         crate::stats::bump(pick(&self.agent_counters));
     }
@@ -90,10 +109,10 @@ where
 }
 
 /// Counts a connection as active while it lives.
-struct ActiveGuard<'a>(&'a PodContext);
+pub(crate) struct ActiveGuard<'a>(&'a PodContext);
 
 impl<'a> ActiveGuard<'a> {
-    fn new(pod: &'a PodContext) -> Self {
+    pub(crate) fn new(pod: &'a PodContext) -> Self {
         pod.bump(|c| &c.active);
         Self(pod)
     }

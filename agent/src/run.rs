@@ -1,12 +1,23 @@
 //! `pillion-agent run`: wire everything together and serve until SIGTERM.
 
-use std::sync::Arc;
+use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::{Context, bail};
+use mesh::{
+    ca::EmbeddedCa,
+    certs::{CertManager, CertManagerConfig, CertMetrics},
+    clock::SystemClock,
+    config::{ConfigMetrics, ConfigWatcher, WatchOptions},
+    model::Model,
+    telemetry::{AdminEndpoint, AgentMetrics, CertSummary, ConnectionMetrics, HttpServer, LogControl, MetricsEndpoint, Readiness, ReadinessEndpoint},
+};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
+    sync::watch,
 };
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::prelude::*;
 
 use crate::{
     api::{self, ApiState},
@@ -14,23 +25,53 @@ use crate::{
     drain,
     enrol::Registry,
     kernel::{Kernel, PinLayout, mounts},
+    meshctx::MeshCtx,
     netns::Netns,
     state::StateDir,
     stats::Counters,
 };
 
-pub fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("PILLION_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+/// Sets up logging with a runtime-adjustable filter (`PILLION_LOG`, default
+/// `info`); the returned control backs the admin `/logging` endpoint.
+pub fn init_logging(format: LogFormat) -> anyhow::Result<LogControl> {
+    let (filter, control) = LogControl::from_env("PILLION_LOG", "info")?;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
+    let subscriber = tracing_subscriber::registry().with(filter);
     // `init` also routes the `log` crate (aya-log's output) into tracing.
     match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => subscriber.with(fmt).init(),
+        LogFormat::Json => subscriber.with(fmt.json().flatten_event(true).with_current_span(false)).init(),
+    }
+    Ok(control)
+}
+
+/// A listener with `SO_REUSEPORT`, so a new agent can bind beside the old one
+/// during a handoff.
+fn reuse_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(128)?;
+    tokio::net::TcpListener::from_std(socket.into())
+}
+
+fn certificate_authority(dir: Option<&Path>, trust_domain: &str) -> anyhow::Result<EmbeddedCa> {
+    match dir {
+        Some(dir) => EmbeddedCa::from_dir(trust_domain, dir, SystemClock::shared())
+            .with_context(|| format!("loading the CA from {} (create it with `pillion-agent ca-init --dir {}`)", dir.display(), dir.display())),
+        None => {
+            tracing::warn!("no --ca-dir: using a throwaway CA that no other node trusts; cross-node mTLS will fail");
+            Ok(EmbeddedCa::generate(trust_domain, SystemClock::shared())?.0)
+        }
     }
 }
 
-pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!("pillion-agent run needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN, CAP_PERFMON): run it as root");
     }
@@ -40,6 +81,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     // Pin down the agent's own netns before any thread enters a pod's.
     let own = Netns::own();
     tracing::info!(node = %args.node.node, pid = std::process::id(), netns_inode = own.inode(), cgroup_root = %args.cgroup_root.display(), "starting pillion-agent");
+    let stop = CancellationToken::new();
+    let readiness = Readiness::new(["kernel", "config", "pods"]);
+    let mut registry_metrics = prometheus_client::registry::Registry::default();
+    let tcp = ConnectionMetrics::register(&mut registry_metrics);
+    let agent_metrics = AgentMetrics::register(&mut registry_metrics);
+    let cert_metrics = CertMetrics::register(&mut registry_metrics);
+    let config_metrics = ConfigMetrics::register(&mut registry_metrics);
+    HttpServer::from_listener(reuse_listener(args.readiness_addr)?, ReadinessEndpoint::new(readiness.clone())).spawn(stop.clone());
 
     let pins = PinLayout::new(&args.node.bpffs, &args.node.node);
     let kernel = Arc::new(Kernel::open(pins, &args.cgroup_root)?);
@@ -47,6 +96,23 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let cgroup_id = mounts::own_cgroup_id().context("finding the agent's cgroup id")?;
     kernel.exempt_cgroup(cgroup_id)?;
     spawn_kernel_logs(kernel.log_program_id());
+    readiness.set("kernel", true);
+
+    // The model: from the config file (watched), or empty.
+    let (_watcher, model_rx) = match &args.config {
+        Some(path) => {
+            let watcher = ConfigWatcher::start(path, WatchOptions::default(), config_metrics)?;
+            let rx = watcher.subscribe();
+            (Some(watcher), rx)
+        }
+        None => (None, watch::channel(Arc::new(Model::default())).1),
+    };
+    readiness.set("config", true);
+    let trust_domain = model_rx.borrow().mesh().trust_domain.clone();
+    let ca = certificate_authority(args.ca_dir.as_deref(), &trust_domain)?;
+    let certs = CertManager::new(Arc::new(ca), CertManagerConfig::default(), cert_metrics);
+    let mesh = Arc::new(MeshCtx::new(args.node.node.clone(), model_rx, certs.clone(), tcp));
+    spawn_reevaluation(mesh.clone(), agent_metrics.clone());
 
     let (trigger, drain) = drain::new();
     let counters = Arc::new(Counters::default());
@@ -54,6 +120,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating the state directory {}", args.node.state_dir().display()))?;
     let registry = Arc::new(Registry::new(
         kernel.clone(),
+        mesh.clone(),
         state,
         &args.cgroup_root,
         &args.host_netns,
@@ -65,6 +132,24 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         let registry = registry.clone();
         tokio::task::spawn_blocking(move || registry.adopt_persisted()).await??
     };
+    agent_metrics.enrolled_pods.set(adopted as i64);
+    readiness.set("pods", true);
+
+    let metrics = Arc::new(registry_metrics);
+    HttpServer::from_listener(reuse_listener(args.metrics_addr)?, MetricsEndpoint::new(metrics)).spawn(stop.clone());
+    let dump_mesh = mesh.clone();
+    let dump = move || {
+        let certificates: Vec<CertSummary> = dump_mesh
+            .certs
+            .identities()
+            .iter()
+            .filter_map(|id| dump_mesh.certs.current(id))
+            .flat_map(|c| CertSummary::chain_of(&c))
+            .collect();
+        serde_json::json!({ "node": dump_mesh.node, "model": &*dump_mesh.snapshot(), "certificates": certificates })
+    };
+    HttpServer::from_listener(reuse_listener(args.admin_addr)?, AdminEndpoint::new(dump, logs)).spawn(stop.clone());
+
     let api_path = args.node.api_socket();
     let listener = api::bind(&api_path).with_context(|| format!("binding the API socket {}", api_path.display()))?;
     let api_state = Arc::new(ApiState { node: args.node.node.clone(), registry, kernel, counters });
@@ -77,13 +162,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM: draining"),
         _ = int.recv() => tracing::info!("SIGINT: draining"),
     }
+    readiness.set("pods", false);
     // Programs stay pinned: capture outlives the agent (fail closed).
     let left = trigger.drain(args.drain()).await;
     if left > 0 {
         tracing::warn!(connections = left, "drain deadline reached; closing the rest");
     }
+    stop.cancel();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// On every new model: re-judge live connections, closing what is now denied.
+fn spawn_reevaluation(mesh: Arc<MeshCtx>, metrics: AgentMetrics) {
+    let mut rx = mesh.model.clone();
+    tokio::spawn(async move {
+        while rx.changed().await.is_ok() {
+            let model = rx.borrow_and_update().clone();
+            metrics.config_reloaded(mesh::telemetry::ReloadResult::Success);
+            let closed = mesh.reevaluate(&model);
+            tracing::info!(version = model.version(), closed, live = mesh.tracker.len(), "configuration applied");
+        }
+    });
 }
 
 /// Bridges the kernel programs' aya-log output into tracing.

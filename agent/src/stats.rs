@@ -8,6 +8,8 @@ use serde::Serialize;
 pub struct Counters {
     pub outbound_accepted: AtomicU64,
     pub inbound_accepted: AtomicU64,
+    pub hbone_accepted: AtomicU64,
+    pub denied: AtomicU64,
     pub no_orig_dst: AtomicU64,
     pub upstream_failed: AtomicU64,
     pub active: AtomicU64,
@@ -17,6 +19,8 @@ pub struct Counters {
 pub struct CounterSnapshot {
     pub outbound_accepted: u64,
     pub inbound_accepted: u64,
+    pub hbone_accepted: u64,
+    pub denied: u64,
     pub no_orig_dst: u64,
     pub upstream_failed: u64,
     pub active: u64,
@@ -28,6 +32,8 @@ impl Counters {
         CounterSnapshot {
             outbound_accepted: get(&self.outbound_accepted),
             inbound_accepted: get(&self.inbound_accepted),
+            hbone_accepted: get(&self.hbone_accepted),
+            denied: get(&self.denied),
             no_orig_dst: get(&self.no_orig_dst),
             upstream_failed: get(&self.upstream_failed),
             active: get(&self.active),

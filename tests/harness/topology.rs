@@ -257,12 +257,21 @@ impl Topology {
         }
     }
 
-    /// Runs a one-shot workload in a node's netns (no pod cgroup): a probe.
-    pub fn run_on_node(&self, node: &Node, args: &[&str]) -> Value {
+    fn node_tool(node: &Node, args: &[&str]) -> Command {
         let mut cmd = Command::new(Workload::tool());
         cmd.args(args);
         enter(&mut cmd, &node.netns_path(), None);
-        run_json(cmd)
+        cmd
+    }
+
+    /// Runs a one-shot workload in a node's netns (no pod cgroup): a probe.
+    pub fn run_on_node(&self, node: &Node, args: &[&str]) -> Value {
+        run_json(Self::node_tool(node, args))
+    }
+
+    /// Starts a long-running workload in a node's netns (e.g. a capture).
+    pub fn spawn_on_node(&self, node: &Node, args: &[&str]) -> Spawned {
+        Spawned::new(Self::node_tool(node, args))
     }
 
     pub fn state_root(&self) -> PathBuf {

@@ -10,13 +10,16 @@ use std::{
 
 use serde_json::json;
 
+mod capture;
+
 fn usage() -> ! {
     eprintln!(
         "usage: pillion-pod-tool echo-server <addr> [banner]\n\
          \x20      pillion-pod-tool udp-echo <addr>\n\
          \x20      pillion-pod-tool client <addr> <bytes> [--bind <addr>] [--hold] [--timeout-ms N]\n\
          \x20      pillion-pod-tool udp-client <addr>\n\
-         \x20      pillion-pod-tool loop <addr> <count> <interval-ms> <bytes>"
+         \x20      pillion-pod-tool loop <addr> <count> <interval-ms> <bytes>\n\
+         \x20      pillion-pod-tool capture <iface> <max-seconds> <marker>"
     );
     std::process::exit(2)
 }
@@ -29,7 +32,7 @@ fn main() {
         "echo-server" => echo_server(addr(1), args.get(2).cloned()),
         "udp-echo" => udp_echo(addr(1)),
         "client" => {
-            let mut opts = ClientOpts { bind: None, hold: false, timeout: Duration::from_secs(3) };
+            let mut opts = ClientOpts { bind: None, hold: false, timeout: Duration::from_secs(3), marker: None };
             let mut i = 3;
             while i < args.len() {
                 match args[i].as_str() {
@@ -38,6 +41,10 @@ fn main() {
                         i += 1;
                     }
                     "--hold" => opts.hold = true,
+                    "--marker" => {
+                        opts.marker = Some(arg(i + 1));
+                        i += 1;
+                    }
                     "--timeout-ms" => {
                         opts.timeout = Duration::from_millis(arg(i + 1).parse().unwrap_or_else(|_| usage()));
                         i += 1;
@@ -50,6 +57,10 @@ fn main() {
             println!("{}", client(addr(1), bytes, &opts));
         }
         "udp-client" => println!("{}", udp_client(addr(1))),
+        "capture" => {
+            let secs: u64 = arg(2).parse().unwrap_or_else(|_| usage());
+            println!("{}", capture::capture(&arg(1), Duration::from_secs(secs), &arg(3)));
+        }
         "loop" => {
             let (count, interval, bytes): (u64, u64, usize) = (
                 arg(2).parse().unwrap_or_else(|_| usage()),
@@ -119,6 +130,9 @@ struct ClientOpts {
     bind: Option<SocketAddr>,
     hold: bool,
     timeout: Duration,
+    /// Fill the payload with this text instead of the byte pattern (for
+    /// captures that look for plaintext on the wire).
+    marker: Option<String>,
 }
 
 fn error_kind(e: &std::io::Error) -> &'static str {
@@ -162,7 +176,10 @@ fn client(to: SocketAddr, bytes: usize, opts: &ClientOpts) -> serde_json::Value 
         let mut line = String::new();
         let _ = std::io::stdin().lock().read_line(&mut line);
     }
-    let payload = pattern(bytes);
+    let payload = match &opts.marker {
+        Some(m) => m.bytes().cycle().take(bytes).collect(),
+        None => pattern(bytes),
+    };
     let writer = {
         let mut w = match stream.try_clone() {
             Ok(w) => w,
@@ -218,7 +235,7 @@ fn udp_client(to: SocketAddr) -> serde_json::Value {
 /// `count` sequential connections, `interval` apart; prints progress after
 /// each and a summary at the end.
 fn run_loop(to: SocketAddr, count: u64, interval: Duration, bytes: usize) {
-    let opts = ClientOpts { bind: None, hold: false, timeout: Duration::from_secs(3) };
+    let opts = ClientOpts { bind: None, hold: false, timeout: Duration::from_secs(3), marker: None };
     let mut failures = 0u64;
     let mut errors = Vec::new();
     for i in 1..=count {

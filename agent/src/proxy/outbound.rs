@@ -1,8 +1,14 @@
 //! Outbound: a pod's captured connect arrives on 15001; recover where it was
-//! going and dial that from inside the pod.
+//! going, decide the route from the model (HBONE, a service endpoint, the
+//! service's waypoint, or passthrough) and carry it there.
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
+use mesh::{
+    hbone::{PoolKey, TunnelRequest},
+    model::Workload,
+    telemetry::{ConnectionLabels, Peer, Reporter, SecurityPolicy, ServiceRef},
+};
 use pillion_common::{OrigDstKey, SIDE_V4, SIDE_V6};
 use tokio::net::TcpStream;
 
@@ -10,6 +16,7 @@ use super::{ActiveGuard, PodContext, dial_in, relay::relay, reset};
 use crate::{
     accesslog::{self, ConnRecord, Direction},
     kernel::addr::socket_addr,
+    route::{self, Hop, WorkloadKey},
 };
 
 /// Which listener a connection reached: the key the kernel used.
@@ -20,23 +27,29 @@ pub fn side_of(local: SocketAddr) -> u32 {
     }
 }
 
+/// Metrics identity of a workload (or of an unknown peer).
+pub fn peer_of(w: Option<&Workload>) -> Peer {
+    match w {
+        Some(w) => Peer::workload(w.name(), w.namespace()).identity(w.identity()).pod_labels(w.labels.iter()),
+        None => Peer::unknown(),
+    }
+}
+
 pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     let started = Instant::now();
     pod.bump(|c| &c.outbound_accepted);
-    let active = ActiveGuard::new(&pod);
+    let _active = ActiveGuard::new(&pod);
     let side = client.local_addr().map(side_of).unwrap_or(SIDE_V4);
     let key = OrigDstKey { netns_cookie: pod.cookie, side, client_port: u32::from(peer.port()) };
-    let src = SocketAddr::new(pod.pod_ip_like(peer), peer.port());
+    let model = pod.mesh.snapshot();
+    let src_w = pod.mesh.local_workload(&model, &pod.spec.ips);
     let mut record = ConnRecord {
-        direction: Direction::Outbound,
-        src,
-        dst: None,
-        pod_namespace: &pod.spec.namespace,
-        pod_name: &pod.spec.name,
-        bytes_sent: 0,
-        bytes_recv: 0,
-        duration: started.elapsed(),
-        error: None,
+        direction: Some(Direction::Outbound),
+        src: Some(SocketAddr::new(pod.pod_ip_like(peer), peer.port())),
+        src_workload: pod.spec.name.clone(),
+        src_namespace: pod.spec.namespace.clone(),
+        src_identity: src_w.map(|w| w.identity().to_string()).unwrap_or_default(),
+        ..Default::default()
     };
     // A missing record means we cannot know where this was going: reset it
     // rather than guess.
@@ -48,25 +61,78 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
         return;
     };
     record.dst = Some(dst);
-    let upstream = match dial_in(&pod.netns, dst, pod.connect_timeout).await {
-        Ok(s) => s,
-        Err(e) => {
-            pod.bump(|c| &c.upstream_failed);
-            reset(client);
-            record.duration = started.elapsed();
-            record.error = Some(format!("connect to {dst}: {e}"));
-            accesslog::log(&record);
-            return;
+    let route = route::route(&model, src_w, dst, pod.mesh.next_rr());
+    let service = route.service.as_ref().map(|(ns, name)| ServiceRef::new(name, ns, "cluster.local"));
+    if let Some((ns, name)) = &route.service {
+        record.dst_service = format!("{name}.{ns}.svc.cluster.local");
+    }
+    let src_peer = peer_of(src_w);
+    let mut last_error = if route.hops.is_empty() { Some("no endpoint to send to (empty service or waypoint)".to_string()) } else { None };
+    for hop in &route.hops {
+        let dst_key = match hop {
+            Hop::Plain { workload, .. } => workload.clone(),
+            Hop::Hbone { workload, .. } => Some(workload.clone()),
+        };
+        let dst_w = dst_key.as_ref().and_then(|k: &WorkloadKey| model.workload(&k.namespace, &k.name));
+        record.dst_workload = dst_key.as_ref().map(|k| k.name.clone()).unwrap_or_default();
+        record.dst_namespace = dst_key.as_ref().map(|k| k.namespace.clone()).unwrap_or_default();
+        let dst_peer = peer_of(dst_w);
+        match hop {
+            Hop::Plain { dst: addr, .. } => match dial_in(&pod.netns, *addr, pod.connect_timeout).await {
+                Ok(upstream) => {
+                    record.dst = Some(*addr);
+                    let labels = ConnectionLabels::new(Reporter::Source, &src_peer, &dst_peer, service.as_ref(), SecurityPolicy::Unknown);
+                    return finish(&pod, client, upstream, labels, record, started).await;
+                }
+                Err(e) => last_error = Some(format!("connect to {addr}: {e}")),
+            },
+            Hop::Hbone { hbone_addr, target, identity, via_waypoint, .. } => {
+                let Some(src_w) = src_w else { continue };
+                let key = PoolKey {
+                    src_pod: pod.spec.key(),
+                    src_identity: src_w.identity().clone(),
+                    dst_identity: identity.clone(),
+                    dst: *hbone_addr,
+                };
+                record.dst_hbone = Some(*hbone_addr);
+                record.dst_identity = identity.to_string();
+                if *via_waypoint {
+                    record.dst_workload = String::new();
+                }
+                match pod.pool.connect(key, TunnelRequest::new(target.clone())).await {
+                    Ok(tunnel) => {
+                        if let Some(a) = target.socket_addr() {
+                            record.dst = Some(a);
+                        }
+                        let labels = ConnectionLabels::new(Reporter::Source, &src_peer, &dst_peer, service.as_ref(), SecurityPolicy::MutualTls);
+                        return finish(&pod, client, tunnel, labels, record, started).await;
+                    }
+                    Err(e) => last_error = Some(format!("HBONE to {hbone_addr}: {e}")),
+                }
+            }
         }
-    };
+        tracing::debug!(pod = %pod.spec.key(), error = ?last_error, "upstream candidate failed; trying the next");
+    }
+    pod.bump(|c| &c.upstream_failed);
+    reset(client);
+    record.duration = started.elapsed();
+    record.error = last_error;
+    accesslog::log(&record);
+}
+
+/// Relays to the chosen upstream, with live metrics, then logs.
+async fn finish<U>(pod: &PodContext, client: TcpStream, upstream: U, labels: ConnectionLabels, mut record: ConnRecord, started: Instant)
+where
+    U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let guard = pod.mesh.tcp.open(labels);
     let _ = client.set_nodelay(true);
-    let done = relay(client, upstream).await;
+    let done = relay(client, upstream, Some(&guard)).await;
     record.bytes_sent = done.sent;
     record.bytes_recv = done.recv;
     record.duration = started.elapsed();
     record.error = done.error.map(|e| e.to_string());
     accesslog::log(&record);
-    drop(active);
 }
 
 #[cfg(test)]

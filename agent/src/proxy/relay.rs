@@ -2,6 +2,7 @@
 
 use std::io;
 
+use mesh::telemetry::ConnGuard;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
@@ -20,7 +21,8 @@ pub struct Relayed {
 }
 
 /// Copies until EOF, then half-closes the writer so the peer sees EOF too.
-async fn copy_half<R, W>(mut reader: R, mut writer: W, count: &mut u64) -> io::Result<()>
+/// `on_bytes` sees every chunk as it goes (live metrics).
+async fn copy_half<R, W>(mut reader: R, mut writer: W, count: &mut u64, on_bytes: impl Fn(u64)) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -33,18 +35,30 @@ where
         }
         writer.write_all(&buf[..n]).await?;
         *count += n as u64;
+        on_bytes(n as u64);
     }
 }
 
 /// Relays both ways until both directions have ended. On an error in either
-/// direction both sockets are reset, so a reset on one side reaches the other.
-pub async fn relay(mut source: TcpStream, mut dest: TcpStream) -> Relayed {
+/// direction the source is reset (and `dest` dropped), so a failure on one
+/// side reaches the other as a reset, never as a clean end of stream.
+/// Bytes are counted into `metrics` as they flow: source → destination is
+/// the request (Istio's "received"), the way back the response ("sent").
+pub async fn relay<D: AsyncRead + AsyncWrite + Unpin>(mut source: TcpStream, dest: D, metrics: Option<&ConnGuard>) -> Relayed {
     let (mut sent, mut recv) = (0u64, 0u64);
     let error = {
         let (sr, sw) = source.split();
-        let (dr, dw) = dest.split();
-        let up = copy_half(sr, dw, &mut sent);
-        let down = copy_half(dr, sw, &mut recv);
+        let (dr, dw) = tokio::io::split(dest);
+        let up = copy_half(sr, dw, &mut sent, |n| {
+            if let Some(m) = metrics {
+                m.add_received(n)
+            }
+        });
+        let down = copy_half(dr, sw, &mut recv, |n| {
+            if let Some(m) = metrics {
+                m.add_sent(n)
+            }
+        });
         tokio::pin!(up, down);
         tokio::select! {
             r = &mut up => match r { Ok(()) => down.await.err(), Err(e) => Some(e) },
@@ -53,7 +67,6 @@ pub async fn relay(mut source: TcpStream, mut dest: TcpStream) -> Relayed {
     };
     if error.is_some() {
         super::reset(source);
-        super::reset(dest);
     }
     Relayed { sent, recv, error }
 }
@@ -74,7 +87,7 @@ mod tests {
     async fn relays_exactly_both_ways_with_half_close() {
         let (mut client, proxy_in) = pair().await;
         let (proxy_out, mut server) = pair().await;
-        let task = tokio::spawn(relay(proxy_in, proxy_out));
+        let task = tokio::spawn(relay(proxy_in, proxy_out, None));
         let request: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         client.write_all(&request).await.unwrap();
         client.shutdown().await.unwrap();
@@ -95,7 +108,7 @@ mod tests {
     async fn a_reset_on_one_side_resets_the_other() {
         let (mut client, proxy_in) = pair().await;
         let (proxy_out, server) = pair().await;
-        let task = tokio::spawn(relay(proxy_in, proxy_out));
+        let task = tokio::spawn(relay(proxy_in, proxy_out, None));
         client.write_all(b"x").await.unwrap();
         crate::proxy::reset(server);
         let done = task.await.unwrap();
