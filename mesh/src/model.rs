@@ -77,7 +77,7 @@ pub enum ModelError {
     Identity { object: String, source: SpiffeIdError },
     #[error("{object} is defined twice: give each object a unique namespace/name")]
     Duplicate { object: ObjectRef },
-    #[error("{object} claims IP {ip}, already used by {first}: each workload address must be unique")]
+    #[error("{object} claims IP {ip}, already used by {first}: an address belongs to one workload or one service VIP")]
     IpConflict { object: ObjectRef, ip: IpAddr, first: String },
     #[error("{object} claims {addr}, already served by {first}: each VIP:port belongs to one service")]
     VipConflict { object: ObjectRef, addr: SocketAddr, first: String },

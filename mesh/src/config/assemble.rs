@@ -8,6 +8,9 @@ use super::document::{Body, Document, ISTIO_SECURITY_APIS, KINDS, PILLION_API};
 use super::{Problem, check_name, istio, pillion};
 use crate::model::{MeshSettings, Model, ModelBuilder, ObjectRef};
 
+/// Istio's annotation for a policy that is evaluated but not enforced.
+const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
+
 pub(super) fn parse(text: &str, version: u64) -> Result<Model, Problem> {
     let options = serde_saphyr::options! { with_snippet: false };
     let docs: Vec<Document> = serde_saphyr::from_multiple_with_options(text, options).map_err(yaml_problem)?;
@@ -73,12 +76,13 @@ pub(super) fn parse(text: &str, version: u64) -> Result<Model, Problem> {
                 builder.service(pillion::service(namespace, name, &meta.labels, spec)?);
             }
             (Body::AuthorizationPolicy(spec), _) => {
-                let p =
-                    istio::authorization_policy(namespace, &name.value, Some(spec)).map_err(|e| e.or_at(&d.kind))?;
+                let mut p = istio::authorization_policy(&mesh, namespace, &name.value, Some(spec))
+                    .map_err(|e| e.or_at(&d.kind))?;
+                p.dry_run = meta.annotations.get(DRY_RUN_ANNOTATION).is_some_and(|v| v == "true");
                 builder.authorization_policy(p);
             }
             (Body::Empty, "AuthorizationPolicy") => {
-                builder.authorization_policy(istio::authorization_policy(namespace, &name.value, None)?);
+                builder.authorization_policy(istio::authorization_policy(&mesh, namespace, &name.value, None)?);
             }
             (Body::PeerAuthentication(spec), _) => {
                 builder.peer_authentication(istio::peer_authentication(namespace, name, Some(spec))?);

@@ -28,8 +28,8 @@ pub(crate) struct Metadata {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     // Accepted and ignored so objects copied from `kubectl get -o yaml` load unchanged.
-    #[serde(default, rename = "annotations")]
-    _annotations: Option<IgnoredAny>,
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
     #[serde(default, rename = "uid")]
     _uid: Option<IgnoredAny>,
     #[serde(default, rename = "resourceVersion")]

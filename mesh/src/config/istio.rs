@@ -15,7 +15,7 @@ use super::document::PortValue;
 use crate::model::authz::{
     Condition, L4_CONDITION_KEYS, Matcher, Operation, Rule, ServiceAccountMatch, Source, StringMatch, parse_port,
 };
-use crate::model::{Action, AuthorizationPolicy, IpNet, MtlsMode, PeerAuthentication};
+use crate::model::{Action, AuthorizationPolicy, IpNet, MeshSettings, MtlsMode, PeerAuthentication};
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -171,6 +171,7 @@ const L7_CONDITION_PREFIXES: &[&str] =
     &["request.headers[", "request.auth.", "request.experimental.", "remote.ip", "connection.sni", "experimental."];
 
 pub(crate) fn authorization_policy(
+    mesh: &MeshSettings,
     namespace: &str,
     name: &str,
     spec: Option<&AuthorizationPolicySpec>,
@@ -182,6 +183,7 @@ pub(crate) fn authorization_policy(
         action: Action::Allow,
         rules: Vec::new(),
         targets_waypoint: false,
+        dry_run: false,
     };
     // `spec` absent or `{}`: an ALLOW policy without rules, i.e. deny all (as in Istio).
     let Some(spec) = spec else { return Ok(p) };
@@ -194,18 +196,18 @@ pub(crate) fn authorization_policy(
         Some(ActionSpec::Custom) => Action::Custom,
     };
     for r in &spec.rules {
-        p.rules.push(rule(&r.value, namespace)?);
+        p.rules.push(rule(&r.value, namespace, &mesh.trust_domain)?);
     }
     Ok(p)
 }
 
-fn rule(r: &RuleSpec, namespace: &str) -> Result<Rule, Problem> {
+fn rule(r: &RuleSpec, namespace: &str, td: &str) -> Result<Rule, Problem> {
     let mut out = Rule::default();
     for f in &r.from {
         let Some(s) = f.value.source.as_ref() else {
             return Err(Problem::at(f, "`from` entry has no `source`: write `- source: {...}`".into()));
         };
-        out.from.push(source(s, namespace, &mut out.l7_fields).map_err(|e| e.or_at(f))?);
+        out.from.push(source(s, namespace, td, &mut out.l7_fields).map_err(|e| e.or_at(f))?);
     }
     for t in &r.to {
         let Some(o) = t.value.operation.as_ref() else {
@@ -241,7 +243,7 @@ fn rule(r: &RuleSpec, namespace: &str) -> Result<Rule, Problem> {
             "source.ip" => Condition::SourceIp(values(c, ip_block)?),
             "destination.ip" => Condition::DestinationIp(values(c, ip_block)?),
             "source.namespace" => Condition::SourceNamespace(values(c, |s| lift(s, StringMatch::namespace(&s.value)))?),
-            "source.principal" => Condition::SourcePrincipal(values(c, |s| lift(s, StringMatch::principal(&s.value)))?),
+            "source.principal" => Condition::SourcePrincipal(values(c, |s| principal(s, td))?),
             "destination.port" => Condition::DestinationPort(values(c, |s| lift(s, parse_port(&s.value)))?),
             k if L7_CONDITION_PREFIXES.iter().any(|p| k.starts_with(p)) => {
                 out.l7_fields.push(format!("when {k}"));
@@ -263,7 +265,7 @@ fn rule(r: &RuleSpec, namespace: &str) -> Result<Rule, Problem> {
     Ok(out)
 }
 
-fn source(s: &SourceSpec, namespace: &str, l7: &mut Vec<String>) -> Result<Source, Problem> {
+fn source(s: &SourceSpec, namespace: &str, td: &str, l7: &mut Vec<String>) -> Result<Source, Problem> {
     let l7_lists = [
         ("requestPrincipals", &s.request_principals),
         ("notRequestPrincipals", &s.not_request_principals),
@@ -277,7 +279,7 @@ fn source(s: &SourceSpec, namespace: &str, l7: &mut Vec<String>) -> Result<Sourc
             l7.push(format!("from.source.{field}"));
         }
     }
-    let principal = |s: &Spanned<String>| lift(s, StringMatch::principal(&s.value));
+    let principal = |s: &Spanned<String>| principal(s, td);
     let ns = |s: &Spanned<String>| lift(s, StringMatch::namespace(&s.value));
     let sa = |s: &Spanned<String>| lift(s, ServiceAccountMatch::parse(&s.value, namespace));
     let out = Source {
@@ -301,6 +303,18 @@ fn source(s: &SourceSpec, namespace: &str, l7: &mut Vec<String>) -> Result<Sourc
 
 fn values<T>(c: &ConditionSpec, f: impl Fn(&Spanned<String>) -> Result<T, Problem>) -> Result<Matcher<T>, Problem> {
     Ok(Matcher::new(all(&c.values, &f)?, all(&c.not_values, &f)?))
+}
+
+/// Istio reads the trust domain `cluster.local` in a principal as "this mesh's trust
+/// domain", so policies written for the default keep working under another one.
+fn principal(s: &Spanned<String>, td: &str) -> Result<StringMatch, Problem> {
+    let m = lift(s, StringMatch::principal(&s.value))?;
+    let local = |l: &str| l.strip_prefix("cluster.local/").map(|rest| format!("{td}/{rest}"));
+    Ok(match m {
+        StringMatch::Exact(l) => StringMatch::Exact(local(&l).unwrap_or(l)),
+        StringMatch::Prefix(l) => StringMatch::Prefix(local(&l).unwrap_or(l)),
+        other => other,
+    })
 }
 
 fn all<T>(v: &[Spanned<String>], f: impl Fn(&Spanned<String>) -> Result<T, Problem>) -> Result<Vec<T>, Problem> {

@@ -185,6 +185,7 @@ fn errors_name_file_line_and_problem() {
         ("bad action", "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p}\nspec:\n  action: REJECT\n".into(), 5, "REJECT"),
         ("bad peer auth mode", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec:\n  mtls: {mode: STRICTER}\n".into(), 5, "STRICTER"),
         ("portLevelMtls without selector", "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: p}\nspec:\n  portLevelMtls:\n    8080: {mode: DISABLE}\n".into(), 3, "selector"),
+        ("VIP is a workload IP", format!("{}---\napiVersion: pillion.dev/v1alpha1\nkind: Service\nmetadata: {{name: s}}\nspec:\n  clusterIP: 10.0.0.1\n", wl("  ips: [10.0.0.1]\n")), 11, "10.0.0.1"),
         ("unknown endpoint", "apiVersion: pillion.dev/v1alpha1\nkind: Service\nmetadata: {name: s}\nspec:\n  endpoints: [nope]\n".into(), 3, "nope"),
         ("unknown waypoint", "apiVersion: pillion.dev/v1alpha1\nkind: Service\nmetadata:\n  name: s\n  labels: {istio.io/use-waypoint: wp}\nspec: {}\n".into(), 4, "waypoint default/wp"),
         ("named targetPort", "apiVersion: pillion.dev/v1alpha1\nkind: Service\nmetadata: {name: s}\nspec:\n  ports: [{port: 80, targetPort: http}]\n".into(), 5, "named target ports"),
@@ -241,6 +242,7 @@ fn istio_yaml_semantics() {
         ("integer ports accepted", format!("{head}spec:\n  rules:\n  - to:\n    - operation: {{ports: [80]}}\n"), web, 80, true),
         ("when destination.port notValues", format!("{head}spec:\n  action: DENY\n  rules:\n  - when:\n    - key: destination.port\n      notValues: [\"80\"]\n"), web, 22, false),
         ("selector not matching", format!("{head}spec:\n  selector: {{matchLabels: {{app: other}}}}\n  action: DENY\n  rules: [{{}}]\n"), web, 80, true),
+        ("dry-run DENY not enforced", String::from("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop, annotations: {istio.io/dry-run: \"true\"}}\nspec:\n  action: DENY\n  rules: [{}]\n"), web, 80, true),
         ("serviceAccounts", format!("{head}spec:\n  rules:\n  - from:\n    - source: {{serviceAccounts: [web/frontend]}}\n"), web, 80, true),
     ];
     for (name, policies, principal, port, want) in cases {
@@ -268,4 +270,21 @@ fn docs_examples_parse() {
         n += 1;
     }
     assert!(n >= 1, "docs/config.md has no complete yaml example");
+}
+
+#[test]
+fn cluster_local_principals_follow_the_trust_domain() {
+    let text = "apiVersion: pillion.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: m}\nspec: {trustDomain: example.org}\n---\napiVersion: pillion.dev/v1alpha1\nkind: Workload\nmetadata: {name: cart-0, namespace: shop}\nspec: {ips: [10.0.1.10], node: a}\n---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: p, namespace: shop}\nspec:\n  rules:\n  - from:\n    - source: {principals: [cluster.local/ns/web/sa/frontend, \"cluster.local/ns/ops/*\"]}\n";
+    let m = ok(text);
+    let w = m.workload("shop", "cart-0").unwrap();
+    assert_eq!(w.identity().trust_domain(), "example.org");
+    let check = |id: &str| {
+        let id = SpiffeId::parse(id).unwrap();
+        let dst = SocketAddr::new("10.0.1.10".parse().unwrap(), 80);
+        m.authorize(&ConnInfo { src_identity: Some(&id), src_ip: "10.9.0.1".parse().unwrap(), dst_workload: w, dst })
+            .allowed
+    };
+    assert!(check("spiffe://example.org/ns/web/sa/frontend"));
+    assert!(check("spiffe://example.org/ns/ops/sa/admin"));
+    assert!(!check("spiffe://cluster.local/ns/web/sa/frontend"));
 }

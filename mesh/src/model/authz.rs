@@ -43,6 +43,9 @@ pub struct AuthorizationPolicy {
     /// The policy names `targetRef(s)`: it binds to a waypoint or gateway, so the node
     /// agent leaves it alone, as ztunnel does.
     pub targets_waypoint: bool,
+    /// Annotated `istio.io/dry-run: "true"`: evaluated by nobody at L4, as in ztunnel
+    /// (whose dry-run only logs).
+    pub dry_run: bool,
 }
 
 impl AuthorizationPolicy {
@@ -271,4 +274,43 @@ pub fn parse_port(s: &str) -> Result<u16, MatchError> {
         return Err(bad());
     }
     s.parse().map_err(|_| bad())
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+
+    #[test]
+    fn string_match_parsing() {
+        let ok: &[(&str, StringMatch)] = &[
+            ("cluster.local/ns/a/sa/b", StringMatch::Exact("cluster.local/ns/a/sa/b".into())),
+            ("*", StringMatch::Present),
+            ("*/ns/a/sa/b", StringMatch::Suffix("/ns/a/sa/b".into())),
+            ("cluster.local/ns/a/*", StringMatch::Prefix("cluster.local/ns/a/".into())),
+        ];
+        for (s, want) in ok {
+            assert_eq!(&StringMatch::principal(s).unwrap(), want, "{s}");
+        }
+        for bad in [
+            "spiffe://cluster.local/ns/a/sa/b",
+            "cluster.local/ns/a",
+            "a*b",
+            "**",
+            "",
+            "cluster.local/ns/a b/*",
+            "c/*/x",
+        ] {
+            assert!(StringMatch::principal(bad).is_err(), "principal {bad:?} must be refused");
+        }
+        for bad in ["Web", "a_b", "", "a*b*"] {
+            assert!(StringMatch::namespace(bad).is_err(), "namespace {bad:?} must be refused");
+        }
+        assert!(StringMatch::namespace("web-*").is_ok());
+        assert_eq!(parse_port("8080"), Ok(8080));
+        for bad in ["", "65536", "-1", "80a", "+80", "123456"] {
+            assert!(parse_port(bad).is_err(), "port {bad:?}");
+        }
+        assert_eq!(ServiceAccountMatch::parse("sa", "shop").unwrap().namespace, "shop");
+        assert!(ServiceAccountMatch::parse("a/b/c", "shop").is_err());
+    }
 }

@@ -101,6 +101,13 @@ impl ModelBuilder {
         for (si, s) in services.iter().enumerate() {
             let me = || ObjectRef::new("Service", &s.namespace, &s.name);
             for vip in &s.vips {
+                // A VIP that is also a pod address would make "which one did the client mean"
+                // ambiguous for the outbound path.
+                if let Some(&wi) = index.by_ip.get(&vip.to_canonical()) {
+                    let f = &workloads[wi];
+                    let first = ObjectRef::new("Workload", f.namespace(), f.name()).to_string();
+                    return Err(ModelError::IpConflict { object: me(), ip: *vip, first });
+                }
                 for (pi, p) in s.ports.iter().enumerate() {
                     let addr = SocketAddr::new(vip.to_canonical(), p.port);
                     if let Some(&first) = vip_owner.get(&addr) {

@@ -96,7 +96,7 @@ impl Model {
 /// Scope: root namespace without selector = mesh; no selector = its namespace; a selector
 /// picks workloads of its namespace, or of every namespace when in the root namespace.
 fn applies(p: &AuthorizationPolicy, w: &Workload, root: &str) -> bool {
-    if p.targets_waypoint || matches!(p.action, Action::Audit | Action::Custom) {
+    if p.targets_waypoint || p.dry_run || matches!(p.action, Action::Audit | Action::Custom) {
         return false;
     }
     let in_scope = p.namespace == root || p.namespace == w.namespace();
