@@ -137,9 +137,11 @@ fn ca_init(dir: &std::path::Path, trust_domain: &str) -> anyhow::Result<()> {
     }
     let (_, pem) = mesh::ca::EmbeddedCa::generate(trust_domain, mesh::clock::SystemClock::shared())?;
     std::fs::create_dir_all(dir)?;
-    for (name, text, mode) in
-        [(files[0], &pem.root_cert, 0o644), (files[1], &pem.intermediate_cert, 0o644), (files[2], &pem.intermediate_key, 0o600)]
-    {
+    for (name, text, mode) in [
+        (files[0], &pem.root_cert, 0o644),
+        (files[1], &pem.intermediate_cert, 0o644),
+        (files[2], &pem.intermediate_key, 0o600),
+    ] {
         let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(mode).open(dir.join(name))?;
         std::io::Write::write_all(&mut f, text.as_bytes())?;
     }

@@ -74,16 +74,23 @@ impl MeshCtx {
     /// then authorization policy.
     pub fn admit(model: &Model, conn: &TrackedConn) -> Admission {
         let Some(w) = model.workload(&conn.dst_namespace, &conn.dst_name) else {
-            return Admission::Denied(format!("workload {}/{} is no longer in the mesh", conn.dst_namespace, conn.dst_name));
+            return Admission::Denied(format!(
+                "workload {}/{} is no longer in the mesh",
+                conn.dst_namespace, conn.dst_name
+            ));
         };
         if let Some(waypoints) = required_waypoint_identities(model, w) {
             let from_waypoint = conn.src_identity.as_ref().is_some_and(|id| waypoints.contains(id));
             if !from_waypoint {
-                return Admission::Denied("destination has a waypoint and this connection did not come through it".into());
+                return Admission::Denied(
+                    "destination has a waypoint and this connection did not come through it".into(),
+                );
             }
         }
         if conn.src_identity.is_none() && model.peer_auth_mode(w, conn.dst.port()) == MtlsMode::Strict {
-            return Admission::Denied("PeerAuthentication STRICT: plaintext is not accepted; connect from a mesh workload".into());
+            return Admission::Denied(
+                "PeerAuthentication STRICT: plaintext is not accepted; connect from a mesh workload".into(),
+            );
         }
         let verdict = model.authorize(&ConnInfo {
             src_identity: conn.src_identity.as_ref().map(Identity::spiffe_id),

@@ -55,7 +55,14 @@ pub fn route(model: &Model, src: Option<&Workload>, dst: SocketAddr, rr: usize) 
     let src_in_mesh = src.is_some_and(Workload::in_mesh);
     if let Some(target) = model.service_by_vip(dst) {
         let service = Some((target.service.namespace.clone(), target.service.name.clone()));
-        if src_in_mesh && let Some(hops) = via_waypoint(model, target.service.waypoint.as_ref(), service_authority(target.service, dst.port()), dst.ip()) {
+        if src_in_mesh
+            && let Some(hops) = via_waypoint(
+                model,
+                target.service.waypoint.as_ref(),
+                service_authority(target.service, dst.port()),
+                dst.ip(),
+            )
+        {
             return Route { hops, service };
         }
         let n = target.endpoints.len();
@@ -104,7 +111,10 @@ fn waypoint_workloads<'m>(model: &'m Model, svc: &Service) -> Vec<&'m Workload> 
     let (Some(vip), Some(port)) = (svc.vips.first(), svc.ports.first()) else {
         return Vec::new();
     };
-    model.service_by_vip(SocketAddr::new(*vip, port.port)).map(|t| t.endpoints.iter().map(|e| e.workload).collect()).unwrap_or_default()
+    model
+        .service_by_vip(SocketAddr::new(*vip, port.port))
+        .map(|t| t.endpoints.iter().map(|e| e.workload).collect())
+        .unwrap_or_default()
 }
 
 /// Hops to the waypoint's endpoints, or `None` when there is no waypoint.
@@ -144,7 +154,13 @@ pub fn required_waypoint_identities(model: &Model, w: &Workload) -> Option<Vec<I
     let refs: Vec<&WaypointRef> = w
         .waypoint
         .iter()
-        .chain(model.services().iter().filter(|s| s.waypoint.is_some() && selects_w(s)).filter_map(|s| s.waypoint.as_ref()))
+        .chain(
+            model
+                .services()
+                .iter()
+                .filter(|s| s.waypoint.is_some() && selects_w(s))
+                .filter_map(|s| s.waypoint.as_ref()),
+        )
         .collect();
     if refs.is_empty() {
         return None;

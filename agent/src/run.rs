@@ -9,7 +9,10 @@ use mesh::{
     clock::SystemClock,
     config::{ConfigMetrics, ConfigWatcher, WatchOptions},
     model::Model,
-    telemetry::{AdminEndpoint, AgentMetrics, CertSummary, ConnectionMetrics, HttpServer, LogControl, MetricsEndpoint, Readiness, ReadinessEndpoint},
+    telemetry::{
+        AdminEndpoint, AgentMetrics, CertSummary, ConnectionMetrics, HttpServer, LogControl, MetricsEndpoint,
+        Readiness, ReadinessEndpoint,
+    },
 };
 use tokio::{
     io::unix::AsyncFd,
@@ -62,8 +65,13 @@ fn reuse_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
 
 fn certificate_authority(dir: Option<&Path>, trust_domain: &str) -> anyhow::Result<EmbeddedCa> {
     match dir {
-        Some(dir) => EmbeddedCa::from_dir(trust_domain, dir, SystemClock::shared())
-            .with_context(|| format!("loading the CA from {} (create it with `pillion-agent ca-init --dir {}`)", dir.display(), dir.display())),
+        Some(dir) => EmbeddedCa::from_dir(trust_domain, dir, SystemClock::shared()).with_context(|| {
+            format!(
+                "loading the CA from {} (create it with `pillion-agent ca-init --dir {}`)",
+                dir.display(),
+                dir.display()
+            )
+        }),
         None => {
             tracing::warn!("no --ca-dir: using a throwaway CA that no other node trusts; cross-node mTLS will fail");
             Ok(EmbeddedCa::generate(trust_domain, SystemClock::shared())?.0)
@@ -88,7 +96,8 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
     let agent_metrics = AgentMetrics::register(&mut registry_metrics);
     let cert_metrics = CertMetrics::register(&mut registry_metrics);
     let config_metrics = ConfigMetrics::register(&mut registry_metrics);
-    HttpServer::from_listener(reuse_listener(args.readiness_addr)?, ReadinessEndpoint::new(readiness.clone())).spawn(stop.clone());
+    HttpServer::from_listener(reuse_listener(args.readiness_addr)?, ReadinessEndpoint::new(readiness.clone()))
+        .spawn(stop.clone());
 
     let pins = PinLayout::new(&args.node.bpffs, &args.node.node);
     let kernel = Arc::new(Kernel::open(pins, &args.cgroup_root)?);

@@ -5,6 +5,7 @@
 mod capture;
 mod errors;
 mod lifecycle;
+mod mesh;
 mod progtest;
 
 use pillion_e2e::{Agent, Node, Pod, Topology};

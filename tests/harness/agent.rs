@@ -22,6 +22,10 @@ pub struct AgentOptions {
     pub extra_args: Vec<String>,
     /// Replace the default `--cgroup-root` (the node's cgroup).
     pub cgroup_root: Option<PathBuf>,
+    /// `--config` (the mesh model file).
+    pub config: Option<PathBuf>,
+    /// `--ca-dir` (the shared embedded CA).
+    pub ca_dir: Option<PathBuf>,
     /// Run as this unprivileged uid (outside the node's netns, which an
     /// unprivileged process could not enter).
     pub uid: Option<u32>,
@@ -56,6 +60,8 @@ impl Agent {
             // The harness runs in the machine's root netns; pid 1 may not be readable.
             .arg("--host-netns")
             .arg(format!("/proc/{}/ns/net", std::process::id()))
+            .args(opts.config.iter().flat_map(|c| [std::ffi::OsStr::new("--config"), c.as_os_str()]))
+            .args(opts.ca_dir.iter().flat_map(|c| [std::ffi::OsStr::new("--ca-dir"), c.as_os_str()]))
             .args(&opts.extra_args)
             .env("PILLION_LOG", "info")
             .stdin(Stdio::null())

@@ -269,9 +269,40 @@ impl Topology {
         run_json(Self::node_tool(node, args))
     }
 
+    /// `GET http://<addr><path>` from inside a node's netns: (status, body).
+    pub fn http_get(&self, node: &Node, addr: &str, path: &str) -> (u16, String) {
+        let v = self.run_on_node(node, &["http-get", addr, path]);
+        assert_eq!(v["ok"], serde_json::json!(true), "GET {addr}{path}: {v}");
+        (v["status"].as_u64().unwrap_or(0) as u16, v["body"].as_str().unwrap_or_default().to_string())
+    }
+
     /// Starts a long-running workload in a node's netns (e.g. a capture).
     pub fn spawn_on_node(&self, node: &Node, args: &[&str]) -> Spawned {
         Spawned::new(Self::node_tool(node, args))
+    }
+
+    /// A CA shared by every agent of this topology (made once, with
+    /// `pillion-agent ca-init`).
+    pub fn ca_dir(&self) -> PathBuf {
+        let dir = self.tmp.join("ca");
+        if !dir.join("root-cert.pem").exists() {
+            let out = Command::new(crate::locate_binary("pillion-agent", "PILLION_AGENT_BIN"))
+                .args(["ca-init", "--dir"])
+                .arg(&dir)
+                .output()
+                .expect("run pillion-agent ca-init");
+            assert!(out.status.success(), "ca-init: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        dir
+    }
+
+    /// Writes (or rewrites, atomically) a config file in the topology's dir.
+    pub fn write_config(&self, name: &str, yaml: &str) -> PathBuf {
+        let path = self.tmp.join(name);
+        let tmp = self.tmp.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, yaml).expect("write config");
+        std::fs::rename(&tmp, &path).expect("replace config");
+        path
     }
 
     pub fn state_root(&self) -> PathBuf {

@@ -59,9 +59,8 @@ pub fn capture(iface: &str, max: Duration, marker: &str) -> serde_json::Value {
     sll.sll_family = libc::AF_PACKET as u16;
     sll.sll_protocol = ETH_P_ALL.to_be();
     sll.sll_ifindex = ifindex as i32;
-    let rc = unsafe {
-        libc::bind(fd, (&raw const sll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t)
-    };
+    let rc =
+        unsafe { libc::bind(fd, (&raw const sll).cast(), std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t) };
     assert_eq!(rc, 0, "bind AF_PACKET: {}", std::io::Error::last_os_error());
     let tv = libc::timeval { tv_sec: 0, tv_usec: 100_000 };
     unsafe {
@@ -80,7 +79,8 @@ pub fn capture(iface: &str, max: Duration, marker: &str) -> serde_json::Value {
         let _ = std::io::stdin().lock().read_line(&mut String::new());
         stopper.store(true, Ordering::SeqCst);
     });
-    let mut s = Summary { frames: 0, tcp_ports: BTreeSet::new(), hbone_segments: 0, tls_records: 0, marker_seen: false };
+    let mut s =
+        Summary { frames: 0, tcp_ports: BTreeSet::new(), hbone_segments: 0, tls_records: 0, marker_seen: false };
     let mut buf = vec![0u8; 65536];
     let deadline = Instant::now() + max;
     while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {

@@ -19,7 +19,8 @@ fn usage() -> ! {
          \x20      pillion-pod-tool client <addr> <bytes> [--bind <addr>] [--hold] [--timeout-ms N]\n\
          \x20      pillion-pod-tool udp-client <addr>\n\
          \x20      pillion-pod-tool loop <addr> <count> <interval-ms> <bytes>\n\
-         \x20      pillion-pod-tool capture <iface> <max-seconds> <marker>"
+         \x20      pillion-pod-tool capture <iface> <max-seconds> <marker>\n\
+         \x20      pillion-pod-tool http-get <addr> <path>"
     );
     std::process::exit(2)
 }
@@ -57,6 +58,7 @@ fn main() {
             println!("{}", client(addr(1), bytes, &opts));
         }
         "udp-client" => println!("{}", udp_client(addr(1))),
+        "http-get" => println!("{}", http_get(addr(1), &arg(2))),
         "capture" => {
             let secs: u64 = arg(2).parse().unwrap_or_else(|_| usage());
             println!("{}", capture::capture(&arg(1), Duration::from_secs(secs), &arg(3)));
@@ -251,4 +253,22 @@ fn run_loop(to: SocketAddr, count: u64, interval: Duration, bytes: usize) {
         std::thread::sleep(interval);
     }
     println!("{}", json!({"event": "summary", "count": count, "failures": failures, "errors": errors}));
+}
+
+/// A minimal HTTP/1.0 GET (metrics, readiness, admin endpoints).
+fn http_get(to: SocketAddr, path: &str) -> serde_json::Value {
+    let run = || -> std::io::Result<(u16, String)> {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {to}\r\n\r\n")?;
+        let mut text = String::new();
+        s.read_to_string(&mut text)?;
+        let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        Ok((status, body))
+    };
+    match run() {
+        Ok((status, body)) => json!({"ok": true, "status": status, "body": body}),
+        Err(e) => fail("http", &e),
+    }
 }

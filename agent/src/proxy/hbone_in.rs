@@ -120,7 +120,8 @@ impl UpstreamDialer for PodUpstream {
         bump(&pod.counters.hbone_accepted);
         bump(&pod.agent_counters.hbone_accepted);
         let model = pod.mesh.snapshot();
-        let conn = tracked(pod, &model, req).map_err(|r| io::Error::new(io::ErrorKind::PermissionDenied, r.to_string()))?;
+        let conn =
+            tracked(pod, &model, req).map_err(|r| io::Error::new(io::ErrorKind::PermissionDenied, r.to_string()))?;
         let registration = pod.mesh.tracker.register(conn.clone());
         // Policy may have changed since the hook ran.
         if let Admission::Denied(reason) = MeshCtx::admit(&model, &conn) {
@@ -135,7 +136,8 @@ impl UpstreamDialer for PodUpstream {
             Some(w) if w.identity() == &req.peer_identity => peer_of(Some(w)),
             _ => mesh::telemetry::Peer::unknown().identity(&req.peer_identity),
         };
-        let labels = ConnectionLabels::new(Reporter::Destination, &src_peer, &peer_of(dst_w), None, SecurityPolicy::MutualTls);
+        let labels =
+            ConnectionLabels::new(Reporter::Destination, &src_peer, &peer_of(dst_w), None, SecurityPolicy::MutualTls);
         let record = ConnRecord {
             direction: Some(Direction::Inbound),
             src: Some(req.peer_addr),

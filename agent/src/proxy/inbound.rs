@@ -79,7 +79,8 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
             return;
         }
     };
-    let labels = ConnectionLabels::new(Reporter::Destination, &peer_of(src_w), &peer_of(dst_w), None, SecurityPolicy::Unknown);
+    let labels =
+        ConnectionLabels::new(Reporter::Destination, &peer_of(src_w), &peer_of(dst_w), None, SecurityPolicy::Unknown);
     let guard = pod.mesh.tcp.open(labels);
     let _ = client.set_nodelay(true);
     let done = match registration {

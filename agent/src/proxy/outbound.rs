@@ -67,7 +67,11 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
         record.dst_service = format!("{name}.{ns}.svc.cluster.local");
     }
     let src_peer = peer_of(src_w);
-    let mut last_error = if route.hops.is_empty() { Some("no endpoint to send to (empty service or waypoint)".to_string()) } else { None };
+    let mut last_error = if route.hops.is_empty() {
+        Some("no endpoint to send to (empty service or waypoint)".to_string())
+    } else {
+        None
+    };
     for hop in &route.hops {
         let dst_key = match hop {
             Hop::Plain { workload, .. } => workload.clone(),
@@ -81,7 +85,13 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
             Hop::Plain { dst: addr, .. } => match dial_in(&pod.netns, *addr, pod.connect_timeout).await {
                 Ok(upstream) => {
                     record.dst = Some(*addr);
-                    let labels = ConnectionLabels::new(Reporter::Source, &src_peer, &dst_peer, service.as_ref(), SecurityPolicy::Unknown);
+                    let labels = ConnectionLabels::new(
+                        Reporter::Source,
+                        &src_peer,
+                        &dst_peer,
+                        service.as_ref(),
+                        SecurityPolicy::Unknown,
+                    );
                     return finish(&pod, client, upstream, labels, record, started).await;
                 }
                 Err(e) => last_error = Some(format!("connect to {addr}: {e}")),
@@ -104,7 +114,13 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
                         if let Some(a) = target.socket_addr() {
                             record.dst = Some(a);
                         }
-                        let labels = ConnectionLabels::new(Reporter::Source, &src_peer, &dst_peer, service.as_ref(), SecurityPolicy::MutualTls);
+                        let labels = ConnectionLabels::new(
+                            Reporter::Source,
+                            &src_peer,
+                            &dst_peer,
+                            service.as_ref(),
+                            SecurityPolicy::MutualTls,
+                        );
                         return finish(&pod, client, tunnel, labels, record, started).await;
                     }
                     Err(e) => last_error = Some(format!("HBONE to {hbone_addr}: {e}")),
@@ -121,8 +137,14 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
 }
 
 /// Relays to the chosen upstream, with live metrics, then logs.
-async fn finish<U>(pod: &PodContext, client: TcpStream, upstream: U, labels: ConnectionLabels, mut record: ConnRecord, started: Instant)
-where
+async fn finish<U>(
+    pod: &PodContext,
+    client: TcpStream,
+    upstream: U,
+    labels: ConnectionLabels,
+    mut record: ConnRecord,
+    started: Instant,
+) where
     U: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let guard = pod.mesh.tcp.open(labels);

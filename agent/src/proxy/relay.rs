@@ -44,7 +44,11 @@ where
 /// side reaches the other as a reset, never as a clean end of stream.
 /// Bytes are counted into `metrics` as they flow: source → destination is
 /// the request (Istio's "received"), the way back the response ("sent").
-pub async fn relay<D: AsyncRead + AsyncWrite + Unpin>(mut source: TcpStream, dest: D, metrics: Option<&ConnGuard>) -> Relayed {
+pub async fn relay<D: AsyncRead + AsyncWrite + Unpin>(
+    mut source: TcpStream,
+    dest: D,
+    metrics: Option<&ConnGuard>,
+) -> Relayed {
     let (mut sent, mut recv) = (0u64, 0u64);
     let error = {
         let (sr, sw) = source.split();

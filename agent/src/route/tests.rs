@@ -87,7 +87,10 @@ fn mesh_workload_goes_over_hbone_to_its_15008() {
 fn outside_the_mesh_is_passthrough_either_way() {
     let m = model();
     let client = m.workload("default", "client");
-    assert_eq!(route(&m, client, addr("192.0.2.1:443"), 0).hops, vec![Hop::Plain { dst: addr("192.0.2.1:443"), workload: None }]);
+    assert_eq!(
+        route(&m, client, addr("192.0.2.1:443"), 0).hops,
+        vec![Hop::Plain { dst: addr("192.0.2.1:443"), workload: None }]
+    );
     // A destination with protocol NONE.
     assert!(matches!(&route(&m, client, addr("10.2.3.2:8080"), 0).hops[..], [Hop::Plain { .. }]));
     // A source the model does not know: no certificate to present.
