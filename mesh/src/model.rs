@@ -127,11 +127,11 @@ pub struct Model {
 #[derive(Debug, Clone, Default)]
 struct Index {
     by_ip: HashMap<IpAddr, usize>,
-    by_name: HashMap<(String, String), usize>,
+    by_name: NameIndex,
     by_node: HashMap<String, Vec<usize>>,
     /// VIP:port → (service, port position).
     by_vip: HashMap<SocketAddr, (usize, usize)>,
-    services_by_name: HashMap<(String, String), usize>,
+    services_by_name: NameIndex,
     /// Per service: its endpoint workloads.
     endpoints: Vec<Vec<usize>>,
     policies_by_ns: HashMap<String, Vec<usize>>,
@@ -173,7 +173,7 @@ impl Model {
     }
 
     pub fn workload(&self, namespace: &str, name: &str) -> Option<&Workload> {
-        self.index.by_name.get(&(namespace.to_owned(), name.to_owned())).map(|&i| &self.workloads[i])
+        self.index.by_name.get(namespace, name).map(|i| &self.workloads[i])
     }
 
     /// Workloads the agent on `node` serves.
@@ -182,7 +182,7 @@ impl Model {
     }
 
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
-        self.index.services_by_name.get(&(namespace.to_owned(), name.to_owned())).map(|&i| &self.services[i])
+        self.index.services_by_name.get(namespace, name).map(|i| &self.services[i])
     }
 
     /// The service behind `VIP:port` and its endpoints with their target ports.
@@ -205,14 +205,30 @@ impl Model {
 
     /// The workloads running a waypoint (its Service's endpoints).
     pub fn waypoint_workloads<'a>(&'a self, w: &WaypointRef) -> impl Iterator<Item = &'a Workload> + 'a {
-        let si = self.index.services_by_name.get(&(w.namespace.clone(), w.name.clone()));
-        si.into_iter().flat_map(move |&si| self.index.endpoints[si].iter().map(move |&wi| &self.workloads[wi]))
+        let si = self.index.services_by_name.get(&w.namespace, &w.name);
+        si.into_iter().flat_map(move |si| self.index.endpoints[si].iter().map(move |&wi| &self.workloads[wi]))
     }
 
     /// Whether `src` is the identity of one of the waypoint's workloads: the inbound check
     /// that traffic for a destination with a waypoint really came through it.
     pub fn is_waypoint_identity(&self, w: &WaypointRef, src: &crate::parse::SpiffeId) -> bool {
         self.waypoint_workloads(w).any(|wl| wl.identity().spiffe_id() == src)
+    }
+}
+
+/// `namespace → name → position`, nested so lookups by `&str` allocate nothing (they run
+/// for every connection and again for each live one on every reload).
+#[derive(Debug, Clone, Default)]
+struct NameIndex(HashMap<String, HashMap<String, usize>>);
+
+impl NameIndex {
+    fn get(&self, namespace: &str, name: &str) -> Option<usize> {
+        self.0.get(namespace)?.get(name).copied()
+    }
+
+    /// Returns `false` if the name was taken.
+    fn insert(&mut self, namespace: &str, name: &str, i: usize) -> bool {
+        self.0.entry(namespace.to_owned()).or_default().insert(name.to_owned(), i).is_none()
     }
 }
 

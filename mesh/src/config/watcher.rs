@@ -67,8 +67,9 @@ impl ConfigMetrics {
     }
 }
 
-/// The outcome of loading so far.
-#[derive(Debug, Clone, Default)]
+/// The outcome of loading so far (serializes for `/config_dump`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ReloadStatus {
     /// Version of the model in force.
     pub version: u64,
@@ -79,6 +80,7 @@ pub struct ReloadStatus {
     /// Times the file was read because it might have changed (content unchanged included).
     pub checks: u64,
     /// The error of the last attempt, `None` if it succeeded.
+    #[serde(serialize_with = "error_text")]
     pub last_error: Option<ConfigError>,
     pub last_attempt: Option<SystemTime>,
 }
@@ -149,6 +151,13 @@ impl ConfigWatcher {
     /// The error of the last attempt, `None` if it succeeded.
     pub fn last_error(&self) -> Option<ConfigError> {
         self.status.borrow().last_error.clone()
+    }
+}
+
+fn error_text<S: serde::Serializer>(e: &Option<ConfigError>, s: S) -> Result<S::Ok, S::Error> {
+    match e {
+        Some(e) => s.collect_str(e),
+        None => s.serialize_none(),
     }
 }
 

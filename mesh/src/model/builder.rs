@@ -70,7 +70,7 @@ impl ModelBuilder {
 
         for (i, w) in workloads.iter_mut().enumerate() {
             let me = ObjectRef::new("Workload", w.namespace(), w.name());
-            if index.by_name.insert((w.namespace().to_owned(), w.name().to_owned()), i).is_some() {
+            if !index.by_name.insert(w.namespace(), w.name(), i) {
                 return Err(ModelError::Duplicate { object: me });
             }
             w.waypoint = waypoint_from_labels(w.namespace(), &w.labels, ns_labels.get(w.namespace()));
@@ -92,7 +92,7 @@ impl ModelBuilder {
 
         for (si, s) in services.iter_mut().enumerate() {
             let me = ObjectRef::new("Service", &s.namespace, &s.name);
-            if index.services_by_name.insert((s.namespace.clone(), s.name.clone()), si).is_some() {
+            if !index.services_by_name.insert(&s.namespace, &s.name, si) {
                 return Err(ModelError::Duplicate { object: me });
             }
             s.waypoint = waypoint_from_labels(&s.namespace, &s.labels, ns_labels.get(&s.namespace));
@@ -121,7 +121,7 @@ impl ModelBuilder {
             }
             if let Endpoints::Workloads(names) = &s.endpoints {
                 for (ns, n) in names {
-                    if !index.by_name.contains_key(&(ns.clone(), n.clone())) {
+                    if index.by_name.get(ns, n).is_none() {
                         return Err(ModelError::UnknownEndpoint { object: me(), workload: format!("{ns}/{n}") });
                     }
                 }
@@ -136,7 +136,7 @@ impl ModelBuilder {
             .chain(services.iter().map(|s| (ObjectRef::new("Service", &s.namespace, &s.name), &s.waypoint)));
         for (object, wp) in waypoint_users {
             if let Some(wp) = wp
-                && !index.services_by_name.contains_key(&(wp.namespace.clone(), wp.name.clone()))
+                && index.services_by_name.get(&wp.namespace, &wp.name).is_none()
             {
                 return Err(ModelError::UnknownWaypoint { object, waypoint: wp.clone() });
             }

@@ -99,6 +99,8 @@ async fn reload_cycle(options: WatchOptions, in_place: bool) {
     assert_eq!(w.current().version(), 2);
     assert!(w.current().workload("shop", "b").is_some());
     assert_eq!(metrics.reload_failures.get(), 1);
+    let dump = serde_json::to_value(w.status()).unwrap();
+    assert!(dump["lastError"].as_str().unwrap().contains("mesh.yaml:10:"), "{dump}");
 
     // Fixing the file recovers.
     write(&workload("c", "10.0.0.3"));
