@@ -12,6 +12,7 @@ use std::time::Duration;
 
 pub mod dial;
 pub mod pool;
+pub mod relay;
 pub mod server;
 pub mod stream;
 

@@ -13,8 +13,11 @@ const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 
 pub(super) fn parse(text: &str, version: u64) -> Result<Model, Problem> {
     let options = serde_saphyr::options! { with_snippet: false };
-    let docs: Vec<Document> = serde_saphyr::from_multiple_with_options(text, options).map_err(yaml_problem)?;
-    if docs.is_empty() {
+    let mut docs: Vec<Document> = serde_saphyr::from_multiple_with_options(text, options).map_err(yaml_problem)?;
+    let all_docs = docs.len();
+    // L7 objects are the waypoint's to read and check; the model ignores them.
+    docs.retain(|d| !super::document::is_waypoint_kind(&d.api_version.value, &d.kind.value));
+    if all_docs == 0 {
         // Refuse rather than wipe every workload: an empty file is far more often an
         // editor's half-written save than an intent to empty the mesh.
         return Err(Problem::unlocated(

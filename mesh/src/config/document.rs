@@ -18,6 +18,19 @@ pub(crate) const PILLION_API: &str = "pillion.dev/v1alpha1";
 pub(crate) const ISTIO_SECURITY_APIS: &[&str] = &["security.istio.io/v1", "security.istio.io/v1beta1"];
 pub(crate) const KINDS: &[&str] =
     &["Workload", "Service", "MeshConfig", "Namespace", "AuthorizationPolicy", "PeerAuthentication"];
+/// Kinds the waypoint reads from the same file (`waypoint/src/config*`), with their API
+/// versions: the model skips them so one file can hold the whole mesh, L7 included.
+pub const WAYPOINT_KINDS: &[(&str, &[&str])] = &[
+    ("HTTPRoute", &["gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1"]),
+    ("XBackendTrafficPolicy", &["gateway.networking.x-k8s.io/v1alpha1"]),
+    ("DestinationRule", &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]),
+    ("FaultInjection", &[PILLION_API]),
+];
+
+/// Whether a document of this `apiVersion` and `kind` belongs to the waypoint.
+pub fn is_waypoint_kind(api_version: &str, kind: &str) -> bool {
+    WAYPOINT_KINDS.iter().any(|(k, apis)| *k == kind && apis.contains(&api_version))
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]

@@ -288,3 +288,23 @@ fn cluster_local_principals_follow_the_trust_domain() {
     assert!(check("spiffe://example.org/ns/ops/sa/admin"));
     assert!(!check("spiffe://cluster.local/ns/web/sa/frontend"));
 }
+
+#[test]
+fn truncated_files_give_errors_not_panics() {
+    // Every prefix of a real file (what a reader sees mid-save) must parse or be refused.
+    for end in (0..EXAMPLE.len()).step_by(3) {
+        let _ = parse(&EXAMPLE[..end], "test.yaml", 1);
+    }
+}
+
+#[test]
+fn load_file_names_the_path() {
+    let path = std::env::temp_dir().join(format!("pillion-load-{}.yaml", std::process::id()));
+    std::fs::write(&path, EXAMPLE).unwrap();
+    assert_eq!(super::load_file(&path, 7).unwrap().version(), 7);
+    std::fs::write(&path, "apiVersion: v1\nkind: Namespace\nmetadata: {name: BAD}\n").unwrap();
+    let e = super::load_file(&path, 8).unwrap_err();
+    assert!(e.to_string().starts_with(&format!("{}:3:", path.display())), "{e}");
+    std::fs::remove_file(&path).unwrap();
+    assert!(matches!(super::load_file(&path, 9), Err(ConfigError::Read { .. })));
+}

@@ -23,6 +23,14 @@ impl H2Stream {
     }
 }
 
+impl H2Stream {
+    /// The h2 halves and any received bytes not yet read, for [`super::relay`].
+    /// `None` if the write side was already shut down (the relay would send END_STREAM again).
+    pub fn into_parts(self) -> Option<(SendStream<Bytes>, RecvStream, Bytes)> {
+        (!self.write_closed).then_some((self.send, self.recv, self.pending))
+    }
+}
+
 impl std::fmt::Debug for H2Stream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("H2Stream").field("stream_id", &self.send.stream_id()).finish_non_exhaustive()

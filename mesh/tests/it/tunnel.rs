@@ -256,3 +256,36 @@ async fn ipv6_hbone_with_the_certificate_chosen_by_dialled_address() {
     assert_eq!(seen[0].local_identity, server_id);
     shutdown.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tunnel_relay_moves_an_application_socket_with_half_close() {
+    let pki = Pki::new();
+    let (client_id, server_id) = (id("default", "client"), id("default", "server"));
+    let server = start_server(pki.issue(&server_id, DAY).await, pki.shared_clock(), RecordingHook::default()).await;
+    let pool = pool(pki.issue(&client_id, DAY).await, pki.shared_clock(), 100);
+    let tunnel = pool
+        .connect(
+            key("p", &client_id, &server_id, server.addr),
+            TunnelRequest::new(SocketAddr::from(([10, 0, 0, 1], 80))),
+        )
+        .await
+        .unwrap();
+    // The "application" end of a socket pair; the agent would pass the accepted TCP stream.
+    let (mut app, agent_side) = tokio::io::duplex(64 * 1024);
+    let relay = tokio::spawn(tunnel.relay(agent_side));
+    let payload: Vec<u8> = (0..3 * 1024 * 1024 + 17).map(pattern).collect();
+    let (mut r, mut w) = tokio::io::split(&mut app);
+    let send = async {
+        w.write_all(&payload).await.unwrap();
+        w.shutdown().await.unwrap();
+    };
+    let recv = async {
+        let mut back = Vec::new();
+        r.read_to_end(&mut back).await.unwrap();
+        back
+    };
+    let ((), back) = within(20, async { tokio::join!(send, recv) }).await;
+    assert!(back == payload, "relay corrupted or cut the stream ({} bytes)", back.len());
+    let (sent, received) = within(10, relay).await.unwrap().unwrap();
+    assert_eq!((sent, received), (payload.len() as u64, payload.len() as u64));
+}

@@ -50,6 +50,19 @@ impl Tunnel {
         self.response_baggage.as_deref()
     }
 
+    /// Relays between this tunnel and `io` (the application's socket) until both directions
+    /// end, with half-close, copying each byte once. Returns (bytes sent into the tunnel,
+    /// bytes received from it). Faster than `copy_bidirectional` on the tunnel.
+    pub async fn relay<S: AsyncRead + AsyncWrite + Unpin>(self, io: S) -> io::Result<(u64, u64)> {
+        let Tunnel { io: stream, _slot: slot, .. } = self;
+        let (send, recv, pending) = stream
+            .into_parts()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "tunnel write side already shut down"))?;
+        let (received, sent) = crate::hbone::relay::relay_with_pending(send, recv, pending, io).await?;
+        drop(slot);
+        Ok((sent, received))
+    }
+
     /// Which pooled connection carries this tunnel (distinct per connection).
     pub fn connection_id(&self) -> u64 {
         self.conn_id

@@ -9,7 +9,8 @@ use h2::server::SendResponse;
 use http::{Method, Request, Response, StatusCode};
 
 use super::{ConnectHook, ConnectRequest, HboneServer, ServerCertResolver};
-use crate::hbone::{H2Stream, UpstreamDialer, headers, settings};
+use crate::hbone::relay::relay;
+use crate::hbone::{UpstreamDialer, headers};
 use crate::parse::{Authority, Identity};
 
 /// Per-connection facts shared by its streams.
@@ -81,16 +82,7 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
             Ok(s) => s,
             Err(e) => return tracing::debug!(error = %e, "client went away before 200"),
         };
-        let mut tunnel = H2Stream::new(send, request.into_body());
-        let mut upstream = upstream;
-        match tokio::io::copy_bidirectional_with_sizes(
-            &mut tunnel,
-            &mut upstream,
-            settings::RELAY_BUFFER,
-            settings::RELAY_BUFFER,
-        )
-        .await
-        {
+        match relay(send, request.into_body(), upstream).await {
             Ok((up, down)) => tracing::debug!(
                 target = %connect.target, bytes_in = up, bytes_out = down, "HBONE tunnel closed"
             ),
