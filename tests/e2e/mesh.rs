@@ -28,13 +28,7 @@ pub struct TwoNodes {
     pub topo: Topology,
 }
 
-fn workload(name: &str, sa: &str, ns: &str, pod: &Pod, node: &Node, labels: &str) -> String {
-    format!(
-        "apiVersion: pillion.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {name}, namespace: {ns}, labels: {{{labels}}}}}\n\
-         spec: {{serviceAccount: {sa}, ips: [{}, \"{}\"], node: {}}}\n---\n",
-        pod.ip4, pod.ip6, node.full
-    )
-}
+use pillion_e2e::workload_yaml as workload;
 
 impl TwoNodes {
     pub fn new(extra_yaml: &str) -> TwoNodes {

@@ -19,6 +19,23 @@ pub use sweep::sweep_leftovers;
 pub use sys::{is_root, locate_binary};
 pub use topology::{Node, Pod, Topology};
 
+/// A `pillion.dev/v1alpha1` `Workload` document for `pod` on `node`
+/// (both of its addresses), followed by a document separator.
+pub fn workload_yaml(
+    name: &str,
+    service_account: &str,
+    namespace: &str,
+    pod: &Pod,
+    node: &Node,
+    labels: &str,
+) -> String {
+    format!(
+        "apiVersion: pillion.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{{labels}}}}}\n\
+         spec: {{serviceAccount: {service_account}, ips: [{}, \"{}\"], node: {}}}\n---\n",
+        pod.ip4, pod.ip6, node.full
+    )
+}
+
 /// Fails the calling test with a clear message unless running as root.
 pub fn require_root() {
     assert!(
