@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use serde_saphyr::Spanned;
 
+pub use document::{WAYPOINT_KINDS, is_waypoint_kind};
 pub use watcher::{ConfigMetrics, ConfigWatcher, ReloadStatus, WatchOptions};
 
 use crate::model::Model;

@@ -308,3 +308,12 @@ fn load_file_names_the_path() {
     std::fs::remove_file(&path).unwrap();
     assert!(matches!(super::load_file(&path, 9), Err(ConfigError::Read { .. })));
 }
+
+#[test]
+fn waypoint_kinds_are_left_to_the_waypoint() {
+    let route = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec:\n  parentRefs: [{name: cart}]\n";
+    let m = ok(&format!("{EXAMPLE}{route}"));
+    assert_eq!(m.workloads().len(), 3);
+    assert!(super::is_waypoint_kind("gateway.networking.k8s.io/v1", "HTTPRoute"));
+    assert!(!super::is_waypoint_kind("v1", "HTTPRoute"));
+}
