@@ -63,14 +63,15 @@ fn mutate(rng: &mut Rng, input: &mut Vec<u8>, corpus: &[Vec<u8>]) {
                 // Repeat a chunk: finds length limits.
                 let a = rng.below(len);
                 let chunk = input[a..].to_vec();
-                for _ in 0..rng.below(64) {
+                for _ in 0..rng.below(16) {
                     input.extend_from_slice(&chunk);
                 }
             }
             _ => input.push(rng.next() as u8),
         }
     }
-    input.truncate(16 * 1024);
+    // Past every parser's length cap (at most 8 KiB) longer inputs only cost time.
+    input.truncate(10 * 1024);
 }
 
 fn run(target: &Target, budget: Duration, seed: u64) -> Result<u64, Vec<u8>> {
@@ -89,7 +90,7 @@ fn run(target: &Target, budget: Duration, seed: u64) -> Result<u64, Vec<u8>> {
                 return Err(input);
             }
             // Keep a few mutants around so later mutations start from deeper states.
-            if corpus.len() < 512 && rng.below(64) == 0 {
+            if corpus.len() < 512 && input.len() <= 512 && rng.below(64) == 0 {
                 corpus.push(input);
             }
         }
