@@ -1,0 +1,95 @@
+//! The waypoint's L7 configuration, read from the same multi-document YAML file as the mesh
+//! model (`mesh::config`): Gateway API `HTTPRoute` and `XBackendTrafficPolicy`, Istio
+//! `DestinationRule` (connection pool and outlier detection) and `AuthorizationPolicy` (its
+//! L7 fields), and Pillion's `FaultInjection`. Other kinds are the model's and are skipped
+//! here; the model skips these (see `mesh::config::WAYPOINT_KINDS`).
+//!
+//! Schema: `docs/config.md`, section "Waypoint (L7) objects". Errors name the file and line.
+
+mod authz;
+mod document;
+mod duration;
+mod gateway;
+mod istio;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use duration::parse_duration;
+
+use crate::authz::L7Policy;
+use crate::fault::FaultInjection;
+use crate::resilience::BackendPolicy;
+use crate::route::{RouteTable, ServiceKey};
+
+/// Why the L7 configuration was rejected; the last good one stays in force.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum L7ConfigError {
+    #[error("cannot read config file {file}: {source}; check that it exists and is readable")]
+    Read { file: String, source: Arc<std::io::Error> },
+    #[error("{file}:{line}:{column}: {problem}")]
+    Invalid { file: String, line: u64, column: u64, problem: String },
+    #[error("{file}: {problem}")]
+    Unlocated { file: String, problem: String },
+}
+
+impl L7ConfigError {
+    pub fn line(&self) -> Option<u64> {
+        match self {
+            Self::Invalid { line, .. } => Some(*line),
+            _ => None,
+        }
+    }
+}
+
+/// A problem with its position (line, column) when known.
+#[derive(Debug)]
+pub(crate) struct Problem {
+    at: Option<(u64, u64)>,
+    msg: String,
+}
+
+impl Problem {
+    pub(crate) fn at(at: (u64, u64), msg: impl Into<String>) -> Self {
+        Self { at: Some(at), msg: msg.into() }
+    }
+
+    fn into_error(self, file: &str) -> L7ConfigError {
+        match self.at {
+            Some((line, column)) => L7ConfigError::Invalid { file: file.into(), line, column, problem: self.msg },
+            None => L7ConfigError::Unlocated { file: file.into(), problem: self.msg },
+        }
+    }
+}
+
+/// Everything the waypoint reads beyond the model.
+#[derive(Debug, Clone, Default)]
+pub struct L7Config {
+    pub routes: RouteTable,
+    /// Per backend Service, merged from DestinationRule and XBackendTrafficPolicy.
+    pub backend_policies: HashMap<ServiceKey, BackendPolicy>,
+    pub authz: Vec<L7Policy>,
+    pub faults: HashMap<ServiceKey, FaultInjection>,
+}
+
+impl L7Config {
+    /// The policy for a backend: configured values, built-in defaults for the rest.
+    pub fn backend_policy(&self, service: &ServiceKey) -> BackendPolicy {
+        self.backend_policies.get(service).cloned().unwrap_or_default()
+    }
+}
+
+/// Parses the L7 objects of `text` (the contents of `file`, named in errors).
+pub fn parse(text: &str, file: &str) -> Result<L7Config, L7ConfigError> {
+    document::parse(text).map_err(|p| p.into_error(file))
+}
+
+pub fn load_file(path: &Path) -> Result<L7Config, L7ConfigError> {
+    let file = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|e| L7ConfigError::Read { file: file.clone(), source: Arc::new(e) })?;
+    parse(&text, &file)
+}

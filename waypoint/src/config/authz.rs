@@ -1,0 +1,181 @@
+//! The L7 reading of Istio `AuthorizationPolicy`: only policies with `targetRef(s)` (kind
+//! `Gateway` for the waypoint, or `Service`) bind to a waypoint; selector-based ones are the
+//! node agent's. The L4 fields were already checked by the model's loader.
+
+use serde::Deserialize;
+
+use super::Problem;
+use super::document::Object;
+use super::gateway::TargetRef;
+use crate::authz::{ConditionKey, L7Condition, L7Operation, L7Policy, L7Rule, L7Source, PolicyTarget, wildcard};
+use mesh::model::Action;
+use mesh::model::authz::{Matcher, StringMatch};
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Spec {
+    #[serde(default)]
+    target_ref: Option<TargetRef>,
+    #[serde(default)]
+    target_refs: Vec<TargetRef>,
+    #[serde(default)]
+    action: Option<String>,
+    #[serde(default)]
+    rules: Vec<RuleSpec>,
+}
+
+#[derive(Deserialize, Default)]
+struct RuleSpec {
+    #[serde(default)]
+    from: Vec<FromSpec>,
+    #[serde(default)]
+    to: Vec<ToSpec>,
+    #[serde(default)]
+    when: Vec<WhenSpec>,
+}
+
+#[derive(Deserialize, Default)]
+struct FromSpec {
+    #[serde(default)]
+    source: Option<SourceSpec>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct SourceSpec {
+    #[serde(default)]
+    principals: Vec<String>,
+    #[serde(default)]
+    not_principals: Vec<String>,
+    #[serde(default)]
+    namespaces: Vec<String>,
+    #[serde(default)]
+    not_namespaces: Vec<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct ToSpec {
+    #[serde(default)]
+    operation: Option<OperationSpec>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct OperationSpec {
+    #[serde(default)]
+    hosts: Vec<String>,
+    #[serde(default)]
+    not_hosts: Vec<String>,
+    #[serde(default)]
+    ports: Vec<serde_json::Value>,
+    #[serde(default)]
+    not_ports: Vec<serde_json::Value>,
+    #[serde(default)]
+    methods: Vec<String>,
+    #[serde(default)]
+    not_methods: Vec<String>,
+    #[serde(default)]
+    paths: Vec<String>,
+    #[serde(default)]
+    not_paths: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct WhenSpec {
+    key: String,
+    #[serde(default)]
+    values: Vec<String>,
+    #[serde(default)]
+    not_values: Vec<String>,
+}
+
+fn strings(v: &[String], not: &[String]) -> Matcher<StringMatch> {
+    Matcher::new(v.iter().map(|s| wildcard(s)).collect(), not.iter().map(|s| wildcard(s)).collect())
+}
+
+fn port(v: &serde_json::Value) -> Result<u16, String> {
+    let s = match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    s.parse().map_err(|_| format!("{s:?} is not a port number"))
+}
+
+/// `None` when the policy does not bind to a waypoint or Service.
+pub(super) fn policy(o: &Object<'_>) -> Result<Option<L7Policy>, Problem> {
+    let spec: Spec = if o.spec.is_null() { Spec::default() } else { o.spec()? };
+    let targets: Vec<PolicyTarget> = spec
+        .target_ref
+        .iter()
+        .chain(&spec.target_refs)
+        .filter_map(|t| match t.kind.as_str() {
+            "Gateway" => Some(PolicyTarget::Waypoint(t.name.clone())),
+            "Service" if t.group.as_deref().unwrap_or("").is_empty() => Some(PolicyTarget::Service(t.name.clone())),
+            _ => None,
+        })
+        .collect();
+    if targets.is_empty() {
+        return Ok(None);
+    }
+    let action = match spec.action.as_deref().unwrap_or("ALLOW") {
+        "ALLOW" => Action::Allow,
+        "DENY" => Action::Deny,
+        // AUDIT/CUSTOM need an external system; the waypoint does not enforce them.
+        _ => return Ok(None),
+    };
+    let mut rules = Vec::new();
+    for (i, r) in spec.rules.iter().enumerate() {
+        let at = |m: String| o.problem(format!("rules[{i}]: {m}"));
+        let from = r
+            .from
+            .iter()
+            .filter_map(|f| f.source.as_ref())
+            .map(|s| L7Source {
+                // Istio principals omit the scheme; identities are compared the same way.
+                principals: strings(&s.principals, &s.not_principals),
+                namespaces: strings(&s.namespaces, &s.not_namespaces),
+            })
+            .collect();
+        let mut to = Vec::new();
+        for op in r.to.iter().filter_map(|t| t.operation.as_ref()) {
+            let ports = op.ports.iter().map(port).collect::<Result<_, _>>().map_err(&at)?;
+            let not_ports = op.not_ports.iter().map(port).collect::<Result<_, _>>().map_err(&at)?;
+            to.push(L7Operation {
+                hosts: strings(&op.hosts, &op.not_hosts),
+                ports: Matcher::new(ports, not_ports),
+                methods: strings(&op.methods, &op.not_methods),
+                paths: strings(&op.paths, &op.not_paths),
+            });
+        }
+        let mut when = Vec::new();
+        for w in &r.when {
+            let key = match w.key.as_str() {
+                "source.principal" => ConditionKey::SourcePrincipal,
+                "source.namespace" => ConditionKey::SourceNamespace,
+                "request.method" => ConditionKey::RequestMethod,
+                "request.url_path" => ConditionKey::RequestPath,
+                k => match k.strip_prefix("request.headers[").and_then(|h| h.strip_suffix(']')) {
+                    Some(h) => ConditionKey::Header(
+                        http::HeaderName::try_from(h).map_err(|_| at(format!("{h:?} is not a header name")))?,
+                    ),
+                    None => {
+                        return Err(at(format!(
+                            "condition key {k:?} is not evaluated by the waypoint: use request.headers[<name>], request.method, request.url_path, source.principal or source.namespace"
+                        )));
+                    }
+                },
+            };
+            when.push(L7Condition { key, values: strings(&w.values, &w.not_values) });
+        }
+        rules.push(L7Rule { from, to, when });
+    }
+    Ok(Some(L7Policy {
+        name: o.name.to_owned(),
+        namespace: o.namespace.to_owned(),
+        action,
+        targets,
+        rules,
+        dry_run: o.annotations.get("istio.io/dry-run").is_some_and(|v| v == "true"),
+    }))
+}

@@ -1,0 +1,111 @@
+//! Istio `DestinationRule`: only `trafficPolicy.connectionPool` and `outlierDetection` mean
+//! something to the waypoint; the rest (load balancer, TLS, subsets) is accepted and ignored
+//! so that rules users already have load unchanged.
+
+use serde::Deserialize;
+
+use super::Problem;
+use super::document::Object;
+use super::duration::parse_duration;
+use crate::resilience::{BreakerLimits, OutlierConfig};
+use crate::route::ServiceKey;
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DestinationRuleSpec {
+    host: String,
+    #[serde(default)]
+    traffic_policy: Option<TrafficPolicy>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct TrafficPolicy {
+    #[serde(default)]
+    connection_pool: Option<ConnectionPool>,
+    #[serde(default)]
+    outlier_detection: Option<OutlierSpec>,
+}
+
+#[derive(Deserialize, Default)]
+struct ConnectionPool {
+    #[serde(default)]
+    tcp: Option<TcpPool>,
+    #[serde(default)]
+    http: Option<HttpPool>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct TcpPool {
+    #[serde(default)]
+    max_connections: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct HttpPool {
+    #[serde(default)]
+    http1_max_pending_requests: Option<usize>,
+    #[serde(default)]
+    http2_max_requests: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct OutlierSpec {
+    #[serde(default)]
+    consecutive5xx_errors: Option<u32>,
+    #[serde(default)]
+    consecutive_gateway_errors: Option<u32>,
+    /// Deprecated alias of `consecutive5xxErrors`.
+    #[serde(default)]
+    consecutive_errors: Option<u32>,
+    #[serde(default)]
+    base_ejection_time: Option<String>,
+    #[serde(default)]
+    max_ejection_percent: Option<f64>,
+}
+
+/// `host` as Istio accepts it: `name`, `name.namespace` or the full `…svc.<domain>` name.
+fn service_of(host: &str, namespace: &str) -> ServiceKey {
+    let mut parts = host.split('.');
+    let name = parts.next().unwrap_or(host);
+    let ns = parts.next().unwrap_or(namespace);
+    ServiceKey::new(ns, name)
+}
+
+pub(super) fn destination_rule(o: &Object<'_>) -> Result<(ServiceKey, BreakerLimits, OutlierConfig), Problem> {
+    let spec: DestinationRuleSpec = o.spec()?;
+    let service = service_of(&spec.host, o.namespace);
+    let tp = spec.traffic_policy.unwrap_or_default();
+    let mut limits = BreakerLimits::default();
+    if let Some(pool) = tp.connection_pool {
+        let tcp = pool.tcp.unwrap_or_default();
+        let http = pool.http.unwrap_or_default();
+        // Istio reads 0 as "unset" for these fields.
+        let set = |v: Option<usize>, d: usize| v.filter(|v| *v > 0).unwrap_or(d);
+        limits.max_connections = set(tcp.max_connections, limits.max_connections);
+        limits.max_pending = set(http.http1_max_pending_requests, limits.max_pending);
+        limits.max_requests = set(http.http2_max_requests, limits.max_requests);
+    }
+    let mut outlier = OutlierConfig::default();
+    if let Some(od) = tp.outlier_detection {
+        if let Some(n) = od.consecutive5xx_errors.or(od.consecutive_errors) {
+            outlier.consecutive_5xx = (n > 0).then_some(n);
+        }
+        if let Some(n) = od.consecutive_gateway_errors {
+            outlier.consecutive_gateway = (n > 0).then_some(n);
+        }
+        if let Some(t) = &od.base_ejection_time {
+            outlier.base_ejection = parse_duration(t).map_err(|e| o.problem(format!("baseEjectionTime: {e}")))?;
+        }
+        if let Some(p) = od.max_ejection_percent {
+            if !(0.0..=100.0).contains(&p) {
+                return Err(o.problem("outlierDetection.maxEjectionPercent must be within 0..100"));
+            }
+            outlier.max_ejection_percent = p;
+        }
+    }
+    Ok((service, limits, outlier))
+}

@@ -1,0 +1,42 @@
+//! `pillion-waypoint`: the per-namespace L7 proxy. See waypoint/README.md.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+#[derive(Parser)]
+#[command(name = "pillion-waypoint", version, about = "Pillion's per-namespace L7 proxy")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve HBONE as a waypoint.
+    Run(pillion_waypoint::run::RunArgs),
+    /// Check a config file's model and L7 objects, then exit.
+    Check {
+        #[arg(long)]
+        config: std::path::PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let (filter, _logs) = mesh::telemetry::LogControl::from_env("PILLION_LOG", "info")?;
+    tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer()).init();
+    match Cli::parse().command {
+        Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(pillion_waypoint::run::run(args)),
+        Command::Check { config } => {
+            let s = pillion_waypoint::run::load(&config, 1)?;
+            println!(
+                "ok: {} services, {} L7 authorization policies, {} backend policies",
+                s.model.services().len(),
+                s.l7.authz.len(),
+                s.l7.backend_policies.len()
+            );
+            Ok(())
+        }
+    }
+}

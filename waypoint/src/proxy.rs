@@ -1,0 +1,260 @@
+//! The L7 proxy core: per request, resolve the Service the tunnel was opened for, authorize,
+//! route, apply filters, then forward with retries, timeouts, circuit breaking and outlier
+//! ejection. It talks to endpoints only through [`Upstream`], so tests script the backends
+//! and run without TLS.
+
+mod forward;
+mod respond;
+mod serve;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use mesh::model::Model;
+use mesh::parse::Host;
+use mesh::{Authority, Identity};
+use tokio::time::Instant;
+
+pub use respond::ResponseFlags;
+pub use serve::{ServeLimits, serve_http};
+
+use crate::authz::{self, Decision, RequestAttrs};
+use crate::config::L7Config;
+use crate::resilience::Backends;
+use crate::rng::Rng;
+use crate::route::{Filter, ServiceKey};
+use crate::telemetry::{Metered, RequestMetrics, RequestRecord, TraceContext};
+use crate::upstream::{BoxError, ResponseBody, Upstream};
+
+/// Request bodies are buffered (so any attempt can be retried or mirrored) up to this size;
+/// larger ones get 413.
+pub const DEFAULT_MAX_REQUEST_BODY: usize = 4 * 1024 * 1024;
+/// Istio's cluster domain.
+pub const DEFAULT_DOMAIN: &str = "cluster.local";
+
+/// The configuration in force: the mesh model and the L7 objects, swapped together.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub model: Arc<Model>,
+    pub l7: Arc<L7Config>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The waypoint's own Service (`namespace/name`): policies with `targetRefs` kind
+    /// `Gateway` of this name bind here.
+    pub waypoint: ServiceKey,
+    pub max_request_body: usize,
+    pub domain: String,
+}
+
+impl ProxyConfig {
+    pub fn new(waypoint: ServiceKey) -> Self {
+        Self { waypoint, max_request_body: DEFAULT_MAX_REQUEST_BODY, domain: DEFAULT_DOMAIN.into() }
+    }
+}
+
+/// Who opened the tunnel a request arrived on, and for what.
+#[derive(Debug, Clone)]
+pub struct Downstream {
+    /// The client's verified identity (its HBONE certificate).
+    pub peer_identity: Option<Identity>,
+    pub peer_addr: SocketAddr,
+    /// The CONNECT `:authority`: `<service>.<ns>.svc.<domain>:<port>` or `VIP:port`.
+    pub target: Authority,
+}
+
+pub struct Proxy {
+    config: ProxyConfig,
+    snapshot: RwLock<Arc<Snapshot>>,
+    upstream: Arc<dyn Upstream>,
+    backends: Backends,
+    rng: Rng,
+    metrics: Option<RequestMetrics>,
+}
+
+impl Proxy {
+    pub fn new(config: ProxyConfig, snapshot: Snapshot, upstream: Arc<dyn Upstream>) -> Self {
+        Self {
+            config,
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            upstream,
+            backends: Backends::default(),
+            rng: Rng::from_entropy(),
+            metrics: None,
+        }
+    }
+
+    /// Fixed random choices (weights, jitter, faults) for reproducible tests.
+    pub fn with_seed(mut self, seed: u64) -> Self {
+        self.rng = Rng::new(seed);
+        self
+    }
+
+    pub fn with_metrics(mut self, metrics: RequestMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
+    /// Replaces the configuration; requests in flight finish on the one they started with.
+    pub fn update(&self, snapshot: Snapshot) {
+        *self.snapshot.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(snapshot);
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The Service (and port) a tunnel target names.
+    pub fn resolve_service(&self, snapshot: &Snapshot, target: &Authority) -> Option<(ServiceKey, u16)> {
+        match &target.host {
+            Host::Ip(ip) => {
+                let t = snapshot.model.service_by_vip(SocketAddr::new(*ip, target.port))?;
+                Some((ServiceKey::new(&t.service.namespace, &t.service.name), target.port))
+            }
+            Host::Name(name) => {
+                let mut parts = name.split('.');
+                let (svc, ns) = (parts.next()?, parts.next()?);
+                let rest: Vec<&str> = parts.collect();
+                let domain_ok = rest.is_empty() || rest.join(".") == format!("svc.{}", self.config.domain);
+                let s = snapshot.model.service(ns, svc).filter(|_| domain_ok)?;
+                s.port(target.port)?;
+                Some((ServiceKey::new(ns, svc), target.port))
+            }
+        }
+    }
+
+    /// Whether a tunnel for `service:port` needs the HTTP proxy (routes or L7 policy bind to
+    /// it); otherwise it is relayed at L4.
+    pub fn needs_l7(&self, snapshot: &Snapshot, service: &ServiceKey, port: u16) -> bool {
+        snapshot.l7.routes.has_routes(service, port)
+            || authz::any_applies(&snapshot.l7.authz, &self.config.waypoint, service)
+    }
+
+    /// Serves one request that arrived on a tunnel from `down`.
+    pub async fn handle<B>(self: &Arc<Self>, down: &Downstream, request: Request<B>) -> Response<Metered>
+    where
+        B: hyper::body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let start = Instant::now();
+        let snapshot = self.snapshot();
+        let (mut parts, body) = request.into_parts();
+        let trace = crate::telemetry::next_hop(&mut parts.headers, &self.rng);
+        let mut ctx = respond::Context::new(self, &snapshot, down, &parts, start, trace);
+        let Some((service, port)) = self.resolve_service(&snapshot, &down.target) else {
+            return ctx.local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NO_ROUTE, "no such service");
+        };
+        ctx.set_service(&snapshot, &service);
+        let body = match Limited::new(body, self.config.max_request_body).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+                return if too_large {
+                    ctx.local(StatusCode::PAYLOAD_TOO_LARGE, ResponseFlags::NONE, "request body too large")
+                } else {
+                    ctx.local(StatusCode::BAD_REQUEST, ResponseFlags::DOWNSTREAM_RESET, "request body aborted")
+                };
+            }
+        };
+        ctx.request_bytes = body.len() as u64;
+
+        let principal = down.peer_identity.as_ref().map(|i| i.as_str().trim_start_matches("spiffe://").to_owned());
+        let source_ns = down.peer_identity.as_ref().map(|i| i.namespace().to_owned());
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_owned())
+            .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
+        let attrs = RequestAttrs {
+            principal: principal.as_deref(),
+            source_namespace: source_ns.as_deref(),
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            host: host.as_deref().unwrap_or(""),
+            port,
+            headers: &parts.headers,
+        };
+        match authz::authorize(&snapshot.l7.authz, &self.config.waypoint, &service, &attrs) {
+            Decision::Allow => {}
+            Decision::Denied(p) => {
+                tracing::debug!(policy = %p, "request denied by L7 policy");
+                return ctx.local(StatusCode::FORBIDDEN, ResponseFlags::NONE, "RBAC: access denied");
+            }
+            Decision::NotAllowed => {
+                return ctx.local(StatusCode::FORBIDDEN, ResponseFlags::NONE, "RBAC: access denied");
+            }
+        }
+
+        let default_rule;
+        let (rule, matched) = if snapshot.l7.routes.has_routes(&service, port) {
+            match snapshot.l7.routes.select(&service, port, &parts) {
+                Some(s) => (s.rule, s.matched),
+                None => return ctx.local(StatusCode::NOT_FOUND, ResponseFlags::NO_ROUTE, "no route matched"),
+            }
+        } else {
+            default_rule = forward::default_rule(&service);
+            (&default_rule, None)
+        };
+        ctx.route = rule.route.clone();
+
+        let filters: Vec<&Filter> = rule.filters.iter().collect();
+        if let Some(done) = self.request_filters(&mut ctx, &filters, &mut parts, matched, &body, port).await {
+            return done;
+        }
+        let Some(chosen) = forward::pick_backend(&rule.backends, &self.rng) else {
+            return ctx.local(StatusCode::INTERNAL_SERVER_ERROR, ResponseFlags::NO_ROUTE, "route has no backend");
+        };
+        let backend_filters: Vec<&Filter> = chosen.filters.iter().collect();
+        if let Some(done) = self.request_filters(&mut ctx, &backend_filters, &mut parts, matched, &body, port).await {
+            return done;
+        }
+        let request = Request::from_parts(parts, Full::new(body));
+        let result = self.forward(&mut ctx, &snapshot, rule, &chosen.backend, port, request, trace).await;
+        let (mut response, flags) = match result {
+            Ok(r) => r,
+            Err((status, flags, msg)) => return ctx.local(status, flags, msg),
+        };
+        for f in rule.filters.iter().chain(&chosen.filters) {
+            if let Filter::ResponseHeaders(m) = f {
+                m.apply(response.headers_mut());
+            }
+        }
+        ctx.finish_with_flags(response, flags)
+    }
+}
+
+/// A small local response body.
+pub(crate) fn text_body(msg: &'static str) -> ResponseBody {
+    Full::new(Bytes::from_static(msg.as_bytes())).map_err(|never| match never {}).boxed_unsync()
+}
+
+pub(crate) type Trace = TraceContext;
+pub(crate) type Record = RequestRecord;
+
+pub(crate) use forward::{EndpointInfo, endpoints};
+
+impl Proxy {
+    /// An endpoint for an L4 pass-through tunnel: random among those not ejected.
+    pub(crate) fn pick_endpoint(&self, snapshot: &Snapshot, service: &ServiceKey, port: u16) -> Option<EndpointInfo> {
+        let backend = crate::route::BackendRef { service: service.clone(), port: None };
+        let all = endpoints(snapshot, &backend, port);
+        if all.is_empty() {
+            return None;
+        }
+        let state = self.backends.get(&backend, &snapshot.l7.backend_policy(service));
+        let addrs: Vec<SocketAddr> = all.iter().map(|e| e.addr).collect();
+        let available = state.outlier.available(&addrs);
+        let addr = available[self.rng.below(available.len() as u64) as usize];
+        all.into_iter().find(|e| e.addr == addr)
+    }
+}

@@ -1,0 +1,393 @@
+//! Request filters, backend and endpoint choice, mirroring, and the retry loop with its
+//! timeouts, budget, circuit breaker and outlier ejection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use mesh::Identity;
+use mesh::model::WaypointRef;
+use mesh::telemetry::Peer;
+
+use super::respond::{Context, ResponseFlags};
+use super::{Proxy, Snapshot, Trace};
+use crate::resilience::{Outcome, RetryPolicy};
+use crate::rng::Rng;
+use crate::route::{
+    BackendRef, Filter, PathMatch, RouteMatch, RouteRule, ServiceKey, WeightedBackend, rewrite_path, with_path,
+};
+use crate::telemetry::Metered;
+use crate::upstream::{ResponseBody, Target, UpstreamError};
+
+/// How long a mirrored request may take; it never holds up the main one either way.
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub(crate) type Failure = (StatusCode, ResponseFlags, &'static str);
+
+/// The rule used for a Service that has L7 policy but no HTTPRoute: everything to itself.
+pub(super) fn default_rule(service: &ServiceKey) -> RouteRule {
+    RouteRule {
+        route: "-".into(),
+        index: 0,
+        matches: Vec::new(),
+        filters: Vec::new(),
+        backends: vec![WeightedBackend {
+            backend: BackendRef { service: service.clone(), port: None },
+            weight: 1,
+            filters: Vec::new(),
+        }],
+        timeouts: Default::default(),
+        retry: None,
+    }
+}
+
+/// Weighted random choice; weight-0 backends are never chosen.
+pub(super) fn pick_backend<'a>(backends: &'a [WeightedBackend], rng: &Rng) -> Option<&'a WeightedBackend> {
+    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut n = rng.below(total);
+    backends.iter().find(|b| {
+        let w = u64::from(b.weight);
+        if n < w {
+            true
+        } else {
+            n -= w;
+            false
+        }
+    })
+}
+
+/// One endpoint of a backend Service port.
+#[derive(Debug, Clone)]
+pub(crate) struct EndpointInfo {
+    pub addr: SocketAddr,
+    pub identity: Identity,
+    pub peer: Peer,
+}
+
+/// The endpoints behind `backend` (at `port` when the backendRef names none).
+pub(crate) fn endpoints(snapshot: &Snapshot, backend: &BackendRef, port: u16) -> Vec<EndpointInfo> {
+    let model = &snapshot.model;
+    let Some(service) = model.service(&backend.service.namespace, &backend.service.name) else {
+        return Vec::new();
+    };
+    let Some(sp) = service.port(backend.port.unwrap_or(port)) else {
+        return Vec::new();
+    };
+    let svc = WaypointRef { namespace: service.namespace.clone(), name: service.name.clone() };
+    model
+        .waypoint_workloads(&svc)
+        .filter_map(|w| {
+            let ip = w.ips.iter().find(|ip| ip.is_ipv4()).or(w.ips.first())?;
+            Some(EndpointInfo {
+                addr: SocketAddr::new(*ip, sp.target_port),
+                identity: w.identity().clone(),
+                peer: Peer::workload(w.name(), w.namespace()).pod_labels(&w.labels).identity(w.identity()),
+            })
+        })
+        .collect()
+}
+
+/// Puts the request in the form the upstream connection needs.
+fn upstream_form(request: &mut Request<Full<Bytes>>, http2: bool) {
+    let authority = request
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .unwrap_or_else(|| "localhost".into());
+    let pq = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    let uri = if http2 { format!("http://{authority}{pq}") } else { pq };
+    if let Ok(u) = uri.parse::<Uri>() {
+        *request.uri_mut() = u;
+    }
+    if !http2
+        && !request.headers().contains_key(http::header::HOST)
+        && let Ok(v) = HeaderValue::from_str(&authority)
+    {
+        request.headers_mut().insert(http::header::HOST, v);
+    }
+    *request.version_mut() = if http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
+    // Hop-by-hop headers never cross a proxy.
+    for h in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"] {
+        request.headers_mut().remove(h);
+    }
+}
+
+fn prefix_of(matched: Option<&RouteMatch>) -> Option<&str> {
+    match matched.map(|m| &m.path) {
+        Some(PathMatch::Prefix(p)) => Some(p),
+        _ => None,
+    }
+}
+
+impl Proxy {
+    /// Applies request filters in order; returns a response when one ends the request
+    /// (fault abort, redirect).
+    pub(super) async fn request_filters(
+        self: &Arc<Self>,
+        ctx: &mut Context,
+        filters: &[&Filter],
+        parts: &mut http::request::Parts,
+        matched: Option<&RouteMatch>,
+        body: &Bytes,
+        port: u16,
+    ) -> Option<Response<Metered>> {
+        for f in filters {
+            match f {
+                Filter::Fault(fault) => {
+                    let d = fault.decide(self.rng.percent(), self.rng.percent());
+                    if let Some(delay) = d.delay {
+                        ctx.delayed = true;
+                        tokio::time::sleep(delay).await;
+                    }
+                    if let Some(status) = d.abort {
+                        return Some(ctx.local(status, ResponseFlags::FAULT_ABORT, "fault filter abort"));
+                    }
+                }
+                Filter::Redirect(r) => {
+                    let host = parts
+                        .uri
+                        .host()
+                        .map(str::to_owned)
+                        .or_else(|| {
+                            let h = parts.headers.get(http::header::HOST)?.to_str().ok()?;
+                            Some(h.rsplit_once(':').map_or(h, |(h, _)| h).to_owned())
+                        })
+                        .unwrap_or_default();
+                    let scheme = r.scheme.clone().unwrap_or_else(|| parts.uri.scheme_str().unwrap_or("http").into());
+                    let host = r.hostname.clone().unwrap_or(host);
+                    let port = match (r.port, scheme.as_str()) {
+                        (Some(80), "http") | (Some(443), "https") | (None, _) => String::new(),
+                        (Some(p), _) => format!(":{p}"),
+                    };
+                    let path = match &r.path {
+                        Some(p) => rewrite_path(p, parts.uri.path(), prefix_of(matched)),
+                        None => parts.uri.path().to_owned(),
+                    };
+                    let location = format!("{scheme}://{host}{port}{}", with_path(&parts.uri, &path));
+                    return Some(ctx.local_with(r.status, ResponseFlags::NONE, "", |h| {
+                        if let Ok(v) = HeaderValue::from_str(&location) {
+                            h.insert(http::header::LOCATION, v);
+                        }
+                    }));
+                }
+                Filter::RequestHeaders(m) => m.apply(&mut parts.headers),
+                Filter::Rewrite(rw) => {
+                    if let Some(h) = &rw.hostname
+                        && let Ok(v) = HeaderValue::from_str(h)
+                    {
+                        parts.headers.insert(http::header::HOST, v);
+                        if parts.uri.authority().is_some() {
+                            let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+                            if let Ok(u) = format!("{}://{h}{pq}", parts.uri.scheme_str().unwrap_or("http")).parse() {
+                                parts.uri = u;
+                            }
+                        }
+                    }
+                    if let Some(p) = &rw.path {
+                        let path = rewrite_path(p, parts.uri.path(), prefix_of(matched));
+                        let mut uri = parts.uri.clone().into_parts();
+                        uri.path_and_query = with_path(&parts.uri, &path).parse().ok();
+                        if let Ok(u) = Uri::from_parts(uri) {
+                            parts.uri = u;
+                        }
+                    }
+                }
+                Filter::Mirror(m) => {
+                    if self.rng.percent() < m.percent {
+                        self.mirror(m.backend.clone(), port, parts, body.clone());
+                    }
+                }
+                Filter::ResponseHeaders(_) => {}
+            }
+        }
+        None
+    }
+
+    /// Sends a copy of the request to `backend` in the background; its response is dropped
+    /// and its failure only logged.
+    fn mirror(self: &Arc<Self>, backend: BackendRef, port: u16, parts: &http::request::Parts, body: Bytes) {
+        let mut req = Request::new(Full::new(body));
+        *req.method_mut() = parts.method.clone();
+        *req.uri_mut() = parts.uri.clone();
+        *req.headers_mut() = parts.headers.clone();
+        // Envoy's convention: the shadow's Host carries a `-shadow` suffix.
+        if let Some(h) = req.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()) {
+            let shadow = match h.rsplit_once(':') {
+                Some((host, p)) => format!("{host}-shadow:{p}"),
+                None => format!("{h}-shadow"),
+            };
+            if let Ok(v) = HeaderValue::from_str(&shadow) {
+                req.headers_mut().insert(http::header::HOST, v);
+            }
+        }
+        let http2 = parts.version == http::Version::HTTP_2;
+        upstream_form(&mut req, http2);
+        let proxy = self.clone();
+        tokio::spawn(async move {
+            let snapshot = proxy.snapshot();
+            let eps = endpoints(&snapshot, &backend, port);
+            if eps.is_empty() {
+                return tracing::debug!(backend = %backend.service, "mirror backend has no endpoints");
+            }
+            let ep = &eps[proxy.rng.below(eps.len() as u64) as usize];
+            let target = Target {
+                addr: ep.addr,
+                identity: ep.identity.clone(),
+                service: backend.service.clone(),
+                http2,
+                traceparent: None,
+            };
+            let sent = tokio::time::timeout(MIRROR_TIMEOUT, async {
+                let r = proxy.upstream.send(&target, req).await?;
+                let _ = r.into_body().collect().await;
+                Ok::<_, UpstreamError>(())
+            });
+            match sent.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "mirrored request failed"),
+                Err(_) => tracing::debug!("mirrored request timed out"),
+            }
+        });
+    }
+
+    /// Forwards with the rule's timeouts and retry policy.
+    #[expect(clippy::too_many_arguments, reason = "the request's pieces, each needed once")]
+    pub(super) async fn forward(
+        self: &Arc<Self>,
+        ctx: &mut Context,
+        snapshot: &Snapshot,
+        rule: &RouteRule,
+        backend: &BackendRef,
+        port: u16,
+        mut request: Request<Full<Bytes>>,
+        trace: Trace,
+    ) -> Result<(Response<ResponseBody>, ResponseFlags), Failure> {
+        let http2 = request.version() == http::Version::HTTP_2;
+        upstream_form(&mut request, http2);
+        let attempts = self.attempts(ctx, snapshot, rule, backend, port, request, http2, trace);
+        match rule.timeouts.request {
+            Some(t) => tokio::time::timeout(t, attempts).await.unwrap_or(Err((
+                StatusCode::GATEWAY_TIMEOUT,
+                ResponseFlags::UPSTREAM_TIMEOUT,
+                "upstream request timeout",
+            ))),
+            None => attempts.await,
+        }
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "the request's pieces, each needed once")]
+    async fn attempts(
+        self: &Arc<Self>,
+        ctx: &mut Context,
+        snapshot: &Snapshot,
+        rule: &RouteRule,
+        backend: &BackendRef,
+        port: u16,
+        request: Request<Full<Bytes>>,
+        http2: bool,
+        trace: Trace,
+    ) -> Result<(Response<ResponseBody>, ResponseFlags), Failure> {
+        let default_retry = RetryPolicy::default();
+        let retry = rule.retry.as_ref().unwrap_or(&default_retry);
+        let state = self.backends.get(backend, &snapshot.l7.backend_policy(&backend.service));
+        state.budget.record_request();
+        let all = endpoints(snapshot, backend, port);
+        if all.is_empty() {
+            return Err((StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NO_HEALTHY_UPSTREAM, "no healthy upstream"));
+        }
+        let addrs: Vec<SocketAddr> = all.iter().map(|e| e.addr).collect();
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut last: Failure =
+            (StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream connect error");
+        for attempt in 0..=retry.attempts {
+            if attempt > 0 {
+                if !state.budget.try_retry() {
+                    tracing::debug!(backend = %backend.service, "retry budget exhausted; not retrying");
+                    break;
+                }
+                tokio::time::sleep(retry.backoff_for(attempt, &self.rng)).await;
+            }
+            // Prefer endpoints not tried yet for this request, among those not ejected.
+            let available = state.outlier.available(&addrs);
+            let fresh: Vec<SocketAddr> = available.iter().copied().filter(|a| !tried.contains(a)).collect();
+            let pool = if fresh.is_empty() { &available } else { &fresh };
+            let addr = pool[self.rng.below(pool.len() as u64) as usize];
+            let ep = all.iter().find(|e| e.addr == addr).expect("chosen from the endpoint list");
+            tried.push(addr);
+            ctx.attempts = attempt + 1;
+            ctx.upstream = addr.to_string();
+            ctx.destination = ep.peer.clone();
+
+            let Ok(_permit) = state.breaker.acquire().await else {
+                return Err((StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UPSTREAM_OVERFLOW, "upstream overflow"));
+            };
+            let mut req = request.clone();
+            if attempt > 0
+                && let Ok(v) = HeaderValue::from_str(&(attempt + 1).to_string())
+            {
+                req.headers_mut().insert("x-envoy-attempt-count", v);
+            }
+            let target = Target {
+                addr,
+                identity: ep.identity.clone(),
+                service: backend.service.clone(),
+                http2,
+                traceparent: Some(trace.header()),
+            };
+            let sent = self.upstream.send(&target, req);
+            let result = match rule.timeouts.backend_request {
+                Some(t) => tokio::time::timeout(t, sent).await.ok(),
+                None => Some(sent.await),
+            };
+            let last_try = attempt == retry.attempts;
+            match result {
+                Some(Ok(response)) => {
+                    let code = response.status().as_u16();
+                    let outcome = if code >= 500 { Outcome::Status(code) } else { Outcome::Success };
+                    state.outlier.record(addr, outcome, addrs.len());
+                    if retry.retries_code(code) && !last_try {
+                        // Drop the body: the connection closes, nothing reached the client.
+                        last =
+                            (response.status(), ResponseFlags::RETRY_LIMIT_EXCEEDED, "upstream retry limit exceeded");
+                        continue;
+                    }
+                    let flags = if retry.retries_code(code) {
+                        ResponseFlags::RETRY_LIMIT_EXCEEDED
+                    } else {
+                        ResponseFlags::NONE
+                    };
+                    return Ok((response, flags));
+                }
+                Some(Err(e)) => {
+                    state.outlier.record(addr, Outcome::LocalFailure, addrs.len());
+                    tracing::debug!(error = %e, attempt, "upstream attempt failed");
+                    last = match e {
+                        UpstreamError::Connect { .. } => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            ResponseFlags::UPSTREAM_CONNECT_FAILURE,
+                            "upstream connect error or disconnect/reset before headers",
+                        ),
+                        UpstreamError::Reset { .. } => (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            ResponseFlags::UPSTREAM_RESET,
+                            "upstream connect error or disconnect/reset before headers",
+                        ),
+                    };
+                }
+                None => {
+                    state.outlier.record(addr, Outcome::LocalFailure, addrs.len());
+                    last = (StatusCode::GATEWAY_TIMEOUT, ResponseFlags::UPSTREAM_TIMEOUT, "upstream request timeout");
+                }
+            }
+        }
+        // The last failed status had no response body worth keeping; answer locally.
+        Err(last)
+    }
+}

@@ -1,0 +1,149 @@
+//! Building the client's response: local replies (denials, no route, timeouts) and proxied
+//! ones, both wrapped so that the request is measured and logged once it completes.
+
+use std::sync::Arc;
+
+use http::{Response, StatusCode};
+use mesh::telemetry::{Peer, ServiceRef};
+use tokio::time::Instant;
+
+use super::{Proxy, Record, Snapshot, Trace, text_body};
+use crate::route::ServiceKey;
+use crate::telemetry::{Metered, RequestLabels, RequestMetrics};
+use crate::upstream::ResponseBody;
+
+/// Envoy's `response_flags` values the waypoint reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResponseFlags(pub &'static str);
+
+impl ResponseFlags {
+    pub const NONE: Self = Self("-");
+    /// No route (or no such service).
+    pub const NO_ROUTE: Self = Self("NR");
+    pub const NO_HEALTHY_UPSTREAM: Self = Self("UH");
+    pub const UPSTREAM_CONNECT_FAILURE: Self = Self("UF");
+    pub const UPSTREAM_RESET: Self = Self("UR");
+    pub const UPSTREAM_TIMEOUT: Self = Self("UT");
+    pub const UPSTREAM_OVERFLOW: Self = Self("UO");
+    pub const RETRY_LIMIT_EXCEEDED: Self = Self("URX");
+    pub const FAULT_ABORT: Self = Self("FI");
+    pub const FAULT_DELAY: Self = Self("DI");
+    pub const DOWNSTREAM_RESET: Self = Self("DR");
+}
+
+/// What is known about a request while it is being served.
+pub(crate) struct Context {
+    metrics: Option<RequestMetrics>,
+    source: Peer,
+    pub destination: Peer,
+    service: Option<ServiceRef>,
+    start: Instant,
+    method: String,
+    path: String,
+    authority: String,
+    pub route: String,
+    pub upstream: String,
+    pub attempts: u32,
+    pub request_bytes: u64,
+    /// A fault delay was injected (reported with the final flags).
+    pub delayed: bool,
+    trace: Trace,
+    request_id: String,
+}
+
+impl Context {
+    pub fn new(
+        proxy: &Arc<Proxy>,
+        snapshot: &Snapshot,
+        down: &super::Downstream,
+        parts: &http::request::Parts,
+        start: Instant,
+        trace: Trace,
+    ) -> Self {
+        let source = match &down.peer_identity {
+            Some(id) => {
+                let w = snapshot.model.workloads().iter().find(|w| w.identity() == id);
+                let peer = match w {
+                    Some(w) => Peer::workload(w.name(), w.namespace()).pod_labels(&w.labels),
+                    None => Peer { namespace: Some(id.namespace().to_owned()), ..Peer::unknown() },
+                };
+                peer.identity(id)
+            }
+            None => Peer::unknown(),
+        };
+        let authority = parts
+            .uri
+            .authority()
+            .map(|a| a.to_string())
+            .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+            .unwrap_or_default();
+        Self {
+            metrics: proxy.metrics.clone(),
+            source,
+            destination: Peer::unknown(),
+            service: None,
+            start,
+            method: parts.method.to_string(),
+            path: parts.uri.path().to_owned(),
+            authority,
+            route: "-".into(),
+            upstream: "-".into(),
+            attempts: 0,
+            request_bytes: 0,
+            delayed: false,
+            trace,
+            request_id: parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned(),
+        }
+    }
+
+    pub fn set_service(&mut self, snapshot: &Snapshot, service: &ServiceKey) {
+        let domain = snapshot.model.mesh().trust_domain.clone();
+        // Istio's destination_service is the service's DNS name in the cluster domain.
+        let domain = if domain.is_empty() { super::DEFAULT_DOMAIN.to_owned() } else { domain };
+        self.service = Some(ServiceRef::new(&service.name, &service.namespace, &domain));
+    }
+
+    fn record(&self, code: StatusCode, flags: ResponseFlags) -> Record {
+        let flags = if self.delayed && flags == ResponseFlags::NONE { ResponseFlags::FAULT_DELAY } else { flags };
+        Record {
+            metrics: self.metrics.clone(),
+            labels: RequestLabels::new(&self.source, &self.destination, self.service.as_ref(), code.as_u16(), flags.0),
+            start: self.start,
+            method: self.method.clone(),
+            path: self.path.clone(),
+            authority: self.authority.clone(),
+            route: self.route.clone(),
+            upstream: self.upstream.clone(),
+            attempts: self.attempts,
+            request_bytes: self.request_bytes,
+            trace: self.trace,
+            request_id: self.request_id.clone(),
+        }
+    }
+
+    /// A response the waypoint makes itself.
+    pub fn local(&self, status: StatusCode, flags: ResponseFlags, msg: &'static str) -> Response<Metered> {
+        self.local_with(status, flags, msg, |_| {})
+    }
+
+    pub fn local_with(
+        &self,
+        status: StatusCode,
+        flags: ResponseFlags,
+        msg: &'static str,
+        edit: impl FnOnce(&mut http::HeaderMap),
+    ) -> Response<Metered> {
+        let mut r = Response::new(text_body(msg));
+        *r.status_mut() = status;
+        r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
+        edit(r.headers_mut());
+        let record = self.record(status, flags);
+        r.map(|b| Metered::new(b, record))
+    }
+
+    /// The backend's response, passed on.
+    pub fn finish_with_flags(&self, response: Response<ResponseBody>, flags: ResponseFlags) -> Response<Metered> {
+        let record = self.record(response.status(), flags);
+        response.map(|b| Metered::new(b, record))
+    }
+}

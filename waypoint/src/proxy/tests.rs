@@ -1,0 +1,454 @@
+//! The request pipeline against scripted backends, on paused time.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::Full;
+use tokio::time::Instant;
+
+use crate::telemetry::{RequestLabels, RequestMetrics};
+use crate::testing::{Reply, Scripted, get, proxy, proxy_with_metrics, req, route, send};
+
+fn empty() -> Full<Bytes> {
+    Full::new(Bytes::new())
+}
+
+#[tokio::test(start_paused = true)]
+async fn routes_by_path_header_and_method_to_the_most_specific_rule() {
+    let up = Scripted::ok();
+    let p = proxy(
+        &route(
+            r#"  - matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: reviews-v1, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /api}, headers: [{name: x-canary, value: "yes"}]}]
+    backendRefs: [{name: reviews-v2, port: 80}]
+  - matches: [{path: {type: Exact, value: /api/exact}, method: POST}]
+    backendRefs: [{name: shadow, port: 80}]
+"#,
+        ),
+        up.clone(),
+    );
+    assert_eq!(get(&p, "/api/x").await.body, "reviews-v1 /api/x");
+    let canary = send(&p, req("GET", "/api/x").header("x-canary", "yes").body(empty()).unwrap()).await;
+    assert_eq!(canary.body, "reviews-v2 /api/x");
+    let exact = send(&p, req("POST", "/api/exact").body(empty()).unwrap()).await;
+    assert_eq!(exact.body, "shadow /api/exact");
+    assert_eq!(up.calls()[2].method, http::Method::POST);
+    // GET on the exact path falls back to the prefix rule; an unmatched path gets 404.
+    assert_eq!(get(&p, "/api/exact").await.body, "reviews-v1 /api/exact");
+    assert_eq!(get(&p, "/apix").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(up.calls().len(), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_503_twice_then_200_and_the_client_sees_200() {
+    let up = Scripted::new(|_, n| if n < 2 { Reply::Status(503) } else { Reply::Status(200) });
+    let p = proxy(
+        &route(
+            "  - backendRefs: [{name: reviews, port: 80}]\n    retry: {attempts: 3, codes: [503], backoff: 100ms}\n",
+        ),
+        up.clone(),
+    );
+    let got = get(&p, "/").await;
+    assert_eq!(got.status, StatusCode::OK);
+    let calls = up.calls();
+    assert_eq!(calls.len(), 3);
+    assert!(calls[0].headers.get("x-envoy-attempt-count").is_none());
+    assert_eq!(calls[2].headers["x-envoy-attempt-count"], "3");
+    // Retries prefer endpoints not tried yet for this request.
+    assert_ne!(calls[0].target.addr, calls[1].target.addr);
+}
+
+#[tokio::test(start_paused = true)]
+async fn always_503_is_bounded_by_attempts_and_by_the_budget() {
+    let up = Scripted::new(|_, _| Reply::Status(503));
+    let budget = r#"
+---
+apiVersion: gateway.networking.x-k8s.io/v1alpha1
+kind: XBackendTrafficPolicy
+metadata: {name: reviews-budget, namespace: shop}
+spec:
+  targetRefs: [{group: "", kind: Service, name: reviews}]
+  retryConstraint:
+    budget: {percent: 10, interval: 10s}
+    minRetryRate: {count: 0, interval: 1s}
+"#;
+    let p = proxy(
+        &format!(
+            "{}{budget}",
+            route("  - backendRefs: [{name: reviews, port: 80}]\n    retry: {attempts: 2, codes: [503]}\n")
+        ),
+        up.clone(),
+    );
+    for _ in 0..10 {
+        assert_eq!(get(&p, "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    // 10% of 10 requests: exactly one retry in the window, not 20.
+    assert_eq!(up.calls().len(), 11);
+
+    // Without a budget limit the attempts bound applies: 1 + 2 tries.
+    let up = Scripted::new(|_, _| Reply::Status(503));
+    let p = proxy(
+        &route("  - backendRefs: [{name: reviews, port: 80}]\n    retry: {attempts: 2, codes: [503]}\n"),
+        up.clone(),
+    );
+    assert_eq!(get(&p, "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(up.calls().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_failures_and_resets_are_retried_but_500_is_not_by_default() {
+    let up = Scripted::new(|_, n| match n {
+        0 => Reply::ConnectFail,
+        1 => Reply::Reset,
+        _ => Reply::Status(200),
+    });
+    let p = proxy(&route("  - backendRefs: [{name: reviews, port: 80}]\n"), up.clone());
+    assert_eq!(get(&p, "/").await.status, StatusCode::OK);
+    assert_eq!(up.calls().len(), 3);
+
+    let up = Scripted::new(|_, _| Reply::Status(500));
+    let p = proxy(&route("  - backendRefs: [{name: reviews, port: 80}]\n"), up.clone());
+    assert_eq!(get(&p, "/").await.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(up.calls().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn request_timeout_cuts_a_slow_backend() {
+    let up = Scripted::new(|_, _| Reply::Slow(200, Duration::from_secs(30)));
+    let p = proxy(&route("  - backendRefs: [{name: reviews, port: 80}]\n    timeouts: {request: 2s}\n"), up.clone());
+    let start = Instant::now();
+    let got = get(&p, "/").await;
+    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn backend_request_timeout_is_per_attempt_and_retried() {
+    let up = Scripted::new(|_, n| if n == 0 { Reply::Slow(200, Duration::from_secs(30)) } else { Reply::Status(200) });
+    let p = proxy(
+        &route(
+            "  - backendRefs: [{name: reviews, port: 80}]\n    timeouts: {request: 10s, backendRequest: 1s}\n    retry: {attempts: 1, backoff: 10ms}\n",
+        ),
+        up.clone(),
+    );
+    let start = Instant::now();
+    assert_eq!(get(&p, "/").await.status, StatusCode::OK);
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert_eq!(up.calls().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn outlier_ejection_takes_a_failing_endpoint_out_for_a_growing_time() {
+    let bad: std::net::SocketAddr = "10.0.1.1:8080".parse().unwrap();
+    let up = Scripted::new(move |c, _| if c.target.addr == bad { Reply::Status(500) } else { Reply::Status(200) });
+    let dr = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews.shop.svc.cluster.local
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 2, baseEjectionTime: 30s, maxEjectionPercent: 50}
+"#;
+    let p = proxy(
+        &format!("{}{dr}", route("  - backendRefs: [{name: reviews, port: 80}]\n    retry: {attempts: 0}\n")),
+        up.clone(),
+    );
+    let to_bad = |up: &Scripted| up.calls().iter().filter(|c| c.target.addr == bad).count();
+    for _ in 0..40 {
+        get(&p, "/").await;
+    }
+    assert_eq!(to_bad(&up), 2, "ejected after two consecutive 5xx");
+    tokio::time::advance(Duration::from_secs(31)).await;
+    for _ in 0..40 {
+        get(&p, "/").await;
+    }
+    assert_eq!(to_bad(&up), 4, "back after 30 s, ejected again after two more");
+    // The second ejection lasts 60 s: still out after 31 s more.
+    tokio::time::advance(Duration::from_secs(31)).await;
+    for _ in 0..20 {
+        get(&p, "/").await;
+    }
+    assert_eq!(to_bad(&up), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn circuit_breaker_fails_fast_beyond_the_limits() {
+    let up = Scripted::new(|_, _| Reply::Slow(200, Duration::from_secs(5)));
+    let dr = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1, http2MaxRequests: 1}}
+"#;
+    let p = proxy(&format!("{}{dr}", route("  - backendRefs: [{name: reviews, port: 80}]\n")), up.clone());
+    let (a, b, c) = tokio::join!(get(&p, "/"), get(&p, "/"), get(&p, "/"));
+    let mut codes = [a.status.as_u16(), b.status.as_u16(), c.status.as_u16()];
+    codes.sort();
+    // One in flight, one pending (served after), one refused.
+    assert_eq!(codes, [200, 200, 503]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn mirror_never_delays_or_fails_the_main_request() {
+    let up = Scripted::new(|c, _| {
+        if c.target.service.name == "shadow" { Reply::Slow(500, Duration::from_secs(3600)) } else { Reply::Status(200) }
+    });
+    let p = proxy(
+        &route(
+            "  - backendRefs: [{name: reviews-v1, port: 80}]\n    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: shadow, port: 80}}}]\n",
+        ),
+        up.clone(),
+    );
+    let start = Instant::now();
+    let got = send(&p, req("POST", "/buy").body(Full::new(Bytes::from_static(b"order"))).unwrap()).await;
+    assert_eq!(got.status, StatusCode::OK);
+    assert_eq!(start.elapsed(), Duration::ZERO);
+    tokio::task::yield_now().await;
+    let shadow = up.calls_to("shadow");
+    assert_eq!(shadow.len(), 1);
+    assert_eq!(shadow[0].body, Bytes::from_static(b"order"));
+    assert_eq!(shadow[0].headers["host"], "reviews.shop.svc.cluster.local-shadow");
+    assert_eq!(shadow[0].target.addr.port(), 9090);
+}
+
+#[tokio::test(start_paused = true)]
+async fn header_modifiers_apply_to_request_and_response() {
+    let up = Scripted::ok();
+    let p = proxy(
+        &route(
+            r#"  - backendRefs: [{name: reviews, port: 80}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier:
+        set: [{name: x-env, value: prod}]
+        add: [{name: x-tag, value: b}]
+        remove: [x-secret]
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {add: [{name: x-served-by, value: waypoint}], remove: [x-upstream]}
+"#,
+        ),
+        up.clone(),
+    );
+    let got = send(
+        &p,
+        req("GET", "/").header("x-env", "dev").header("x-tag", "a").header("x-secret", "s").body(empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(got.headers["x-served-by"], "waypoint");
+    assert!(got.headers.get("x-upstream").is_none());
+    let call = &up.calls()[0];
+    assert_eq!(call.headers["x-env"], "prod");
+    let tags: Vec<_> = call.headers.get_all("x-tag").iter().collect();
+    assert_eq!(tags, ["a", "b"]);
+    assert!(call.headers.get("x-secret").is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn url_rewrite_replaces_the_matched_prefix_and_the_host() {
+    let up = Scripted::ok();
+    let p = proxy(
+        &route(
+            r#"  - matches: [{path: {type: PathPrefix, value: /old}}]
+    backendRefs: [{name: reviews, port: 80}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {hostname: reviews.internal, path: {type: ReplacePrefixMatch, replacePrefixMatch: /new}}
+"#,
+        ),
+        up.clone(),
+    );
+    let got = get(&p, "/old/items?page=2").await;
+    assert_eq!(got.body, "reviews /new/items");
+    let call = &up.calls()[0];
+    assert_eq!(call.uri.to_string(), "/new/items?page=2");
+    assert_eq!(call.headers["host"], "reviews.internal");
+}
+
+#[tokio::test(start_paused = true)]
+async fn request_redirect_answers_without_calling_a_backend() {
+    let up = Scripted::ok();
+    let p = proxy(
+        &route(
+            r#"  - matches: [{path: {type: PathPrefix, value: /legacy}}]
+    filters:
+    - type: RequestRedirect
+      requestRedirect: {scheme: https, hostname: shop.example, statusCode: 301, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
+"#,
+        ),
+        up.clone(),
+    );
+    let got = get(&p, "/legacy/a?x=1").await;
+    assert_eq!(got.status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(got.headers["location"], "https://shop.example/v2/a?x=1");
+    assert!(up.calls().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn weighted_split_lands_within_three_points() {
+    let up = Scripted::ok();
+    let p = proxy(
+        &route(
+            "  - backendRefs: [{name: reviews-v1, port: 80, weight: 90}, {name: reviews-v2, port: 80, weight: 10}]\n",
+        ),
+        up.clone(),
+    );
+    for _ in 0..2000 {
+        get(&p, "/").await;
+    }
+    let v2 = up.calls_to("reviews-v2").len() as f64 / 2000.0 * 100.0;
+    assert!((7.0..=13.0).contains(&v2), "v2 got {v2}%");
+}
+
+#[tokio::test(start_paused = true)]
+async fn fault_injection_aborts_and_delays() {
+    let faults = r#"
+---
+apiVersion: pillion.dev/v1alpha1
+kind: FaultInjection
+metadata: {name: teapot, namespace: shop}
+spec: {abort: {httpStatus: 418, percentage: 100}}
+---
+apiVersion: pillion.dev/v1alpha1
+kind: FaultInjection
+metadata: {name: slow, namespace: shop}
+spec: {delay: {fixedDelay: 5s, percentage: 100}}
+"#;
+    let up = Scripted::ok();
+    let p = proxy(
+        &format!(
+            "{}{faults}",
+            route(
+                r#"  - matches: [{path: {type: PathPrefix, value: /abort}}]
+    backendRefs: [{name: reviews, port: 80}]
+    filters: [{type: ExtensionRef, extensionRef: {group: pillion.dev, kind: FaultInjection, name: teapot}}]
+  - matches: [{path: {type: PathPrefix, value: /delay}}]
+    backendRefs: [{name: reviews, port: 80}]
+    filters: [{type: ExtensionRef, extensionRef: {group: pillion.dev, kind: FaultInjection, name: slow}}]
+"#
+            )
+        ),
+        up.clone(),
+    );
+    assert_eq!(get(&p, "/abort").await.status, StatusCode::IM_A_TEAPOT);
+    assert!(up.calls().is_empty());
+    let start = Instant::now();
+    assert_eq!(get(&p, "/delay").await.status, StatusCode::OK);
+    assert_eq!(start.elapsed(), Duration::from_secs(5));
+}
+
+#[tokio::test(start_paused = true)]
+async fn l7_deny_by_path_returns_403() {
+    let policy = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, group: "", name: reviews}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+"#;
+    let up = Scripted::ok();
+    let p = proxy(policy, up.clone());
+    let denied = get(&p, "/admin/users").await;
+    assert_eq!(denied.status, StatusCode::FORBIDDEN);
+    assert_eq!(denied.body, "RBAC: access denied");
+    // No HTTPRoute: the policy alone makes the waypoint serve the Service at L7.
+    assert_eq!(get(&p, "/products").await.status, StatusCode::OK);
+    assert_eq!(up.calls().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn l7_allow_policy_on_the_waypoint_admits_only_what_it_lists() {
+    let policy = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: web-reads, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/web/sa/client"]}}]
+    to: [{operation: {methods: [GET]}}]
+    when: [{key: "request.headers[x-team]", values: ["blue"]}]
+"#;
+    let p = proxy(policy, Scripted::ok());
+    let ok = send(&p, req("GET", "/").header("x-team", "blue").body(empty()).unwrap()).await;
+    assert_eq!(ok.status, StatusCode::OK);
+    let post = send(&p, req("POST", "/").header("x-team", "blue").body(empty()).unwrap()).await;
+    assert_eq!(post.status, StatusCode::FORBIDDEN);
+    assert_eq!(get(&p, "/").await.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test(start_paused = true)]
+async fn trace_context_gets_a_new_span_and_other_headers_pass_untouched() {
+    let up = Scripted::ok();
+    let p = proxy(&route("  - backendRefs: [{name: reviews, port: 80}]\n"), up.clone());
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let got = send(
+        &p,
+        req("GET", "/")
+            .header("traceparent", incoming)
+            .header("tracestate", "vendor=abc")
+            .header("baggage", "user=alice")
+            .header("x-request-id", "req-1")
+            .header("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7")
+            .header("x-b3-spanid", "e457b5a2e4d86bd1")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK);
+    let h = &up.calls()[0].headers;
+    let tp = h["traceparent"].to_str().unwrap();
+    assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{tp}");
+    assert!(!tp.contains("00f067aa0ba902b7"), "a new span id per hop: {tp}");
+    assert!(tp.ends_with("-01"));
+    assert_eq!(h["tracestate"], "vendor=abc");
+    assert_eq!(h["baggage"], "user=alice");
+    assert_eq!(h["x-request-id"], "req-1");
+    assert_eq!(h["x-b3-traceid"], "80f198ee56343ba864fe8b2a57d3eff7");
+    assert_eq!(h["x-b3-spanid"], "e457b5a2e4d86bd1");
+}
+
+#[tokio::test(start_paused = true)]
+async fn metrics_count_requests_with_waypoint_reporter_and_istio_labels() {
+    let metrics = RequestMetrics::default();
+    let up = Scripted::new(|_, _| Reply::Status(503));
+    let p = proxy_with_metrics(
+        &route("  - backendRefs: [{name: reviews-v2, port: 80}]\n    retry: {attempts: 1, backoff: 1ms}\n"),
+        up,
+        metrics.clone(),
+    );
+    get(&p, "/").await;
+    let source = mesh::telemetry::Peer::workload("client", "web")
+        .pod_labels([("app", "client")])
+        .identity(&crate::testing::client_identity());
+    let reviews = mesh::model::Workload::new("cluster.local", "shop", "reviews-v2-0", "reviews").unwrap();
+    let destination = mesh::telemetry::Peer::workload("reviews-v2-0", "shop")
+        .pod_labels([("app", "reviews"), ("version", "v2")])
+        .identity(reviews.identity());
+    let service = mesh::telemetry::ServiceRef::new("reviews", "shop", "cluster.local");
+    let labels = RequestLabels::new(&source, &destination, Some(&service), 503, "URX");
+    assert_eq!(labels.reporter, "waypoint");
+    assert_eq!(metrics.requests(&labels), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn oversized_request_bodies_get_413() {
+    let up = Scripted::ok();
+    let p = proxy(&route("  - backendRefs: [{name: reviews, port: 80}]\n"), up.clone());
+    let big = Bytes::from(vec![b'x'; crate::proxy::DEFAULT_MAX_REQUEST_BODY + 1]);
+    let got = send(&p, req("POST", "/").body(Full::new(big)).unwrap()).await;
+    assert_eq!(got.status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(up.calls().is_empty());
+}

@@ -1,0 +1,107 @@
+//! Resilience per backend Service: retry policy and budget, circuit breaking and outlier
+//! ejection. Time comes from `tokio::time::Instant` so tests run on paused time.
+
+mod breaker;
+mod budget;
+mod outlier;
+#[cfg(test)]
+mod tests;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub use breaker::{BreakerLimits, CircuitBreaker, Overflow, Permit};
+pub use budget::{BudgetConfig, RetryBudget};
+pub use outlier::{Outcome, OutlierConfig, OutlierDetector};
+
+use crate::rng::Rng;
+use crate::route::BackendRef;
+
+/// Gateway API `retry`: how often and on what a request is retried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first try (Gateway API `attempts`).
+    pub attempts: u32,
+    /// Response codes that are retried. Connect failures and resets before the response
+    /// started are always retried: the backend never produced an answer.
+    pub codes: Vec<u16>,
+    /// Base of the exponential backoff.
+    pub backoff: Duration,
+}
+
+/// Cap of one backoff pause, as Envoy's default (10 × the base) but never more than this.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+impl Default for RetryPolicy {
+    /// Istio's default for mesh traffic: 2 retries of 503, connect failures and resets, 25 ms base.
+    fn default() -> Self {
+        Self { attempts: 2, codes: vec![503], backoff: Duration::from_millis(25) }
+    }
+}
+
+impl RetryPolicy {
+    /// The pause before retry number `retry` (1-based): exponential in the retry number,
+    /// capped, with "equal jitter" (half fixed, half random) so retries of many clients
+    /// spread out yet never retry instantly.
+    pub fn backoff_for(&self, retry: u32, rng: &Rng) -> Duration {
+        let cap = (self.backoff * 10).min(MAX_BACKOFF);
+        let exp = self.backoff.saturating_mul(1u32 << retry.saturating_sub(1).min(16)).min(cap);
+        let half = exp / 2;
+        let jitter_ns = half.as_nanos() as u64;
+        half + Duration::from_nanos(if jitter_ns == 0 { 0 } else { rng.below(jitter_ns + 1) })
+    }
+
+    pub fn retries_code(&self, code: u16) -> bool {
+        self.codes.contains(&code)
+    }
+}
+
+/// Everything configured for one backend Service.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BackendPolicy {
+    pub limits: BreakerLimits,
+    pub outlier: OutlierConfig,
+    pub budget: BudgetConfig,
+}
+
+/// Live state of one backend: its breaker, endpoint health and retry budget.
+#[derive(Debug)]
+pub struct BackendState {
+    pub policy: BackendPolicy,
+    pub breaker: CircuitBreaker,
+    pub outlier: OutlierDetector,
+    pub budget: RetryBudget,
+}
+
+impl BackendState {
+    fn new(policy: BackendPolicy) -> Self {
+        Self {
+            breaker: CircuitBreaker::new(policy.limits),
+            outlier: OutlierDetector::new(policy.outlier.clone()),
+            budget: RetryBudget::new(policy.budget),
+            policy,
+        }
+    }
+}
+
+/// Backend states by Service port. A state survives reloads while its policy is unchanged,
+/// so a config edit elsewhere does not forget which endpoints are ejected.
+#[derive(Debug, Default)]
+pub struct Backends {
+    states: Mutex<HashMap<BackendRef, Arc<BackendState>>>,
+}
+
+impl Backends {
+    pub fn get(&self, backend: &BackendRef, policy: &BackendPolicy) -> Arc<BackendState> {
+        let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
+        match states.get(backend) {
+            Some(s) if &s.policy == policy => s.clone(),
+            _ => {
+                let s = Arc::new(BackendState::new(policy.clone()));
+                states.insert(backend.clone(), s.clone());
+                s
+            }
+        }
+    }
+}

@@ -1,0 +1,165 @@
+//! The binary's wiring: load the config file (model + L7 objects), get the waypoint's
+//! certificate from the CA, serve HBONE, forward through the pool, reload on change.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use mesh::ca::EmbeddedCa;
+use mesh::certs::{CertManager, CertManagerConfig, CertMetrics};
+use mesh::clock::SystemClock;
+use mesh::hbone::{DirectTcpDialer, HboneServer, Pool, PoolConfig};
+use mesh::model::{Model, WaypointRef};
+use mesh::telemetry::{HttpServer, MetricsEndpoint, Readiness, ReadinessEndpoint};
+use tokio_util::sync::CancellationToken;
+
+use crate::hbone::{WaypointDialer, WaypointHook};
+use crate::proxy::{Proxy, ProxyConfig, ServeLimits, Snapshot};
+use crate::route::ServiceKey;
+use crate::telemetry::RequestMetrics;
+use crate::upstream::HboneUpstream;
+
+/// How often the config file is checked for changes.
+const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    /// The YAML config file (the same one the agents read), with the L7 objects.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Directory of the embedded CA (`pillion-agent ca-init --dir …`), shared with the agents.
+    #[arg(long)]
+    pub ca_dir: PathBuf,
+    /// The waypoint's Workload name in the config: its identity is the waypoint's.
+    #[arg(long)]
+    pub name: String,
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    /// The waypoint's Service (what `istio.io/use-waypoint` names); default: the Service
+    /// whose endpoints include this workload.
+    #[arg(long)]
+    pub waypoint_service: Option<String>,
+    #[arg(long, default_value = "[::]:15008")]
+    pub listen: SocketAddr,
+    #[arg(long, default_value = "[::]:15020")]
+    pub metrics_addr: SocketAddr,
+    #[arg(long, default_value = "[::]:15021")]
+    pub readiness_addr: SocketAddr,
+    /// The endpoints' HBONE port (only tests change it).
+    #[arg(long, default_value_t = mesh::hbone::HBONE_PORT)]
+    pub hbone_port: u16,
+}
+
+/// Reads both views of the file; either failing rejects the whole file.
+pub fn load(path: &Path, version: u64) -> anyhow::Result<Snapshot> {
+    let model = mesh::config::load_file(path, version)?;
+    let l7 = crate::config::load_file(path)?;
+    Ok(Snapshot { model: Arc::new(model), l7: Arc::new(l7) })
+}
+
+/// The waypoint's own Service: named, or the one whose endpoints include the workload.
+pub fn waypoint_service(
+    model: &Model,
+    namespace: &str,
+    workload: &str,
+    named: Option<&str>,
+) -> anyhow::Result<ServiceKey> {
+    if let Some(name) = named {
+        model
+            .service(namespace, name)
+            .with_context(|| format!("--waypoint-service {namespace}/{name} is not in the config"))?;
+        return Ok(ServiceKey::new(namespace, name));
+    }
+    model
+        .services()
+        .iter()
+        .filter(|s| s.namespace == namespace)
+        .find(|s| {
+            let r = WaypointRef { namespace: s.namespace.clone(), name: s.name.clone() };
+            model.waypoint_workloads(&r).any(|w| w.name() == workload)
+        })
+        .map(|s| ServiceKey::new(&s.namespace, &s.name))
+        .with_context(|| format!("no Service in {namespace} selects workload {workload}: add the waypoint's Service or pass --waypoint-service"))
+}
+
+pub async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let snapshot = load(&args.config, 1).with_context(|| format!("loading {}", args.config.display()))?;
+    let Some(workload) = snapshot.model.workload(&args.namespace, &args.name) else {
+        bail!(
+            "workload {}/{} is not in {}: add the waypoint's Workload or fix --name/--namespace",
+            args.namespace,
+            args.name,
+            args.config.display()
+        );
+    };
+    let identity = workload.identity().clone();
+    let waypoint = waypoint_service(&snapshot.model, &args.namespace, &args.name, args.waypoint_service.as_deref())?;
+    let trust_domain = snapshot.model.mesh().trust_domain.clone();
+    tracing::info!(%identity, %waypoint, listen = %args.listen, "starting pillion-waypoint");
+
+    let stop = CancellationToken::new();
+    let readiness = Readiness::new(["certificate"]);
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = RequestMetrics::register(&mut registry);
+    let cert_metrics = CertMetrics::register(&mut registry);
+    HttpServer::bind(args.readiness_addr, ReadinessEndpoint::new(readiness.clone())).await?.spawn(stop.clone());
+    HttpServer::bind(args.metrics_addr, MetricsEndpoint::new(Arc::new(registry))).await?.spawn(stop.clone());
+
+    let ca = EmbeddedCa::from_dir(&trust_domain, &args.ca_dir, SystemClock::shared()).with_context(|| {
+        format!("loading the CA from {} (create it with `pillion-agent ca-init --dir …`)", args.ca_dir.display())
+    })?;
+    let certs = CertManager::new(Arc::new(ca), CertManagerConfig::default(), cert_metrics);
+    certs.fetch(&identity).await.context("issuing the waypoint's certificate")?;
+    readiness.set("certificate", true);
+
+    let pool = Pool::new(PoolConfig::default(), DirectTcpDialer, Arc::new(certs.clone()));
+    let mut upstream = HboneUpstream::new(pool, identity.clone(), format!("{}/{}", args.namespace, args.name));
+    upstream.hbone_port = args.hbone_port;
+    let proxy =
+        Arc::new(Proxy::new(ProxyConfig::new(waypoint), snapshot, Arc::new(upstream.clone())).with_metrics(metrics));
+    let hook = WaypointHook { proxy: proxy.clone() };
+    let dialer = WaypointDialer { proxy: proxy.clone(), upstream, limits: ServeLimits::default() };
+    let server = HboneServer::builder((certs.clone(), identity), hook, dialer).build();
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding {}: is another waypoint or agent using the port?", args.listen))?;
+    tokio::spawn(server.serve(listener, stop.clone()));
+    tokio::spawn(reload(args.config.clone(), proxy, stop.clone()));
+    tracing::info!("ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+    stop.cancel();
+    Ok(())
+}
+
+/// Polls the file; a changed, valid file replaces the configuration, an invalid one is
+/// logged and the last good one stays.
+async fn reload(path: PathBuf, proxy: Arc<Proxy>, stop: CancellationToken) {
+    let mut last = std::fs::read(&path).ok();
+    let mut version = 1;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(RELOAD_INTERVAL) => {}
+        }
+        let now = std::fs::read(&path).ok();
+        if now == last {
+            continue;
+        }
+        last = now;
+        version += 1;
+        match load(&path, version) {
+            Ok(s) => {
+                proxy.update(s);
+                tracing::info!(version, "configuration applied");
+            }
+            Err(e) => tracing::warn!(error = %format!("{e:#}"), "configuration rejected; keeping the last good one"),
+        }
+    }
+}

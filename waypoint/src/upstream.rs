@@ -1,0 +1,116 @@
+//! Where requests go once routed: the [`Upstream`] trait (scripted in tests) and its HBONE
+//! implementation, which opens a tunnel per request through the mesh pool with the
+//! waypoint's identity and speaks the client's HTTP version over it.
+
+use std::io;
+use std::net::SocketAddr;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use mesh::hbone::{DirectTcpDialer, HBONE_PORT, Pool, PoolKey, Tunnel, TunnelRequest};
+use mesh::{Authority, Identity};
+
+use crate::route::ServiceKey;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Response bodies stream through; `Unsync` because hyper's incoming body is not `Sync`.
+pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// One endpoint chosen for one attempt.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// `endpointIP:targetPort`: the tunnel's `:authority`.
+    pub addr: SocketAddr,
+    /// The endpoint workload's identity, which its HBONE server must prove.
+    pub identity: Identity,
+    pub service: ServiceKey,
+    /// Speak HTTP/2 to the endpoint (the client spoke HTTP/2).
+    pub http2: bool,
+    /// This hop's `traceparent`, carried on the CONNECT too.
+    pub traceparent: Option<String>,
+}
+
+/// Why an attempt produced no response. Both are safe to retry: the request body is
+/// buffered and no response byte reached the client.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting to {addr} failed: {reason}; is the endpoint's agent up and the workload listening?")]
+    Connect { addr: SocketAddr, reason: String },
+    #[error("{addr} reset the request before responding: {reason}")]
+    Reset { addr: SocketAddr, reason: String },
+}
+
+#[async_trait]
+pub trait Upstream: Send + Sync + 'static {
+    async fn send(
+        &self,
+        target: &Target,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<ResponseBody>, UpstreamError>;
+}
+
+/// Opens HBONE tunnels from the waypoint's identity through a shared [`Pool`].
+#[derive(Clone)]
+pub struct HboneUpstream {
+    pub pool: Pool<DirectTcpDialer>,
+    pub identity: Identity,
+    /// Pool key's source: the waypoint is one "pod".
+    pub src_pod: String,
+    /// The endpoints' HBONE port (15008 except in tests).
+    pub hbone_port: u16,
+}
+
+impl HboneUpstream {
+    pub fn new(pool: Pool<DirectTcpDialer>, identity: Identity, src_pod: impl Into<String>) -> Self {
+        Self { pool, identity, src_pod: src_pod.into(), hbone_port: HBONE_PORT }
+    }
+
+    /// A raw tunnel to `addr` (also used for the L4 pass-through).
+    pub async fn tunnel(
+        &self,
+        addr: SocketAddr,
+        identity: &Identity,
+        traceparent: Option<String>,
+    ) -> io::Result<Tunnel> {
+        let key = PoolKey {
+            src_pod: self.src_pod.clone(),
+            src_identity: self.identity.clone(),
+            dst_identity: identity.clone(),
+            dst: SocketAddr::new(addr.ip(), self.hbone_port),
+        };
+        let mut req = TunnelRequest::new(Authority::parse(&addr.to_string()).map_err(io::Error::other)?);
+        req.traceparent = traceparent;
+        self.pool.connect(key, req).await.map_err(io::Error::other)
+    }
+}
+
+#[async_trait]
+impl Upstream for HboneUpstream {
+    async fn send(
+        &self,
+        target: &Target,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let addr = target.addr;
+        let connect = |e: &dyn std::fmt::Display| UpstreamError::Connect { addr, reason: e.to_string() };
+        let reset = |e: hyper::Error| UpstreamError::Reset { addr, reason: e.to_string() };
+        let tunnel = self.tunnel(addr, &target.identity, target.traceparent.clone()).await.map_err(|e| connect(&e))?;
+        let io = TokioIo::new(tunnel);
+        // One tunnel per request: the connection task ends once the response is read.
+        let response = if target.http2 {
+            let (mut send, conn) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(|e| connect(&e))?;
+            tokio::spawn(conn);
+            send.send_request(request).await.map_err(reset)?
+        } else {
+            let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| connect(&e))?;
+            tokio::spawn(conn);
+            send.send_request(request).await.map_err(reset)?
+        };
+        Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+    }
+}
