@@ -1,0 +1,22 @@
+//! Pillion's Kubernetes configuration source.
+//!
+//! kube-rs watchers for Namespaces, Pods, Services, EndpointSlices, Gateway API
+//! `Gateway`s (waypoints) and `HTTPRoute`s, and Istio's `AuthorizationPolicy` and
+//! `PeerAuthentication`, folded into the same [`mesh::model::Model`] the file source
+//! builds and published through a `tokio::sync::watch` channel.
+//!
+//! Layering: [`labels`] and [`istio`] (types) → [`objects`] (compact forms) → [`cache`]
+//! (tables, atomic relists) → [`translate`] (cache → model, a pure function) → [`source`]
+//! (the watch task). See `docs/kubernetes.md`.
+#![forbid(unsafe_code)]
+
+mod backoff;
+pub mod cache;
+pub mod istio;
+pub mod labels;
+pub mod objects;
+pub mod source;
+pub mod translate;
+
+pub use source::{KubeSource, Options, SourceStatus};
+pub use translate::{LocalPod, captured};

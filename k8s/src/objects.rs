@@ -1,0 +1,233 @@
+//! The compact forms the source keeps of each Kubernetes object: only the fields routing,
+//! identity and policy need. Each watched object is converted as it arrives and the full
+//! object dropped at once, so the cache costs a few hundred bytes per pod instead of the
+//! 10–20 KB a full Pod (with `managedFields`, containers and status) takes in memory.
+//!
+//! A conversion returning `None` means "not relevant": the object is treated as deleted
+//! (a pod that finished or has no IP yet, a Gateway of another class).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use gateway_api::apis::experimental::gateways::Gateway;
+use gateway_api::apis::experimental::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::ResourceExt;
+use mesh::model::{
+    AuthorizationPolicy as ModelPolicy, MeshSettings, PeerAuthentication as ModelPeerAuth, PortProtocol,
+};
+
+use crate::istio::{self, AuthorizationPolicy, PeerAuthentication};
+use crate::labels::{self, WAYPOINT_CLASSES};
+
+/// `(namespace, name)`; namespaces themselves use an empty first part.
+pub type Key = (String, String);
+
+pub fn key<K: kube::Resource>(o: &K) -> Key {
+    (o.namespace().unwrap_or_default(), o.name_any())
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamespaceInfo {
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NamespaceInfo {
+    pub fn from_k8s(ns: &Namespace) -> Option<Self> {
+        Some(Self { labels: ns.labels().clone() })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodInfo {
+    pub labels: BTreeMap<String, String>,
+    pub service_account: String,
+    pub node: String,
+    pub ips: Vec<IpAddr>,
+    /// Kept only for pods on the agent's own node: the agent finds their cgroups by it.
+    pub uid: Option<String>,
+    /// Seconds since the epoch; the newest pod wins an IP that two pods claim.
+    pub created: i64,
+}
+
+impl PodInfo {
+    /// `local_node`: the agent's node, whose pods keep their UID.
+    pub fn from_k8s(pod: &Pod, local_node: Option<&str>) -> Option<Self> {
+        let spec = pod.spec.as_ref()?;
+        // hostNetwork pods share the node's addresses and can never be captured.
+        if spec.host_network == Some(true) {
+            return None;
+        }
+        let status = pod.status.as_ref()?;
+        // A finished pod keeps its IP in status while a new pod may already have it.
+        if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+            return None;
+        }
+        let mut ips: Vec<IpAddr> = status.pod_ips.iter().flatten().filter_map(|p| p.ip.parse().ok()).collect();
+        if ips.is_empty()
+            && let Some(ip) = status.pod_ip.as_deref().and_then(|s| s.parse().ok())
+        {
+            ips.push(ip);
+        }
+        if ips.is_empty() {
+            return None;
+        }
+        let node = spec.node_name.clone().unwrap_or_default();
+        let uid = if local_node == Some(node.as_str()) { pod.metadata.uid.clone() } else { None };
+        Some(Self {
+            labels: pod.labels().clone(),
+            service_account: spec.service_account_name.clone().filter(|s| !s.is_empty()).unwrap_or("default".into()),
+            node,
+            ips,
+            uid,
+            created: pod.metadata.creation_timestamp.as_ref().map_or(0, |t| t.0.as_second()),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetPort {
+    Number(u16),
+    /// A named container port, resolved through the EndpointSlices.
+    Name(String),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServicePortInfo {
+    pub name: String,
+    pub port: u16,
+    pub target: TargetPort,
+    pub protocol: PortProtocol,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceInfo {
+    pub labels: BTreeMap<String, String>,
+    pub vips: Vec<IpAddr>,
+    pub ports: Vec<ServicePortInfo>,
+}
+
+impl ServiceInfo {
+    pub fn from_k8s(svc: &Service) -> Option<Self> {
+        let spec = svc.spec.as_ref()?;
+        // ExternalName services are DNS aliases: nothing for the data plane to route.
+        if spec.type_.as_deref() == Some("ExternalName") {
+            return None;
+        }
+        let vips = spec
+            .cluster_ips
+            .iter()
+            .flatten()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|s| s.parse::<IpAddr>().ok())
+            .fold(Vec::new(), |mut v, ip| {
+                if !v.contains(&ip) {
+                    v.push(ip);
+                }
+                v
+            });
+        let ports = spec
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let port = u16::try_from(p.port).ok()?;
+                let target = match &p.target_port {
+                    None => TargetPort::Number(port),
+                    Some(IntOrString::Int(n)) => TargetPort::Number(u16::try_from(*n).ok()?),
+                    Some(IntOrString::String(s)) => match s.parse::<u16>() {
+                        Ok(n) => TargetPort::Number(n),
+                        Err(_) => TargetPort::Name(s.clone()),
+                    },
+                };
+                let protocol = match p.protocol.as_deref() {
+                    Some("UDP") => PortProtocol::Udp,
+                    Some("SCTP") => PortProtocol::Sctp,
+                    _ => PortProtocol::Tcp,
+                };
+                Some(ServicePortInfo { name: p.name.clone().unwrap_or_default(), port, target, protocol })
+            })
+            .collect();
+        Some(Self { labels: svc.labels().clone(), vips, ports })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SliceInfo {
+    /// The Service this slice belongs to (label `kubernetes.io/service-name`).
+    pub service: String,
+    /// `(port name, number)` as the slice resolved them (named target ports included).
+    pub ports: Vec<(String, u16)>,
+    /// Names of the ready Pods behind it.
+    pub pods: Vec<String>,
+}
+
+impl SliceInfo {
+    pub fn from_k8s(slice: &EndpointSlice) -> Option<Self> {
+        let service = slice.labels().get(labels::SERVICE_NAME)?.clone();
+        let ports = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| Some((p.name.clone().unwrap_or_default(), u16::try_from(p.port?).ok()?)))
+            .collect();
+        let pods = slice
+            .endpoints
+            .iter()
+            // `ready` unset means ready (the API's documented default).
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
+            .filter_map(|e| e.target_ref.as_ref())
+            .filter(|r| r.kind.as_deref() == Some("Pod"))
+            .filter_map(|r| r.name.clone())
+            .collect();
+        Some(Self { service, ports, pods })
+    }
+}
+
+/// A Gateway of a waypoint class with an HBONE listener on 15008.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WaypointInfo {
+    pub class: String,
+    /// `status.addresses` as the waypoint controller reported them.
+    pub addresses: Vec<String>,
+}
+
+impl WaypointInfo {
+    pub fn from_k8s(gw: &Gateway) -> Option<Self> {
+        let class = &gw.spec.gateway_class_name;
+        if !WAYPOINT_CLASSES.contains(&class.as_str()) {
+            return None;
+        }
+        let hbone = gw.spec.listeners.iter().any(|l| l.port == 15008 && l.protocol == "HBONE");
+        if !hbone {
+            return None;
+        }
+        let addresses = gw.status.iter().flat_map(|s| s.addresses.iter().flatten()).map(|a| a.value.clone()).collect();
+        Some(Self { class: class.clone(), addresses })
+    }
+}
+
+/// A compiled policy, or why it could not be compiled (reported on every rebuild, so an
+/// operator sees it in the source's status until it is fixed).
+pub type Compiled<T> = Result<T, String>;
+
+pub fn authorization_policy(mesh: &MeshSettings, p: &AuthorizationPolicy) -> Option<Compiled<ModelPolicy>> {
+    let (ns, name) = key(p);
+    Some(istio::authorization_policy(mesh, &ns, &name, &p.spec, p.annotations()))
+}
+
+pub fn peer_authentication(p: &PeerAuthentication) -> Option<Compiled<ModelPeerAuth>> {
+    let (ns, name) = key(p);
+    Some(istio::peer_authentication(&ns, &name, &p.spec))
+}
+
+/// HTTPRoutes are kept whole for the waypoint (it interprets them), less the bookkeeping
+/// the API server adds.
+pub fn http_route(r: &HttpRoute) -> Option<Box<HttpRoute>> {
+    let mut r = Box::new(r.clone());
+    r.metadata.managed_fields = None;
+    r.metadata.annotations.as_mut().map(|a| a.remove("kubectl.kubernetes.io/last-applied-configuration"));
+    Some(r)
+}

@@ -1,0 +1,240 @@
+//! A scripted API server behind kube's mock client (tower-test): lists answer from the
+//! current objects, watches are held open until an event is pushed, and failures can be
+//! injected per resource. Just enough of the API for `kube::runtime::watcher`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use http::{Request, Response};
+use kube::client::Body;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tower_test::mock::{Handle, SendResponse};
+
+pub const NAMESPACES: &str = "/api/v1/namespaces";
+pub const PODS: &str = "/api/v1/pods";
+pub const SERVICES: &str = "/api/v1/services";
+pub const SLICES: &str = "/apis/discovery.k8s.io/v1/endpointslices";
+pub const GATEWAYS: &str = "/apis/gateway.networking.k8s.io/v1/gateways";
+pub const ROUTES: &str = "/apis/gateway.networking.k8s.io/v1/httproutes";
+pub const AUTHZ: &str = "/apis/security.istio.io/v1/authorizationpolicies";
+pub const PEER_AUTHN: &str = "/apis/security.istio.io/v1/peerauthentications";
+
+enum Cmd {
+    /// Store and announce (ADDED/MODIFIED/DELETED) an object.
+    Event(&'static str, &'static str, Value),
+    /// Change the stored objects without telling open watches (what a client misses
+    /// while its watch is broken).
+    Silently(&'static str, Option<Value>, Value),
+    /// Answer the next `n` lists of a resource with 500.
+    FailLists(&'static str, u32),
+    /// End the open watch of a resource with 410 Gone, forcing a relist.
+    Expire(&'static str),
+    /// Answer lists of a resource with 404 (its CRD is not installed).
+    Missing(&'static str),
+}
+
+#[derive(Clone)]
+pub struct FakeApi {
+    tx: mpsc::UnboundedSender<Cmd>,
+}
+
+impl FakeApi {
+    pub fn start(initial: Vec<(&'static str, Value)>) -> (kube::Client, Self) {
+        let (svc, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut server = Server::default();
+        for (path, o) in initial {
+            server.store(path, "ADDED", o);
+        }
+        tokio::spawn(server.run(handle, rx));
+        (kube::Client::new(svc, "default"), Self { tx })
+    }
+
+    pub fn apply(&self, path: &'static str, o: Value) {
+        let _ = self.tx.send(Cmd::Event(path, "MODIFIED", o));
+    }
+
+    pub fn delete(&self, path: &'static str, o: Value) {
+        let _ = self.tx.send(Cmd::Event(path, "DELETED", o));
+    }
+
+    pub fn silently(&self, path: &'static str, set: Option<Value>, remove: Value) {
+        let _ = self.tx.send(Cmd::Silently(path, set, remove));
+    }
+
+    pub fn fail_lists(&self, path: &'static str, n: u32) {
+        let _ = self.tx.send(Cmd::FailLists(path, n));
+    }
+
+    pub fn expire(&self, path: &'static str) {
+        let _ = self.tx.send(Cmd::Expire(path));
+    }
+
+    pub fn missing(&self, path: &'static str) {
+        let _ = self.tx.send(Cmd::Missing(path));
+    }
+}
+
+#[derive(Default)]
+struct Server {
+    rv: u64,
+    objects: HashMap<&'static str, BTreeMap<(String, String), Value>>,
+    watches: HashMap<String, Vec<SendResponse<Response<Body>>>>,
+    pending: HashMap<String, Vec<String>>,
+    fail_lists: HashMap<String, u32>,
+    missing: Vec<String>,
+}
+
+fn key(o: &Value) -> (String, String) {
+    let m = &o["metadata"];
+    (m["namespace"].as_str().unwrap_or("").to_owned(), m["name"].as_str().unwrap_or("").to_owned())
+}
+
+fn respond(tx: SendResponse<Response<Body>>, code: u16, body: String) {
+    tx.send_response(Response::builder().status(code).body(Body::from(body.into_bytes())).unwrap());
+}
+
+fn status(code: u16, reason: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+           "message": format!("injected {reason}"), "reason": reason, "code": code})
+}
+
+impl Server {
+    fn store(&mut self, path: &'static str, kind: &str, mut o: Value) -> Value {
+        self.rv += 1;
+        o["metadata"]["resourceVersion"] = json!(self.rv.to_string());
+        let objects = self.objects.entry(path).or_default();
+        if kind == "DELETED" {
+            objects.remove(&key(&o));
+        } else {
+            objects.insert(key(&o), o.clone());
+        }
+        o
+    }
+
+    async fn run(mut self, mut handle: Handle<Request<Body>, Response<Body>>, mut rx: mpsc::UnboundedReceiver<Cmd>) {
+        loop {
+            tokio::select! {
+                Some((req, tx)) = handle.next_request() => self.request(req, tx),
+                Some(cmd) = rx.recv() => self.command(cmd),
+                else => return,
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Event(path, kind, o) => {
+                let o = self.store(path, kind, o);
+                let line = json!({"type": kind, "object": o}).to_string();
+                self.pending.entry(path.to_owned()).or_default().push(line);
+                self.flush(path);
+            }
+            Cmd::Silently(path, set, remove) => {
+                self.store(path, "DELETED", remove);
+                if let Some(o) = set {
+                    self.store(path, "ADDED", o);
+                }
+            }
+            Cmd::FailLists(path, n) => {
+                self.fail_lists.insert(path.to_owned(), n);
+            }
+            Cmd::Expire(path) => {
+                let line = json!({"type": "ERROR", "object": status(410, "Expired")}).to_string();
+                self.pending.entry(path.to_owned()).or_default().push(line);
+                self.flush(path);
+            }
+            Cmd::Missing(path) => self.missing.push(path.to_owned()),
+        }
+    }
+
+    /// Sends queued events to the open watch of `path`, ending its response: the watcher
+    /// then re-watches from the last resourceVersion it saw.
+    fn flush(&mut self, path: &str) {
+        let Some(lines) = self.pending.get_mut(path).filter(|l| !l.is_empty()) else { return };
+        let Some(tx) = self.watches.get_mut(path).and_then(Vec::pop) else { return };
+        let body = lines.drain(..).map(|l| l + "\n").collect::<String>();
+        respond(tx, 200, body);
+    }
+
+    fn request(&mut self, req: Request<Body>, tx: SendResponse<Response<Body>>) {
+        let path = req.uri().path().to_owned();
+        let watching = req.uri().query().is_some_and(|q| q.split('&').any(|kv| kv == "watch=true"));
+        if self.missing.contains(&path) {
+            return respond(tx, 404, status(404, "NotFound").to_string());
+        }
+        if watching {
+            self.watches.entry(path.clone()).or_default().push(tx);
+            return self.flush(&path);
+        }
+        if let Some(n) = self.fail_lists.get_mut(&path).filter(|n| **n > 0) {
+            *n -= 1;
+            return respond(tx, 500, status(500, "InternalError").to_string());
+        }
+        // A list answers the current objects; events queued for an older watch are moot.
+        self.pending.remove(&path);
+        let items: Vec<Value> =
+            self.objects.iter().filter(|(p, _)| **p == path).flat_map(|(_, m)| m.values().cloned()).collect();
+        let list = json!({"apiVersion": "v1", "kind": "List",
+                          "metadata": {"resourceVersion": self.rv.to_string()}, "items": items});
+        respond(tx, 200, list.to_string());
+    }
+}
+
+// Fixtures: the fields a real API server would return that the source reads.
+
+pub fn namespace(name: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
+}
+
+pub fn pod(ns: &str, name: &str, node: &str, ip: &str, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": ns, "uid": format!("uid-{name}"), "labels": labels,
+                        "creationTimestamp": "2026-11-22T10:00:00Z"},
+           "spec": {"nodeName": node, "serviceAccountName": name.split('-').next().unwrap(),
+                    "containers": [{"name": "app", "image": "app"}]},
+           "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+pub fn service(ns: &str, name: &str, vip: &str, port: u16, target: u16, labels: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service",
+           "metadata": {"name": name, "namespace": ns, "labels": labels},
+           "spec": {"clusterIP": vip, "clusterIPs": [vip],
+                    "ports": [{"name": "tcp", "port": port, "targetPort": target, "protocol": "TCP"}]}})
+}
+
+pub fn slice(ns: &str, service: &str, port: u16, pods: &[(&str, &str)]) -> Value {
+    let endpoints: Vec<Value> = pods
+        .iter()
+        .map(|(name, ip)| {
+            json!({"addresses": [ip], "conditions": {"ready": true},
+                                  "targetRef": {"kind": "Pod", "name": name, "namespace": ns}})
+        })
+        .collect();
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "addressType": "IPv4",
+           "metadata": {"name": format!("{service}-abcde"), "namespace": ns,
+                        "labels": {"kubernetes.io/service-name": service}},
+           "ports": [{"name": "tcp", "port": port, "protocol": "TCP"}], "endpoints": endpoints})
+}
+
+pub fn gateway(ns: &str, name: &str, class: &str) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+           "metadata": {"name": name, "namespace": ns},
+           "spec": {"gatewayClassName": class,
+                    "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}})
+}
+
+pub fn authz(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+           "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+pub fn peer_authn(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+           "metadata": {"name": name, "namespace": ns}, "spec": spec})
+}
+
+pub fn route(ns: &str, name: &str, spec: Value) -> Value {
+    json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+           "metadata": {"name": name, "namespace": ns, "managedFields": [{"manager": "kubectl"}]}, "spec": spec})
+}

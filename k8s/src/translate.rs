@@ -1,0 +1,218 @@
+//! From the cache to a [`Model`]: one pure function, run on every batch of changes.
+//!
+//! The file source refuses a whole file over one bad object, because its author is
+//! right there to fix it. A cluster has many authors and no one reading our logs, so
+//! here a bad object is left out of the model and reported (in [`Built::skipped`] and
+//! the source's status) while everything else keeps being updated. What the model builder
+//! would reject as a cross-reference error is checked first, for the same reason: a
+//! `use-waypoint` label naming a waypoint that does not exist yet must not freeze the
+//! configuration of the whole cluster.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+
+use mesh::model::{Endpoints, MeshSettings, Model, ModelError, Protocol, Service, ServicePort, Workload};
+use serde::Serialize;
+
+use crate::cache::Cache;
+use crate::labels::{
+    DATAPLANE_AMBIENT, DATAPLANE_MODE, DATAPLANE_NONE, GATEWAY_NAME, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE,
+};
+use crate::objects::{PodInfo, TargetPort};
+
+/// A pod on this node that the agent should capture.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LocalPod {
+    pub namespace: String,
+    pub name: String,
+    pub uid: Option<String>,
+    pub ips: Vec<IpAddr>,
+}
+
+/// The outcome of one rebuild.
+#[derive(Debug)]
+pub struct Built {
+    pub model: Model,
+    /// Objects left out, each with why (`Pod shop/cart-0: …`).
+    pub skipped: Vec<String>,
+    /// Pods on the local node to capture, sorted by namespace and name.
+    pub local: Vec<LocalPod>,
+}
+
+/// Whether a pod is in the ambient mesh: its own label decides (`none` opts out,
+/// `ambient` opts in), else its namespace's.
+pub fn captured(pod: &BTreeMap<String, String>, namespace: Option<&BTreeMap<String, String>>) -> bool {
+    match pod.get(DATAPLANE_MODE).map(String::as_str) {
+        Some(DATAPLANE_NONE) => false,
+        Some(DATAPLANE_AMBIENT) => true,
+        _ => namespace.and_then(|l| l.get(DATAPLANE_MODE)).is_some_and(|v| v == DATAPLANE_AMBIENT),
+    }
+}
+
+pub fn build(cache: &Cache, mesh: &MeshSettings, node: Option<&str>, version: u64) -> Result<Built, ModelError> {
+    let mut skipped = Vec::new();
+    let mut b = mesh::model::ModelBuilder::new(mesh.clone());
+
+    // A waypoint is usable once its Gateway is ours and its Service exists: agents reach
+    // a waypoint through that Service.
+    let waypoints: HashSet<(&str, &str)> = cache
+        .waypoints
+        .iter()
+        .filter(|((ns, n), _)| cache.services.get(ns, n).is_some())
+        .map(|((ns, n), _)| (ns.as_str(), n.as_str()))
+        .collect();
+    let mut ns_labels: HashMap<&str, BTreeMap<String, String>> = HashMap::new();
+    for ((_, name), ns) in cache.namespaces.iter() {
+        let labels = checked(("Namespace", "", name), name, &ns.labels, &waypoints, &mut skipped);
+        b.namespace(name, labels.clone());
+        ns_labels.insert(name, labels);
+    }
+
+    // Newest first, so an IP claimed twice (a pod being replaced) goes to the newer pod.
+    let mut pods: Vec<_> = cache.pods.iter().collect();
+    pods.sort_by(|a, b| b.1.created.cmp(&a.1.created).then_with(|| a.0.cmp(b.0)));
+    let mut ips_taken: HashMap<IpAddr, String> = HashMap::new();
+    let mut workloads: BTreeSet<(&str, &str)> = BTreeSet::new();
+    let mut local = Vec::new();
+    for ((ns, name), pod) in pods {
+        let who = format!("Pod {ns}/{name}");
+        if let Some(ip) = pod.ips.iter().find(|ip| ips_taken.contains_key(&ip.to_canonical())) {
+            skipped.push(format!(
+                "{who}: IP {ip} is also claimed by the newer {}; left out",
+                ips_taken[&ip.to_canonical()]
+            ));
+            continue;
+        }
+        let mut w = match Workload::new(&mesh.trust_domain, ns, name, &pod.service_account) {
+            Ok(w) => w,
+            Err(e) => {
+                skipped.push(format!("{who}: {e}"));
+                continue;
+            }
+        };
+        let is_waypoint = pod.labels.get(GATEWAY_NAME).is_some_and(|g| waypoints.contains(&(ns.as_str(), g.as_str())));
+        let in_mesh = captured(&pod.labels, ns_labels.get(ns.as_str()));
+        // Waypoint pods speak HBONE themselves: reachable over 15008, never captured.
+        w.protocol = if in_mesh || is_waypoint { Protocol::Hbone } else { Protocol::None };
+        w.ips = pod.ips.clone();
+        w.node = pod.node.clone();
+        w.labels = checked(("Pod", ns, name), ns, &pod.labels, &waypoints, &mut skipped);
+        for ip in &pod.ips {
+            ips_taken.insert(ip.to_canonical(), who.clone());
+        }
+        if in_mesh && !is_waypoint && node == Some(pod.node.as_str()) {
+            local.push(local_pod(ns, name, pod));
+        }
+        workloads.insert((ns, name));
+        b.workload(w);
+    }
+    local.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+
+    let mut slices: HashMap<(&str, &str), Vec<&crate::objects::SliceInfo>> = HashMap::new();
+    for ((ns, _), s) in cache.slices.iter() {
+        slices.entry((ns.as_str(), s.service.as_str())).or_default().push(s);
+    }
+    let mut vips_taken: HashSet<SocketAddr> = HashSet::new();
+    for ((ns, name), svc) in cache.services.iter() {
+        let who = format!("Service {ns}/{name}");
+        let svc_slices = slices.get(&(ns.as_str(), name.as_str())).map(Vec::as_slice).unwrap_or_default();
+        if let Some(ip) = svc.vips.iter().find(|ip| ips_taken.contains_key(&ip.to_canonical())) {
+            skipped.push(format!("{who}: VIP {ip} is a pod's address ({}); left out", ips_taken[&ip.to_canonical()]));
+            continue;
+        }
+        let mut ports = Vec::new();
+        for p in &svc.ports {
+            let target = match &p.target {
+                TargetPort::Number(n) => Some(*n),
+                TargetPort::Name(_) => {
+                    svc_slices.iter().flat_map(|s| &s.ports).find(|(n, _)| *n == p.name).map(|(_, port)| *port)
+                }
+            };
+            match target {
+                Some(target_port) => {
+                    ports.push(ServicePort { name: p.name.clone(), port: p.port, target_port, protocol: p.protocol })
+                }
+                // No ready endpoint resolved the name yet: nothing to send to anyway.
+                None => skipped.push(format!(
+                    "{who}: port {} has a named targetPort no EndpointSlice resolves yet; port left out",
+                    p.port
+                )),
+            }
+        }
+        let addrs: Vec<SocketAddr> =
+            svc.vips.iter().flat_map(|ip| ports.iter().map(|p| SocketAddr::new(ip.to_canonical(), p.port))).collect();
+        if let Some(a) = addrs.iter().find(|a| vips_taken.contains(a)) {
+            skipped.push(format!("{who}: {a} is already another Service's; left out"));
+            continue;
+        }
+        vips_taken.extend(addrs);
+        let mut backends: Vec<(String, String)> = svc_slices
+            .iter()
+            .flat_map(|s| &s.pods)
+            .filter(|p| workloads.contains(&(ns.as_str(), p.as_str())))
+            .map(|p| (ns.clone(), p.clone()))
+            .collect();
+        backends.sort();
+        backends.dedup();
+        b.service(Service {
+            name: name.clone(),
+            namespace: ns.clone(),
+            vips: svc.vips.clone(),
+            ports,
+            endpoints: Endpoints::Workloads(backends),
+            labels: checked(("Service", ns, name), ns, &svc.labels, &waypoints, &mut skipped),
+            waypoint: None,
+        });
+    }
+
+    for ((ns, name), p) in cache.authorization_policies.iter() {
+        match p {
+            Ok(p) => {
+                b.authorization_policy(p.clone());
+            }
+            Err(e) => skipped.push(format!("AuthorizationPolicy {ns}/{name}: {e}")),
+        }
+    }
+    for ((ns, name), p) in cache.peer_authentications.iter() {
+        match p {
+            Ok(p) => {
+                b.peer_authentication(p.clone());
+            }
+            Err(e) => skipped.push(format!("PeerAuthentication {ns}/{name}: {e}")),
+        }
+    }
+
+    let model = b.build(version)?;
+    Ok(Built { model, skipped, local })
+}
+
+/// An object's labels with an unresolvable `istio.io/use-waypoint` removed (and reported):
+/// the object then follows its namespace's waypoint, if any, as if it had no label.
+fn checked(
+    (kind, ns, name): (&str, &str, &str),
+    own_ns: &str,
+    labels: &BTreeMap<String, String>,
+    waypoints: &HashSet<(&str, &str)>,
+    skipped: &mut Vec<String>,
+) -> BTreeMap<String, String> {
+    let mut labels = labels.clone();
+    if let Some(wp) = labels.get(USE_WAYPOINT).filter(|v| *v != DATAPLANE_NONE) {
+        let wp_ns = labels.get(USE_WAYPOINT_NAMESPACE).map_or(own_ns, String::as_str);
+        if !waypoints.contains(&(wp_ns, wp.as_str())) {
+            let who = if ns.is_empty() { name.to_owned() } else { format!("{ns}/{name}") };
+            skipped.push(format!(
+                "{kind} {who}: label {USE_WAYPOINT}={wp} ignored: no Gateway {wp_ns}/{wp} of class pillion-waypoint or istio-waypoint with an HBONE listener on 15008 and a Service of that name"
+            ));
+            labels.remove(USE_WAYPOINT);
+            labels.remove(USE_WAYPOINT_NAMESPACE);
+        }
+    }
+    labels
+}
+
+fn local_pod(ns: &str, name: &str, pod: &PodInfo) -> LocalPod {
+    LocalPod { namespace: ns.to_owned(), name: name.to_owned(), uid: pod.uid.clone(), ips: pod.ips.clone() }
+}
