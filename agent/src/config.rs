@@ -71,6 +71,14 @@ pub struct RunArgs {
     /// Admin (`/config_dump`, `/logging`); loopback only.
     #[arg(long, env = "PILLION_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
     pub admin_addr: std::net::SocketAddr,
+    /// Use the kernel programs pinned for this node name instead of `--node`
+    /// (per-pod "sidecar" agents share one loaded set of programs).
+    #[arg(long, env = "PILLION_PINS_NODE")]
+    pub pins_node: Option<String>,
+    /// Dial a new HBONE connection for every tunnel (benchmarks of fresh
+    /// mutual-TLS handshakes); normal operation pools them.
+    #[arg(long)]
+    pub no_hbone_pooling: bool,
     /// Access-log and log format.
     #[arg(long, env = "PILLION_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

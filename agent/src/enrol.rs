@@ -37,6 +37,7 @@ pub struct Registry {
     counters: Arc<Counters>,
     drain: Drain,
     connect_timeout: Duration,
+    hbone_pooling: bool,
     pods: Mutex<BTreeMap<String, Arc<PodContext>>>,
 }
 
@@ -59,6 +60,7 @@ impl Registry {
         counters: Arc<Counters>,
         drain: Drain,
         connect_timeout: Duration,
+        hbone_pooling: bool,
     ) -> Self {
         Self {
             kernel,
@@ -76,6 +78,7 @@ impl Registry {
             counters,
             drain,
             connect_timeout,
+            hbone_pooling,
             pods: Mutex::new(BTreeMap::new()),
         }
     }
@@ -211,7 +214,13 @@ impl Registry {
         }
         let netns = Arc::new(netns);
         let pool = mesh::hbone::Pool::new(
-            mesh::hbone::PoolConfig { connect_timeout: self.connect_timeout, ..Default::default() },
+            mesh::hbone::PoolConfig {
+                connect_timeout: self.connect_timeout,
+                // Without pooling every tunnel gets its own connection: close
+                // them as soon as they are idle.
+                idle_timeout: if self.hbone_pooling { Duration::from_secs(60) } else { Duration::from_millis(100) },
+                ..Default::default()
+            },
             PodDialer { netns: netns.clone(), timeout: self.connect_timeout },
             Arc::new(self.mesh.certs.clone()),
         );
@@ -227,6 +236,7 @@ impl Registry {
             cancel: CancellationToken::new(),
             mesh: self.mesh.clone(),
             pool,
+            hbone_pooling: self.hbone_pooling,
         });
         serve(&pod, listeners).map_err(EnrolError::InPod)?;
         Ok(pod)

@@ -62,6 +62,8 @@ pub struct PodContext {
     pub cancel: tokio_util::sync::CancellationToken,
     pub mesh: std::sync::Arc<crate::meshctx::MeshCtx>,
     pub pool: mesh::hbone::Pool<PodDialer>,
+    /// `false`: a fresh HBONE connection per tunnel (benchmarks).
+    pub hbone_pooling: bool,
 }
 
 impl PodContext {

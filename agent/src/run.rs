@@ -99,7 +99,8 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
     HttpServer::from_listener(reuse_listener(args.readiness_addr)?, ReadinessEndpoint::new(readiness.clone()))
         .spawn(stop.clone());
 
-    let pins = PinLayout::new(&args.node.bpffs, &args.node.node);
+    raise_nofile();
+    let pins = PinLayout::new(&args.node.bpffs, args.pins_node.as_deref().unwrap_or(&args.node.node));
     let kernel = Arc::new(Kernel::open(pins, &args.cgroup_root)?);
     tracing::info!(origin = ?kernel.origin(), pins = %kernel.pins().root().display(), "kernel programs ready");
     let cgroup_id = mounts::own_cgroup_id().context("finding the agent's cgroup id")?;
@@ -120,7 +121,9 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
     let trust_domain = model_rx.borrow().mesh().trust_domain.clone();
     let ca = certificate_authority(args.ca_dir.as_deref(), &trust_domain)?;
     let certs = CertManager::new(Arc::new(ca), CertManagerConfig::default(), cert_metrics);
-    let mesh = Arc::new(MeshCtx::new(args.node.node.clone(), model_rx, certs.clone(), tcp));
+    // A per-pod agent serves workloads of the node whose programs it shares.
+    let mesh_node = args.pins_node.clone().unwrap_or_else(|| args.node.node.clone());
+    let mesh = Arc::new(MeshCtx::new(mesh_node, model_rx, certs.clone(), tcp));
     spawn_reevaluation(mesh.clone(), agent_metrics.clone());
 
     let (trigger, drain) = drain::new();
@@ -136,6 +139,7 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
         counters.clone(),
         drain.clone(),
         args.connect_timeout(),
+        !args.no_hbone_pooling,
     ));
     let adopted = {
         let registry = registry.clone();
@@ -182,6 +186,13 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every proxied connection holds two sockets: take the hard limit.
+fn raise_nofile() {
+    if let Ok((_, hard)) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE) {
+        let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
 /// On every new model: re-judge live connections, closing what is now denied.
 fn spawn_reevaluation(mesh: Arc<MeshCtx>, metrics: AgentMetrics) {
     let mut rx = mesh.model.clone();
@@ -190,6 +201,13 @@ fn spawn_reevaluation(mesh: Arc<MeshCtx>, metrics: AgentMetrics) {
             let model = rx.borrow_and_update().clone();
             metrics.config_reloaded(mesh::telemetry::ReloadResult::Success);
             let closed = mesh.reevaluate(&model);
+            // Certificates are held only for workloads still on this node.
+            let local: Vec<_> = model.workloads_on_node(&mesh.node).map(|w| w.identity().clone()).collect();
+            for id in mesh.certs.identities() {
+                if !local.contains(&id) {
+                    mesh.certs.forget(&id);
+                }
+            }
             tracing::info!(version = model.version(), closed, live = mesh.tracker.len(), "configuration applied");
         }
     });

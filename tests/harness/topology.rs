@@ -31,8 +31,10 @@ static SWEEP: std::sync::Once = std::sync::Once::new();
 pub struct Node {
     /// Short name as the test gave it.
     pub name: String,
-    /// Full, unique name: the netns name and the agent's `--node`.
+    /// Full, unique name: the agent's `--node` (and, for real nodes, the netns).
     pub full: String,
+    /// The network namespace the node's agent runs in.
+    pub netns: String,
     pub index: u8,
     pub cgroup_root: PathBuf,
     pub agent_cgroup: PathBuf,
@@ -42,7 +44,7 @@ pub struct Node {
 
 impl Node {
     pub fn netns_path(&self) -> PathBuf {
-        Path::new("/var/run/netns").join(&self.full)
+        Path::new("/var/run/netns").join(&self.netns)
     }
 }
 
@@ -76,8 +78,14 @@ impl Pod {
     }
 
     fn tool(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(Workload::tool());
+        let mut cmd = self.command(Workload::tool());
         cmd.args(args);
+        cmd
+    }
+
+    /// Any program, started inside the pod's netns and cgroup (e.g. iperf3).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
         enter(&mut cmd, &self.netns_path(), Some(&self.cgroup.join("cgroup.procs")));
         cmd
     }
@@ -186,6 +194,7 @@ impl Topology {
         std::fs::create_dir_all(&cgroup_root).expect("create node cgroup");
         let node = Node {
             name: name.into(),
+            netns: full.clone(),
             full,
             index,
             agent_cgroup: self.cgroup_base.join(format!("{name}-agent")),
@@ -210,7 +219,7 @@ impl Topology {
         let ip6 = Ipv6Addr::new(0xfd00, u16::from(k), u16::from(p), 0, 0, 0, 0, 2);
         let gw6 = Ipv6Addr::new(0xfd00, u16::from(k), u16::from(p), 0, 0, 0, 0, 1);
         let dev = format!("p{p}");
-        let nd = &node.full;
+        let nd = &node.netns;
         // Fixed MACs and static neighbour entries: no ARP/ND round trips, and
         // no first IPv6 packet lost while the forwarding node resolves.
         let (pod_mac, gw_mac) = (format!("02:00:{k:02x}:{p:02x}:00:02"), format!("02:00:{k:02x}:{p:02x}:00:01"));
@@ -236,16 +245,31 @@ impl Topology {
         Pod { name: name.into(), full, node: node.name.clone(), ip4, ip6, gw4, cgroup }
     }
 
+    /// A second agent identity on `node` (per-pod "sidecar" agents): same
+    /// netns and capture root, its own `--node` name, state and cgroup.
+    pub fn add_sidecar_node(&self, node: &Node, name: &str) -> Node {
+        Node {
+            name: format!("{}-{name}", node.name),
+            full: format!("{}-{name}", node.full),
+            netns: node.netns.clone(),
+            index: node.index,
+            cgroup_root: node.cgroup_root.clone(),
+            agent_cgroup: self.cgroup_base.join(format!("{}-{name}-agent", node.name)),
+            link4: node.link4,
+            link6: node.link6,
+        }
+    }
+
     /// Joins two nodes with a veth and routes each one's pod ranges via it.
     pub fn connect_nodes(&self, a: &Node, b: &Node) {
         let (ia, ib) = (format!("n{}", b.index), format!("n{}", a.index));
         let mac = |n: &Node| format!("02:fe:00:00:00:{:02x}", n.index);
         ipn(
-            &a.full,
-            &format!("link add {ia} address {} type veth peer name {ib} address {} netns {}", mac(a), mac(b), b.full),
+            &a.netns,
+            &format!("link add {ia} address {} type veth peer name {ib} address {} netns {}", mac(a), mac(b), b.netns),
         );
         for (node, dev, other) in [(a, &ia, b), (b, &ib, a)] {
-            let ns = &node.full;
+            let ns = &node.netns;
             ipn(ns, &format!("addr add {}/24 dev {dev}", node.link4));
             ipn(ns, &format!("addr add {}/64 dev {dev} nodad", node.link6));
             ipn(ns, &format!("link set {dev} up"));

@@ -10,6 +10,7 @@ use std::{
 
 use serde_json::json;
 
+mod bench;
 mod capture;
 
 fn usage() -> ! {
@@ -20,9 +21,15 @@ fn usage() -> ! {
          \x20      pillion-pod-tool udp-client <addr>\n\
          \x20      pillion-pod-tool loop <addr> <count> <interval-ms> <bytes>\n\
          \x20      pillion-pod-tool capture <iface> <max-seconds> <marker>\n\
-         \x20      pillion-pod-tool http-get <addr> <path>"
+         \x20      pillion-pod-tool http-get <addr> <path>\n\
+         \x20      pillion-pod-tool rtt <addr> <count> <size> | http-server <addr> <size>\n\
+         \x20      pillion-pod-tool http-load <addr> <rps> <conns> <secs> | conn-rate <addr> <secs> | hold <addr> <count>"
     );
     std::process::exit(2)
+}
+
+fn num(s: &str) -> usize {
+    s.parse().unwrap_or_else(|_| usage())
 }
 
 fn main() {
@@ -59,6 +66,13 @@ fn main() {
         }
         "udp-client" => println!("{}", udp_client(addr(1))),
         "http-get" => println!("{}", http_get(addr(1), &arg(2))),
+        "rtt" => println!("{}", bench::rtt(addr(1), num(&arg(2)), num(&arg(3)))),
+        "http-server" => bench::http_server(addr(1), num(&arg(2))),
+        "http-load" => {
+            println!("{}", bench::http_load(addr(1), num(&arg(2)) as u64, num(&arg(3)) as u64, num(&arg(4)) as u64))
+        }
+        "conn-rate" => println!("{}", bench::conn_rate(addr(1), num(&arg(2)) as u64)),
+        "hold" => bench::hold(addr(1), num(&arg(2))),
         "capture" => {
             let secs: u64 = arg(2).parse().unwrap_or_else(|_| usage());
             println!("{}", capture::capture(&arg(1), Duration::from_secs(secs), &arg(3)));

@@ -1,5 +1,6 @@
 //! `cargo xtask`: Pillion's developer and CI commands.
 
+mod bench;
 mod demo;
 mod run;
 mod setup;
@@ -31,6 +32,16 @@ enum Command {
     Test,
     /// Build, create a small topology, capture traffic, show it, clean up.
     Demo,
+    /// Measure Pillion against direct traffic and per-pod sidecars
+    /// (shared/bench.md): JSON, Markdown report and SVG chart.
+    Bench {
+        /// About a minute; checks the harness produces every figure.
+        #[arg(long)]
+        quick: bool,
+        /// Output directory (default target/bench).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The kind cluster e2e tier (needs Docker and kind; not part of `test`).
     E2eKind,
 }
@@ -48,6 +59,7 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::msg),
         Command::Test => return test::test(),
         Command::Demo => demo::demo(),
+        Command::Bench { quick, out } => bench::bench(quick, out),
         Command::E2eKind => {
             eprintln!("e2e-kind: the Kubernetes tier arrives with the Kubernetes issue; nothing to run yet");
             return ExitCode::from(3);

@@ -7,8 +7,9 @@ use anyhow::{Context, bail};
 use crate::run::{output, run};
 
 /// Debian packages: LLVM 22 for bpf-linker, iproute2 (`ip netns`, veth),
-/// procps (`sysctl`), bpftool for inspecting pins.
-const APT_PACKAGES: [&str; 6] = ["build-essential", "llvm-22-dev", "libpolly-22-dev", "iproute2", "procps", "bpftool"];
+/// procps (`sysctl`), bpftool (pins, map memory), iperf3 (benchmark).
+const APT_PACKAGES: [&str; 7] =
+    ["build-essential", "llvm-22-dev", "libpolly-22-dev", "iproute2", "procps", "bpftool", "iperf3"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 

@@ -62,6 +62,19 @@ fn test_phase(cmd: &mut Command, what: &str) -> anyhow::Result<Tally> {
     Ok(t)
 }
 
+/// The fuzz runner ends with `N passed, N failed`.
+fn fuzz_tally(ok: bool, lines: &[String]) -> Tally {
+    let last = lines.iter().rev().find_map(|l| {
+        let (p, rest) = l.trim().split_once(" passed, ")?;
+        let f = rest.split_whitespace().next()?;
+        Some((p.parse().ok()?, f.parse().ok()?))
+    });
+    match last {
+        Some((passed, failed)) => Tally { passed, failed: if ok { failed } else { failed.max(1) }, skipped: 0 },
+        None => Tally { failed: 1, ..Default::default() },
+    }
+}
+
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
@@ -93,6 +106,22 @@ pub fn test() -> ExitCode {
             test_phase(&mut cargo(&["test", "--workspace", "--exclude", "pillion-e2e"]), "unit tests")
         });
         tally.add(unit.unwrap_or(Tally { failed: 1, ..Default::default() }));
+        // Every parser of untrusted input, fed mutated inputs for a bounded time.
+        let fuzz = phases.run("fuzz (parsers)", || {
+            let (ok, lines) = run_capture(&mut cargo(&[
+                "run",
+                "--manifest-path",
+                "mesh/fuzz/Cargo.toml",
+                "--no-default-features",
+                "--bin",
+                "fuzz-stable",
+                "--",
+                "--seconds",
+                "20",
+            ]))?;
+            Ok(fuzz_tally(ok, &lines))
+        });
+        tally.add(fuzz.unwrap_or(Tally { failed: 1, ..Default::default() }));
         let harness = phases.run("harness unit", || {
             test_phase(&mut cargo(&["test", "-p", "pillion-e2e", "--lib", "--bins"]), "harness unit tests")
         });

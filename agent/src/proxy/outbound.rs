@@ -98,8 +98,14 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
             },
             Hop::Hbone { hbone_addr, target, identity, via_waypoint, .. } => {
                 let Some(src_w) = src_w else { continue };
+                // Without pooling, a unique key per tunnel never shares.
+                let src_pod = if pod.hbone_pooling {
+                    pod.spec.key()
+                } else {
+                    format!("{}#{}", pod.spec.key(), pod.mesh.next_rr())
+                };
                 let key = PoolKey {
-                    src_pod: pod.spec.key(),
+                    src_pod,
                     src_identity: src_w.identity().clone(),
                     dst_identity: identity.clone(),
                     dst: *hbone_addr,

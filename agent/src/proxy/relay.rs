@@ -8,7 +8,11 @@ use tokio::{
     net::TcpStream,
 };
 
-const BUF_SIZE: usize = 32 * 1024;
+/// Copy buffers start small (most connections are small and idle ones should
+/// cost little) and grow once a read fills one (bulk transfers want fewer,
+/// larger syscalls).
+const BUF_START: usize = 16 * 1024;
+const BUF_MAX: usize = 256 * 1024;
 
 /// What a finished relay moved, and why it stopped if not cleanly.
 #[derive(Debug)]
@@ -27,15 +31,19 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUF_SIZE];
+    let mut buf = vec![0u8; BUF_START];
     loop {
         let n = reader.read(&mut buf).await?;
         if n == 0 {
             return writer.shutdown().await;
         }
+        let full = n == buf.len();
         writer.write_all(&buf[..n]).await?;
         *count += n as u64;
         on_bytes(n as u64);
+        if full && buf.len() < BUF_MAX {
+            buf.resize(buf.len() * 4, 0);
+        }
     }
 }
 

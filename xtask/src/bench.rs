@@ -1,0 +1,130 @@
+//! `cargo xtask bench`: Pillion against direct traffic and against per-pod
+//! sidecars, following `shared/bench.md`: scenarios interleaved in every
+//! round, ratios computed within a round, medians and spread reported.
+//!
+//! Scenarios: A direct (no agents), B L4 passthrough (capture through both
+//! agents, plain TCP between them), C HBONE (the product's path), D per-pod
+//! sidecars (the same agent run once per pod, sharing one loaded set of
+//! kernel programs per node, HBONE between them).
+
+mod figures;
+mod memory;
+mod report;
+mod scene;
+
+use std::{collections::BTreeMap, path::PathBuf, process::Command};
+
+use anyhow::ensure;
+use serde_json::{Value, json};
+
+use crate::{run::run, setup};
+
+pub use scene::Scenario;
+
+/// Durations and counts for one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Plan {
+    pub rounds: usize,
+    pub bulk_secs: u64,
+    pub rtt_count: usize,
+    pub http_secs: u64,
+    pub http_conns: &'static [u64],
+    pub conn_secs: u64,
+    pub pods: &'static [usize],
+    pub held: &'static [usize],
+    pub retention_secs: u64,
+}
+
+impl Plan {
+    pub fn full() -> Plan {
+        Plan {
+            rounds: 5,
+            bulk_secs: 5,
+            rtt_count: 3000,
+            http_secs: 5,
+            http_conns: &[1, 4, 16, 64],
+            conn_secs: 3,
+            pods: &[1, 10, 50, 100],
+            held: &[1000, 5000, 10000],
+            retention_secs: 30,
+        }
+    }
+
+    /// About a minute: keeps the harness working; asserts nothing about speed.
+    pub fn quick() -> Plan {
+        Plan {
+            rounds: 1,
+            bulk_secs: 1,
+            rtt_count: 200,
+            http_secs: 1,
+            http_conns: &[4],
+            conn_secs: 1,
+            pods: &[1, 4],
+            held: &[200],
+            retention_secs: 1,
+        }
+    }
+}
+
+pub fn bench(quick: bool, out: Option<PathBuf>) -> anyhow::Result<()> {
+    ensure!(
+        pillion_e2e::is_root(),
+        "the benchmark builds network namespaces and loads eBPF programs: run `sudo cargo xtask bench`"
+    );
+    if setup::needed() {
+        setup::setup()?;
+    }
+    let plan = if quick { Plan::quick() } else { Plan::full() };
+    println!("[bench] building (the same profile as the tests)");
+    run(Command::new(env!("CARGO")).current_dir(crate::workspace()).args([
+        "build",
+        "-p",
+        "pillion-agent",
+        "-p",
+        "pillion-e2e",
+        "--bins",
+    ]))?;
+
+    let scenarios = [Scenario::Direct, Scenario::Passthrough, Scenario::Hbone, Scenario::Sidecar];
+    let mut rounds: Vec<Value> = Vec::new();
+    for round in 1..=plan.rounds {
+        for &scenario in &scenarios {
+            println!("[bench] round {round}/{}: scenario {}", plan.rounds, scenario.name());
+            let figures = figures::measure(scenario, &plan)?;
+            println!("[bench]   {}", serde_json::to_string(&figures)?);
+            rounds.push(json!({"round": round, "scenario": scenario.letter(), "figures": figures}));
+        }
+    }
+    println!("[bench] memory: agent per pod, node agent against the sum of sidecars, held connections");
+    let memory = memory::measure(&plan)?;
+    let summary = report::summarize(&rounds, &memory, &scenarios);
+    let result = json!({
+        "environment": report::environment(),
+        "plan": format!("{plan:?}"),
+        "rounds": rounds,
+        "memory": memory,
+        "summary": summary,
+    });
+    let missing = report::missing_figures(&summary, &scenarios);
+    let dir = out.unwrap_or_else(|| crate::workspace().join("target/bench"));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("bench.json"), serde_json::to_string_pretty(&result)?)?;
+    std::fs::write(dir.join("report.md"), report::markdown(&result))?;
+    std::fs::write(dir.join("chart.svg"), report::svg(&summary))?;
+    println!("[bench] wrote {}/bench.json, report.md, chart.svg", dir.display());
+    ensure!(missing.is_empty(), "figures without numbers: {missing:?}");
+    Ok(())
+}
+
+/// `median/min/max` of a list.
+pub fn stats(values: &[f64]) -> Option<(f64, f64, f64)> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let median = if v.len() % 2 == 1 { v[v.len() / 2] } else { (v[v.len() / 2 - 1] + v[v.len() / 2]) / 2.0 };
+    Some((median, v[0], v[v.len() - 1]))
+}
+
+pub type Figures = BTreeMap<String, f64>;

@@ -1,0 +1,157 @@
+//! The per-round figures of one scenario: bulk throughput (iperf3) and agent
+//! CPU per GB, round-trip latency, HTTP at a fixed rate, vCPU per 1000 rps,
+//! connection rates, and the agents' idle and post-load memory.
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+use super::{
+    Figures, Plan,
+    scene::{Scenario, Scene},
+};
+
+const IPERF_PORT: u16 = 5201;
+const ECHO_PORT: u16 = 7000;
+const HTTP_PORT: u16 = 8080;
+const HTTP_RPS: u64 = 1000;
+
+fn number(v: &Value, path: &[&str]) -> anyhow::Result<f64> {
+    let mut cur = v;
+    for p in path {
+        cur = &cur[*p];
+    }
+    cur.as_f64().with_context(|| format!("no {} in {v}", path.join(".")))
+}
+
+/// iperf3 client in the client pod against the server pod: (Gbit/s, bytes).
+/// Retries briefly while the server is still starting.
+fn iperf(scene: &Scene, streams: u32, secs: u64) -> anyhow::Result<(f64, f64)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match iperf_once(scene, streams, secs) {
+            Err(e) if Instant::now() < deadline && e.to_string().contains("unable to connect") => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn iperf_once(scene: &Scene, streams: u32, secs: u64) -> anyhow::Result<(f64, f64)> {
+    let target = scene.server.ip4.to_string();
+    let out = scene
+        .client
+        .command("iperf3")
+        .args(["-c", &target, "-p", &IPERF_PORT.to_string(), "-J", "-t", &secs.to_string(), "-P", &streams.to_string()])
+        .stderr(Stdio::null())
+        .output()
+        .context("run iperf3 (installed by `cargo xtask setup`)")?;
+    let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 JSON")?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    let bps = number(&v, &["end", "sum_received", "bits_per_second"])?;
+    let bytes = number(&v, &["end", "sum_received", "bytes"])?;
+    Ok((bps / 1e9, bytes))
+}
+
+fn tool(scene: &Scene, args: &[&str]) -> anyhow::Result<Value> {
+    let v = scene.client.run(args);
+    if v["ok"] != Value::Bool(true) {
+        bail!("{args:?}: {v}");
+    }
+    Ok(v)
+}
+
+pub fn measure(scenario: Scenario, plan: &Plan) -> anyhow::Result<Figures> {
+    let scene = Scene::build(scenario, 0, &[]);
+    let mut f = Figures::new();
+    let agents = !scene.agents.is_empty();
+    let _iperf = ServerProc::spawn(scene.server.command("iperf3").args(["-s", "-p", &IPERF_PORT.to_string()]));
+    let _echo = scene.server.echo_server(format!("[::]:{ECHO_PORT}").parse()?, None);
+    let http = scene.server.spawn(&["http-server", &format!("[::]:{HTTP_PORT}"), "1024"]);
+    http.wait_event("ready", Duration::from_secs(10));
+    // Warm up: first connections pay for certificates and pool set-up.
+    tool(&scene, &["client", &scene.server.addr4(ECHO_PORT).to_string(), "1000"])?;
+    if agents {
+        f.insert("rss_idle_mb".into(), scene.agent_rss() as f64 / scene.agents.len() as f64 / 1e6);
+    }
+
+    for (streams, name) in [(1, "bulk_gbps_1stream"), (4, "bulk_gbps_4streams")] {
+        let cpu0 = scene.agent_cpu_us();
+        let (gbps, bytes) = iperf(&scene, streams, plan.bulk_secs)?;
+        let cpu = (scene.agent_cpu_us() - cpu0) as f64 / 1e6;
+        f.insert(name.into(), gbps);
+        if streams == 1 && agents {
+            f.insert("cpu_s_per_gb".into(), cpu / (bytes / 1e9));
+        }
+    }
+    if agents {
+        f.insert("rss_after_load_mb".into(), scene.agent_rss() as f64 / scene.agents.len() as f64 / 1e6);
+    }
+
+    let rtt = tool(&scene, &["rtt", &scene.server.addr4(ECHO_PORT).to_string(), &plan.rtt_count.to_string(), "1024"])?;
+    for q in ["p50", "p90", "p99"] {
+        f.insert(format!("rtt_us_{q}"), number(&rtt, &["rtt", &format!("{q}_us")])?);
+    }
+
+    for &conns in plan.http_conns {
+        let cpu0 = scene.agent_cpu_us();
+        let started = Instant::now();
+        let v = tool(
+            &scene,
+            &[
+                "http-load",
+                &scene.server.addr4(HTTP_PORT).to_string(),
+                &HTTP_RPS.to_string(),
+                &conns.to_string(),
+                &plan.http_secs.to_string(),
+            ],
+        )?;
+        let wall = started.elapsed().as_secs_f64();
+        for q in ["p50", "p90", "p99"] {
+            f.insert(format!("http_ms_{q}_c{conns}"), number(&v, &["latency", &format!("{q}_us")])? / 1000.0);
+        }
+        if conns == 4 && agents {
+            let cpu = (scene.agent_cpu_us() - cpu0) as f64 / 1e6;
+            let rps = number(&v, &["achieved_rps"])?;
+            // Per agent: CPU-seconds per second, per 1000 requests per second.
+            f.insert("vcpu_per_1000rps".into(), cpu / wall / (rps / 1000.0) / scene.agents.len() as f64);
+        }
+    }
+
+    let v = tool(&scene, &["conn-rate", &scene.server.addr4(ECHO_PORT).to_string(), &plan.conn_secs.to_string()])?;
+    f.insert("conn_per_s_pooled".into(), number(&v, &["per_second"])?);
+    drop(http);
+    drop(scene);
+
+    if matches!(scenario, Scenario::Hbone | Scenario::Sidecar) {
+        // Every tunnel over a fresh connection: a full mutual-TLS handshake each.
+        let scene = Scene::build(scenario, 0, &["--no-hbone-pooling"]);
+        let _echo = scene.server.echo_server(format!("[::]:{ECHO_PORT}").parse()?, None);
+        let v = tool(&scene, &["conn-rate", &scene.server.addr4(ECHO_PORT).to_string(), &plan.conn_secs.to_string()])?;
+        f.insert("conn_per_s_fresh_mtls".into(), number(&v, &["per_second"])?);
+    }
+    Ok(f)
+}
+
+/// A server process killed on drop.
+struct ServerProc(std::process::Child);
+
+impl ServerProc {
+    fn spawn(cmd: &mut std::process::Command) -> ServerProc {
+        ServerProc(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn server"))
+    }
+}
+
+impl Drop for ServerProc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

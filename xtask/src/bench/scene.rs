@@ -1,0 +1,147 @@
+//! One scenario's topology: two nodes, a client pod on A and a server pod on
+//! B (plus `extra` idle pods per node for memory runs), with the agents the
+//! scenario needs.
+
+use pillion_e2e::{Agent, AgentOptions, Node, Pod, Topology, workload_yaml};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scenario {
+    Direct,
+    Passthrough,
+    Hbone,
+    Sidecar,
+}
+
+impl Scenario {
+    pub fn letter(self) -> &'static str {
+        match self {
+            Scenario::Direct => "A",
+            Scenario::Passthrough => "B",
+            Scenario::Hbone => "C",
+            Scenario::Sidecar => "D",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::Direct => "A direct",
+            Scenario::Passthrough => "B L4 passthrough",
+            Scenario::Hbone => "C HBONE",
+            Scenario::Sidecar => "D per-pod sidecar",
+        }
+    }
+}
+
+pub struct Scene {
+    // Drop order: agents before the topology.
+    pub agents: Vec<Agent>,
+    pub client: Pod,
+    pub server: Pod,
+    pub node_a: Node,
+    /// Owns the namespaces and cgroups; removed on drop.
+    _topo: Topology,
+}
+
+impl Scene {
+    /// Builds the scenario with `extra` idle pods on each node (memory runs).
+    pub fn build(scenario: Scenario, extra: usize, agent_args: &[&str]) -> Scene {
+        let topo = Topology::with_prefix("pd");
+        let node_a = topo.add_node("a");
+        let node_b = topo.add_node("b");
+        topo.connect_nodes(&node_a, &node_b);
+        let client = topo.add_pod(&node_a, "client");
+        let server = topo.add_pod(&node_b, "server");
+        let mut idle = Vec::new();
+        for i in 0..extra {
+            idle.push(topo.add_pod(&node_a, &format!("idle-a{i}")));
+            idle.push(topo.add_pod(&node_b, &format!("idle-b{i}")));
+        }
+        let config = matches!(scenario, Scenario::Hbone | Scenario::Sidecar).then(|| {
+            let mut y = workload_yaml("client", "client", "bench", &client, &node_a, "app: client");
+            y += &workload_yaml("server", "server", "bench", &server, &node_b, "app: server");
+            for p in &idle {
+                let node = if p.node == node_a.name { &node_a } else { &node_b };
+                y += &workload_yaml(&p.name, "idle", "bench", p, node, "app: idle");
+            }
+            topo.write_config("mesh.yaml", &y)
+        });
+        let opts = |pins: Option<&Node>| AgentOptions {
+            config: config.clone(),
+            ca_dir: config.as_ref().map(|_| topo.ca_dir()),
+            extra_args: agent_args
+                .iter()
+                .map(|s| s.to_string())
+                .chain(pins.into_iter().flat_map(|n| ["--pins-node".to_string(), n.full.clone()]))
+                .collect(),
+            ..Default::default()
+        };
+        let mut agents = Vec::new();
+        let pods_of = |node: &Node| -> Vec<&Pod> {
+            [&client, &server].into_iter().chain(idle.iter()).filter(|p| p.node == node.name).collect()
+        };
+        match scenario {
+            Scenario::Direct => {}
+            Scenario::Passthrough | Scenario::Hbone => {
+                for node in [&node_a, &node_b] {
+                    let agent = Agent::start_with(&topo, node, &opts(None));
+                    for pod in pods_of(node) {
+                        agent.enrol(pod).expect("enrol");
+                    }
+                    agents.push(agent);
+                }
+            }
+            Scenario::Sidecar => {
+                // One agent per pod, each its own "node" for state and ports
+                // (it runs in its pod's node netns, so ports are per-node:
+                // the sidecars get distinct telemetry ports), sharing the
+                // node's pinned programs.
+                for node in [&node_a, &node_b] {
+                    for (i, pod) in pods_of(node).into_iter().enumerate() {
+                        let sidecar = topo.add_sidecar_node(node, &format!("sc-{}", pod.name));
+                        let mut o = opts(Some(node));
+                        o.extra_args.extend(
+                            [
+                                format!("--metrics-addr=[::]:{}", 16000 + i),
+                                format!("--readiness-addr=[::]:{}", 17000 + i),
+                                format!("--admin-addr=127.0.0.1:{}", 18000 + i),
+                            ]
+                            .into_iter(),
+                        );
+                        let agent = Agent::start_with(&topo, &sidecar, &o);
+                        agent.enrol(pod).expect("enrol in sidecar");
+                        agents.push(agent);
+                    }
+                }
+            }
+        }
+        Scene { agents, client, server, node_a, _topo: topo }
+    }
+
+    /// Total CPU time (µs) of every agent process, from their cgroups.
+    pub fn agent_cpu_us(&self) -> u64 {
+        self.agents.iter().map(|a| cgroup_usage_us(&a.node.agent_cgroup)).sum()
+    }
+
+    /// Sum of the agents' resident memory, in bytes.
+    pub fn agent_rss(&self) -> u64 {
+        self.agents.iter().map(|a| rss_bytes(a.pid())).sum()
+    }
+}
+
+pub fn cgroup_usage_us(dir: &std::path::Path) -> u64 {
+    std::fs::read_to_string(dir.join("cpu.stat"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("usage_usec ").and_then(|v| v.trim().parse().ok())))
+        .unwrap_or(0)
+}
+
+pub fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()))
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
