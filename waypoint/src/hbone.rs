@@ -14,6 +14,9 @@ use tokio_util::either::Either;
 use crate::proxy::{Downstream, Proxy, ServeLimits, serve_http};
 use crate::upstream::HboneUpstream;
 
+#[cfg(test)]
+mod tests;
+
 /// Bytes buffered between the tunnel and the HTTP server per direction.
 const PIPE_BUFFER: usize = 256 * 1024;
 

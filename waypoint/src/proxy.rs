@@ -133,11 +133,20 @@ impl Proxy {
         }
     }
 
-    /// Whether a tunnel for `service:port` needs the HTTP proxy (routes or L7 policy bind to
-    /// it); otherwise it is relayed at L4.
+    /// Whether a tunnel for `service:port` needs the HTTP proxy: HTTPRoutes attach to it, or
+    /// L7 policy binds to it and the port is named as HTTP by Istio's convention (`http`,
+    /// `http-*`, `http2*`, `grpc*`, `h2c*`). Anything else is relayed at L4, so non-HTTP
+    /// protocols keep working through a waypoint that has policies.
     pub fn needs_l7(&self, snapshot: &Snapshot, service: &ServiceKey, port: u16) -> bool {
-        snapshot.l7.routes.has_routes(service, port)
-            || authz::any_applies(&snapshot.l7.authz, &self.config.waypoint, service)
+        if snapshot.l7.routes.has_routes(service, port) {
+            return true;
+        }
+        let http_port = snapshot
+            .model
+            .service(&service.namespace, &service.name)
+            .and_then(|s| s.port(port))
+            .is_some_and(|p| is_http_port_name(&p.name));
+        http_port && authz::any_applies(&snapshot.l7.authz, &self.config.waypoint, service)
     }
 
     /// Serves one request that arrived on a tunnel from `down`.
@@ -231,6 +240,14 @@ impl Proxy {
         }
         ctx.finish_with_flags(response, flags)
     }
+}
+
+/// Istio's protocol selection by port name.
+pub fn is_http_port_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["http", "http2", "grpc", "grpc-web", "h2c"]
+        .iter()
+        .any(|p| name == *p || name.strip_prefix(p).is_some_and(|rest| rest.starts_with('-')))
 }
 
 /// A small local response body.

@@ -13,6 +13,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Downstream, Proxy};
 
+#[cfg(test)]
+mod tests;
+
 /// Per-tunnel protocol limits. The defaults match the HBONE layer's (design.md §3).
 #[derive(Debug, Clone, Copy)]
 pub struct ServeLimits {

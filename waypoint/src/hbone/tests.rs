@@ -1,0 +1,248 @@
+//! End to end over real HBONE on loopback: a client tunnel (mesh pool, embedded CA) to the
+//! waypoint's HBONE server, HTTP inside, routed and re-tunnelled with the waypoint's
+//! identity to the endpoint's HBONE server, which dials a real HTTP backend.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+use mesh::ca::EmbeddedCa;
+use mesh::certs::{CertManager, CertManagerConfig, CertMetrics};
+use mesh::clock::SystemClock;
+use mesh::hbone::{
+    Accepted, ConnectHook, ConnectRequest, DirectTcpDialer, HboneServer, Pool, PoolConfig, PoolKey, Refusal,
+    TcpUpstream, Tunnel, TunnelRequest,
+};
+use mesh::{Authority, Identity};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use super::{WaypointDialer, WaypointHook};
+use crate::proxy::{Proxy, ProxyConfig, ServeLimits, Snapshot};
+use crate::route::ServiceKey;
+use crate::telemetry::RequestMetrics;
+use crate::upstream::HboneUpstream;
+
+const TD: &str = "cluster.local";
+
+fn id(ns: &str, sa: &str) -> Identity {
+    Identity::new(TD, ns, sa).unwrap()
+}
+
+/// The endpoint's HBONE server admits everyone (the agent's checks are tested there).
+struct AllowAll;
+
+#[async_trait]
+impl ConnectHook for AllowAll {
+    async fn authorize(&self, _r: &ConnectRequest) -> Result<Accepted, Refusal> {
+        Ok(Accepted::default())
+    }
+}
+
+async fn listener() -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let a = l.local_addr().unwrap();
+    (l, a)
+}
+
+/// An HTTP/1.1 backend answering `backend <path> parent=<traceparent>`.
+async fn http_backend() -> SocketAddr {
+    let (l, addr) = listener().await;
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                let tp = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
+                let text = format!("backend {} parent={tp}", req.uri().path());
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
+            });
+            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc));
+        }
+    });
+    addr
+}
+
+async fn tcp_echo() -> SocketAddr {
+    let (l, addr) = listener().await;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    addr
+}
+
+fn config(http_port: u16, echo_port: u16) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: shop, labels: {{istio.io/use-waypoint: waypoint}}}}
+---
+apiVersion: pillion.dev/v1alpha1
+kind: Workload
+metadata: {{name: waypoint-0, namespace: shop, labels: {{app: waypoint, istio.io/use-waypoint: none}}}}
+spec: {{serviceAccount: waypoint, ips: [127.0.0.2], node: n}}
+---
+apiVersion: pillion.dev/v1alpha1
+kind: Service
+metadata: {{name: waypoint, namespace: shop, labels: {{istio.io/use-waypoint: none}}}}
+spec: {{clusterIPs: [10.96.9.1], ports: [{{port: 15008}}], selector: {{app: waypoint}}}}
+---
+apiVersion: pillion.dev/v1alpha1
+kind: Workload
+metadata: {{name: reviews-0, namespace: shop, labels: {{app: reviews}}}}
+spec: {{serviceAccount: reviews, ips: [127.0.0.1], node: n}}
+---
+apiVersion: pillion.dev/v1alpha1
+kind: Service
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  clusterIPs: [10.96.0.1]
+  ports: [{{name: http, port: 80, targetPort: {http_port}}}, {{name: raw, port: 90, targetPort: {echo_port}}}]
+  selector: {{app: reviews}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: reviews, port: 80}}]
+  rules:
+  - backendRefs: [{{name: reviews, port: 80}}]
+    filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-via, value: waypoint}}]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-admin, namespace: shop}}
+spec:
+  targetRefs: [{{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}}]
+  action: DENY
+  rules: [{{to: [{{operation: {{ports: ["80"], paths: ["/admin*"]}}}}]}}]
+"#
+    )
+}
+
+struct Mesh {
+    client: Pool<DirectTcpDialer>,
+    waypoint: SocketAddr,
+    metrics: RequestMetrics,
+    _stop: tokio_util::sync::DropGuard,
+}
+
+async fn mesh() -> Mesh {
+    let stop = CancellationToken::new();
+    let (ca, _) = EmbeddedCa::generate(TD, SystemClock::shared()).unwrap();
+    let mut registry = prometheus_client::registry::Registry::default();
+    let certs = CertManager::new(Arc::new(ca), CertManagerConfig::default(), CertMetrics::register(&mut registry));
+
+    let (http_port, echo_port) = (http_backend().await.port(), tcp_echo().await.port());
+    // The endpoint's HBONE server (its agent), dialling the backends as targets.
+    let (l, endpoint_hbone) = listener().await;
+    let server = HboneServer::builder((certs.clone(), id("shop", "reviews")), AllowAll, TcpUpstream).build();
+    tokio::spawn(server.serve(l, stop.clone()));
+
+    let text = config(http_port, echo_port);
+    let snapshot = Snapshot {
+        model: Arc::new(mesh::config::parse(&text, "e2e.yaml", 1).unwrap()),
+        l7: Arc::new(crate::config::parse(&text, "e2e.yaml").unwrap()),
+    };
+    let pool = Pool::new(PoolConfig::default(), DirectTcpDialer, Arc::new(certs.clone()));
+    let mut upstream = HboneUpstream::new(pool, id("shop", "waypoint"), "shop/waypoint-0");
+    upstream.hbone_port = endpoint_hbone.port();
+    let metrics = RequestMetrics::default();
+    let proxy = Arc::new(
+        Proxy::new(ProxyConfig::new(ServiceKey::new("shop", "waypoint")), snapshot, Arc::new(upstream.clone()))
+            .with_metrics(metrics.clone()),
+    );
+    let (l, waypoint) = listener().await;
+    let dialer = WaypointDialer { proxy: proxy.clone(), upstream, limits: ServeLimits::default() };
+    let server = HboneServer::builder((certs.clone(), id("shop", "waypoint")), WaypointHook { proxy }, dialer).build();
+    tokio::spawn(server.serve(l, stop.clone()));
+
+    let client = Pool::new(PoolConfig::default(), DirectTcpDialer, Arc::new(certs));
+    Mesh { client, waypoint, metrics, _stop: stop.drop_guard() }
+}
+
+impl Mesh {
+    async fn tunnel(&self, target: &str) -> Result<Tunnel, mesh::hbone::HboneError> {
+        let key = PoolKey {
+            src_pod: "client".into(),
+            src_identity: id("web", "client"),
+            dst_identity: id("shop", "waypoint"),
+            dst: self.waypoint,
+        };
+        self.client.connect(key, TunnelRequest::new(Authority::parse(target).unwrap())).await
+    }
+
+    async fn get(&self, path: &str) -> (u16, Option<String>, String) {
+        let tunnel = self.tunnel("reviews.shop.svc.cluster.local:80").await.unwrap();
+        let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tunnel)).await.unwrap();
+        tokio::spawn(conn);
+        let req = Request::get(path)
+            .header("host", "reviews.shop.svc.cluster.local")
+            .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        let r = send.send_request(req).await.unwrap();
+        let status = r.status().as_u16();
+        let via = r.headers().get("x-via").map(|v| v.to_str().unwrap().to_owned());
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, via, String::from_utf8_lossy(&body).into_owned())
+    }
+}
+
+async fn within<F: std::future::Future>(f: F) -> F::Output {
+    tokio::time::timeout(Duration::from_secs(20), f).await.expect("timed out")
+}
+
+#[tokio::test]
+async fn http_through_the_waypoint_over_real_hbone() {
+    let m = mesh().await;
+    let (status, via, body) = within(m.get("/hello")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(via.as_deref(), Some("waypoint"));
+    assert!(body.starts_with("backend /hello parent=00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{body}");
+    assert!(!body.contains("00f067aa0ba902b7"), "the waypoint is a new span: {body}");
+
+    // L7 DENY by path, enforced in the waypoint.
+    let (status, _, body) = within(m.get("/admin/x")).await;
+    assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
+
+    let dst = mesh::telemetry::Peer::workload("reviews-0", "shop")
+        .pod_labels([("app", "reviews")])
+        .identity(&id("shop", "reviews"));
+    let src = mesh::telemetry::Peer { namespace: Some("web".into()), ..mesh::telemetry::Peer::unknown() }
+        .identity(&id("web", "client"));
+    let svc = mesh::telemetry::ServiceRef::new("reviews", "shop", TD);
+    let labels = crate::telemetry::RequestLabels::new(&src, &dst, Some(&svc), 200, "-");
+    assert_eq!(m.metrics.requests(&labels), 1);
+}
+
+#[tokio::test]
+async fn a_port_without_routes_is_passed_through_at_l4() {
+    let m = mesh().await;
+    let mut tunnel = within(m.tunnel("reviews.shop.svc.cluster.local:90")).await.unwrap();
+    tunnel.write_all(b"raw bytes, not HTTP").await.unwrap();
+    let mut buf = vec![0; 19];
+    within(tunnel.read_exact(&mut buf)).await.unwrap();
+    assert_eq!(buf, b"raw bytes, not HTTP");
+}
+
+#[tokio::test]
+async fn tunnels_for_unknown_services_are_refused() {
+    let m = mesh().await;
+    let e = within(m.tunnel("nothing.shop.svc.cluster.local:80")).await.unwrap_err();
+    assert!(matches!(e, mesh::hbone::HboneError::Refused { status: 400, .. }), "{e}");
+    // A workload IP is not a service: never an open proxy.
+    let e = within(m.tunnel("127.0.0.1:80")).await.unwrap_err();
+    assert!(matches!(e, mesh::hbone::HboneError::Refused { status: 400, .. }), "{e}");
+}
