@@ -1,1 +1,76 @@
+//! L7 policy evaluation.
 
+use http::HeaderMap;
+
+use super::*;
+use crate::config;
+
+fn policies(yaml: &str) -> Vec<L7Policy> {
+    config::parse(yaml, "t.yaml").unwrap().authz
+}
+
+fn check(p: &[L7Policy], method: &str, path: &str, principal: &str, headers: &HeaderMap) -> Decision {
+    let r = RequestAttrs {
+        principal: Some(principal),
+        source_namespace: principal.split("/ns/").nth(1).and_then(|s| s.split('/').next()),
+        method,
+        path,
+        host: "svc.shop.svc.cluster.local",
+        port: 80,
+        headers,
+    };
+    authorize(p, &ServiceKey::new("shop", "waypoint"), &ServiceKey::new("shop", "svc"), &r)
+}
+
+const WEB: &str = "cluster.local/ns/web/sa/client";
+const OPS: &str = "cluster.local/ns/ops/sa/admin";
+
+fn policy(name: &str, target: &str, action: &str, rules: &str) -> String {
+    format!(
+        "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  targetRefs: [{target}]\n  action: {action}\n  rules: {rules}\n"
+    )
+}
+
+#[test]
+fn no_policy_allows_and_deny_wins_over_allow() {
+    let h = HeaderMap::new();
+    assert_eq!(check(&[], "GET", "/", WEB, &h), Decision::Allow);
+    let text = policy("allow-all", "{kind: Service, name: svc}", "ALLOW", "[{}]")
+        + &policy(
+            "deny-admin",
+            "{kind: Gateway, name: waypoint}",
+            "DENY",
+            "[{to: [{operation: {paths: [\"/admin/*\"], notMethods: [OPTIONS]}}]}]",
+        );
+    let p = policies(&text);
+    assert_eq!(check(&p, "GET", "/admin/x", WEB, &h), Decision::Denied("shop/deny-admin".into()));
+    assert_eq!(check(&p, "OPTIONS", "/admin/x", WEB, &h), Decision::Allow);
+    assert_eq!(check(&p, "GET", "/public", WEB, &h), Decision::Allow);
+}
+
+#[test]
+fn allow_policies_must_match_when_present() {
+    let text = policy(
+        "ops-only",
+        "{kind: Service, name: svc}",
+        "ALLOW",
+        "[{from: [{source: {namespaces: [ops]}}], when: [{key: \"request.headers[x-env]\", notValues: [prod]}]}]",
+    );
+    let p = policies(&text);
+    let mut h = HeaderMap::new();
+    assert_eq!(check(&p, "GET", "/", OPS, &h), Decision::Allow);
+    assert_eq!(check(&p, "GET", "/", WEB, &h), Decision::NotAllowed);
+    h.insert("x-env", "prod".parse().unwrap());
+    assert_eq!(check(&p, "GET", "/", OPS, &h), Decision::NotAllowed);
+}
+
+#[test]
+fn policies_for_other_targets_and_dry_runs_do_not_apply() {
+    let mut text = policy("other", "{kind: Service, name: elsewhere}", "DENY", "[{}]");
+    text += "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: trial, namespace: shop, annotations: {istio.io/dry-run: \"true\"}}\nspec:\n  targetRefs: [{kind: Service, name: svc}]\n  action: DENY\n  rules: [{}]\n";
+    // A selector-based policy is the node agent's, not the waypoint's.
+    text += "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: l4, namespace: shop}\nspec:\n  selector: {matchLabels: {app: svc}}\n  action: DENY\n  rules: [{}]\n";
+    let p = policies(&text);
+    assert_eq!(p.len(), 2);
+    assert_eq!(check(&p, "GET", "/", WEB, &HeaderMap::new()), Decision::Allow);
+}

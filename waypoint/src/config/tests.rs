@@ -1,1 +1,81 @@
+//! Reading the L7 objects from the shared file, and errors that point at the line.
 
+use std::time::Duration;
+
+use super::*;
+
+fn err(text: &str) -> L7ConfigError {
+    parse(text, "mesh.yaml").expect_err("expected an error")
+}
+
+const MODEL: &str =
+    "apiVersion: pillion.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: {trustDomain: cluster.local}\n";
+
+#[test]
+fn the_same_file_loads_as_model_and_as_l7_config() {
+    let text = format!(
+        "{MODEL}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n  parentRefs: [{{kind: Service, name: svc}}]\n  rules: [{{backendRefs: [{{name: svc, port: 80}}]}}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc, namespace: shop}}\nspec:\n  host: svc.shop.svc.cluster.local\n  trafficPolicy:\n    connectionPool: {{tcp: {{maxConnections: 7}}, http: {{http1MaxPendingRequests: 3, http2MaxRequests: 9}}}}\n    outlierDetection: {{consecutive5xxErrors: 4, baseEjectionTime: 1m, maxEjectionPercent: 40}}\n    loadBalancer: {{simple: ROUND_ROBIN}}\n---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackendTrafficPolicy\nmetadata: {{name: b, namespace: shop}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: svc}}]\n  retryConstraint: {{budget: {{percent: 30, interval: 5s}}, minRetryRate: {{count: 3, interval: 2s}}}}\n"
+    );
+    mesh::config::parse(&text, "mesh.yaml", 1).expect("the model skips the waypoint's kinds");
+    let c = parse(&text, "mesh.yaml").unwrap();
+    let svc = ServiceKey::new("shop", "svc");
+    assert!(c.routes.has_routes(&svc, 80));
+    let p = c.backend_policy(&svc);
+    assert_eq!((p.limits.max_connections, p.limits.max_pending, p.limits.max_requests), (7, 3, 9));
+    assert_eq!(p.outlier.consecutive_5xx, Some(4));
+    assert_eq!(p.outlier.base_ejection, Duration::from_secs(60));
+    assert_eq!(p.outlier.max_ejection_percent, 40.0);
+    assert_eq!(p.budget.percent, 30.0);
+    assert_eq!((p.budget.min_count, p.budget.min_interval), (3, Duration::from_secs(2)));
+    // Unconfigured services get the built-in defaults.
+    assert_eq!(c.backend_policy(&ServiceKey::new("shop", "other")), crate::resilience::BackendPolicy::default());
+}
+
+#[test]
+fn errors_name_the_line_of_the_object() {
+    let text = format!(
+        "{MODEL}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n  parentRefs: [{{kind: Service, name: svc}}]\n  rules:\n  - filters: [{{type: Bogus}}]\n"
+    );
+    let e = err(&text);
+    assert_eq!(e.line(), Some(10), "{e}");
+    assert!(e.to_string().contains("filter type \"Bogus\" is not supported"), "{e}");
+
+    let text = format!(
+        "{MODEL}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n  parentRefs: [{{kind: Service, name: svc}}]\n  ruls: []\n"
+    );
+    let e = err(&text);
+    assert_eq!(e.line(), Some(10), "{e}");
+    assert!(e.to_string().contains("unknown field `ruls`"), "{e}");
+}
+
+#[test]
+fn bad_values_are_explained() {
+    let route = |rule: &str| {
+        format!(
+            "{MODEL}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n  parentRefs: [{{kind: Service, name: svc}}]\n  rules: [{rule}]\n"
+        )
+    };
+    let e = err(&route("{matches: [{path: {type: RegularExpression, value: \"(\"}}]}"));
+    assert!(e.to_string().contains("invalid regular expression"), "{e}");
+    let e = err(&route("{timeouts: {request: 5 seconds}}"));
+    assert!(e.to_string().contains("is not a duration"), "{e}");
+    let e = err(&route(
+        "{filters: [{type: ExtensionRef, extensionRef: {group: pillion.dev, kind: FaultInjection, name: nope}}]}",
+    ));
+    assert!(e.to_string().contains("FaultInjection shop/nope, which is not defined"), "{e}");
+    let e = err(&route("{filters: [{type: RequestRedirect, requestRedirect: {statusCode: 200}}]}"));
+    assert!(e.to_string().contains("3xx"), "{e}");
+    let e = err(&format!(
+        "{MODEL}---\napiVersion: pillion.dev/v1alpha1\nkind: FaultInjection\nmetadata: {{name: f}}\nspec: {{}}\n"
+    ));
+    assert!(e.to_string().contains("needs `delay`, `abort` or both"), "{e}");
+}
+
+#[test]
+fn routes_on_gateways_and_kinds_of_others_are_ignored() {
+    let text = format!(
+        "{MODEL}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n  parentRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: ingress}}]\n  rules: [{{}}]\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n"
+    );
+    let c = parse(&text, "mesh.yaml").unwrap();
+    assert!(c.routes.is_empty());
+}
