@@ -39,9 +39,9 @@ impl Plan {
     pub fn full() -> Plan {
         Plan {
             rounds: 5,
-            bulk_secs: 5,
-            rtt_count: 3000,
-            http_secs: 5,
+            bulk_secs: 3,
+            rtt_count: 2000,
+            http_secs: 3,
             http_conns: &[1, 4, 16, 64],
             conn_secs: 3,
             pods: &[1, 10, 50, 100],
@@ -75,15 +75,22 @@ pub fn bench(quick: bool, out: Option<PathBuf>) -> anyhow::Result<()> {
         setup::setup()?;
     }
     let plan = if quick { Plan::quick() } else { Plan::full() };
-    println!("[bench] building (the same profile as the tests)");
-    run(Command::new(env!("CARGO")).current_dir(crate::workspace()).args([
-        "build",
-        "-p",
-        "pillion-agent",
-        "-p",
-        "pillion-e2e",
-        "--bins",
-    ]))?;
+    // Quick runs use the test profile (CI builds one profile); full runs
+    // measure the release build users would run.
+    let profile = if quick { "debug" } else { "release" };
+    println!("[bench] building the agent and the load tools ({profile})");
+    let mut build = Command::new(env!("CARGO"));
+    build.current_dir(crate::workspace()).args(["build", "-p", "pillion-agent", "-p", "pillion-e2e", "--bins"]);
+    if !quick {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    let bin = crate::workspace().join("target").join(profile);
+    // SAFETY: set before any thread is started.
+    unsafe {
+        std::env::set_var("PILLION_AGENT_BIN", bin.join("pillion-agent"));
+        std::env::set_var("PILLION_POD_TOOL", bin.join("pillion-pod-tool"));
+    }
 
     let scenarios = [Scenario::Direct, Scenario::Passthrough, Scenario::Hbone, Scenario::Sidecar];
     let mut rounds: Vec<Value> = Vec::new();
@@ -101,6 +108,7 @@ pub fn bench(quick: bool, out: Option<PathBuf>) -> anyhow::Result<()> {
     let result = json!({
         "environment": report::environment(),
         "plan": format!("{plan:?}"),
+        "profile": profile,
         "rounds": rounds,
         "memory": memory,
         "summary": summary,

@@ -80,3 +80,47 @@ impl<S> Drop for Observed<S> {
         accesslog::log(&record);
     }
 }
+
+/// The client's socket on the source side, counting into the connection's
+/// metrics as bytes flow: what the client sends is the request ("received"
+/// in Istio's terms), what it reads the response ("sent").
+pub struct Metered<'g, S> {
+    inner: S,
+    guard: &'g ConnGuard,
+}
+
+impl<'g, S> Metered<'g, S> {
+    pub fn new(inner: S, guard: &'g ConnGuard) -> Self {
+        Self { inner, guard }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Metered<'_, S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            self.guard.add_received(n as u64);
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Metered<'_, S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r {
+            self.guard.add_sent(n as u64);
+        }
+        r
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

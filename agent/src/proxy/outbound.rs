@@ -12,7 +12,7 @@ use mesh::{
 use pillion_common::{OrigDstKey, SIDE_V4, SIDE_V6};
 use tokio::net::TcpStream;
 
-use super::{ActiveGuard, PodContext, dial_in, relay::relay, reset};
+use super::{ActiveGuard, PodContext, dial_in, observed::Metered, relay::relay, reset};
 use crate::{
     accesslog::{self, ConnRecord, Direction},
     kernel::addr::socket_addr,
@@ -127,7 +127,7 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
                             service.as_ref(),
                             SecurityPolicy::MutualTls,
                         );
-                        return finish(&pod, client, tunnel, labels, record, started).await;
+                        return finish_tunnel(&pod, client, tunnel, labels, record, started).await;
                     }
                     Err(e) => last_error = Some(format!("HBONE to {hbone_addr}: {e}")),
                 }
@@ -160,6 +160,29 @@ async fn finish<U>(
     record.bytes_recv = done.recv;
     record.duration = started.elapsed();
     record.error = done.error.map(|e| e.to_string());
+    accesslog::log(&record);
+}
+
+/// Relays over an HBONE tunnel with its single-copy relay, counting on the
+/// client's socket.
+async fn finish_tunnel(
+    pod: &PodContext,
+    mut client: TcpStream,
+    tunnel: mesh::hbone::Tunnel,
+    labels: ConnectionLabels,
+    mut record: ConnRecord,
+    started: Instant,
+) {
+    let guard = pod.mesh.tcp.open(labels);
+    let _ = client.set_nodelay(true);
+    let result = tunnel.relay(Metered::new(&mut client, &guard)).await;
+    record.bytes_sent = guard.received();
+    record.bytes_recv = guard.sent();
+    record.duration = started.elapsed();
+    if let Err(e) = result {
+        record.error = Some(e.to_string());
+        reset(client);
+    }
     accesslog::log(&record);
 }
 
