@@ -99,14 +99,11 @@ impl Scene {
                     for (i, pod) in pods_of(node).into_iter().enumerate() {
                         let sidecar = topo.add_sidecar_node(node, &format!("sc-{}", pod.name));
                         let mut o = opts(Some(node));
-                        o.extra_args.extend(
-                            [
-                                format!("--metrics-addr=[::]:{}", 16000 + i),
-                                format!("--readiness-addr=[::]:{}", 17000 + i),
-                                format!("--admin-addr=127.0.0.1:{}", 18000 + i),
-                            ]
-                            .into_iter(),
-                        );
+                        o.extra_args.extend([
+                            format!("--metrics-addr=[::]:{}", 16000 + i),
+                            format!("--readiness-addr=[::]:{}", 17000 + i),
+                            format!("--admin-addr=127.0.0.1:{}", 18000 + i),
+                        ]);
                         let agent = Agent::start_with(&topo, &sidecar, &o);
                         agent.enrol(pod).expect("enrol in sidecar");
                         agents.push(agent);
