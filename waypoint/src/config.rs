@@ -13,6 +13,7 @@ mod gateway;
 mod istio;
 #[cfg(test)]
 mod tests;
+mod traffic;
 
 use std::collections::HashMap;
 use std::path::Path;

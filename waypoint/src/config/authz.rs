@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::Problem;
 use super::document::Object;
-use super::gateway::TargetRef;
+use super::traffic::TargetRef;
 use crate::authz::{ConditionKey, L7Condition, L7Operation, L7Policy, L7Rule, L7Source, PolicyTarget, wildcard};
 use mesh::model::Action;
 use mesh::model::authz::{Matcher, StringMatch};

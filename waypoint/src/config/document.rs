@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_saphyr::Spanned;
 
-use super::{L7Config, Problem, authz, gateway, istio};
+use super::{L7Config, Problem, authz, gateway, istio, traffic};
 use crate::resilience::BackendPolicy;
 use crate::route::ServiceKey;
 
@@ -89,7 +89,7 @@ pub(super) fn parse(text: &str) -> Result<L7Config, Problem> {
 
     let mut config = L7Config::default();
     for o in objects.iter().filter(|o| o.kind == "FaultInjection") {
-        config.faults.insert(o.key(), gateway::fault_injection(o)?);
+        config.faults.insert(o.key(), traffic::fault_injection(o)?);
     }
     let mut limits = HashMap::new();
     let mut budgets = HashMap::new();
@@ -101,7 +101,7 @@ pub(super) fn parse(text: &str) -> Result<L7Config, Problem> {
                 }
             }
             "XBackendTrafficPolicy" => {
-                let (targets, budget) = gateway::backend_traffic_policy(o)?;
+                let (targets, budget) = traffic::backend_traffic_policy(o)?;
                 for t in targets {
                     budgets.insert(t, budget);
                 }

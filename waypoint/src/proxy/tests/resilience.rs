@@ -1,0 +1,164 @@
+//! Retries, timeouts, the retry budget, circuit breaking and outlier ejection through the
+//! whole pipeline, against scripted backends on paused time.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::time::Instant;
+
+use crate::testing::{Reply, Scripted, get, proxy, route};
+
+#[tokio::test(start_paused = true)]
+async fn retries_503_twice_then_200_and_the_client_sees_200() {
+    let up = Scripted::new(|_, n| if n < 2 { Reply::Status(503) } else { Reply::Status(200) });
+    let p = proxy(
+        &route(
+            "  - backendRefs: [{name: reviews, port: 80}]\n    retry: {attempts: 3, codes: [503], backoff: 100ms}\n",
+        ),
+        up.clone(),
+    );
+    let got = get(&p, "/").await;
+    assert_eq!(got.status, StatusCode::OK);
+    let calls = up.calls();
+    assert_eq!(calls.len(), 3);
+    assert!(calls[0].headers.get("x-envoy-attempt-count").is_none());
+    assert_eq!(calls[2].headers["x-envoy-attempt-count"], "3");
+    // Retries prefer endpoints not tried yet for this request.
+    assert_ne!(calls[0].target.addr, calls[1].target.addr);
+}
+
+#[tokio::test(start_paused = true)]
+async fn always_503_is_bounded_by_attempts_and_by_the_budget() {
+    let up = Scripted::new(|_, _| Reply::Status(503));
+    let budget = r#"
+---
+apiVersion: gateway.networking.x-k8s.io/v1alpha1
+kind: XBackendTrafficPolicy
+metadata: {name: reviews-budget, namespace: shop}
+spec:
+  targetRefs: [{group: "", kind: Service, name: reviews}]
+  retryConstraint:
+    budget: {percent: 10, interval: 10s}
+    minRetryRate: {count: 0, interval: 1s}
+"#;
+    let p = proxy(
+        &format!(
+            "{}{budget}",
+            route("  - backendRefs: [{name: reviews, port: 80}]\n    retry: {attempts: 2, codes: [503]}\n")
+        ),
+        up.clone(),
+    );
+    for _ in 0..10 {
+        assert_eq!(get(&p, "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    // 10% of 10 requests: exactly one retry in the window, not 20.
+    assert_eq!(up.calls().len(), 11);
+
+    // Without a budget limit the attempts bound applies: 1 + 2 tries.
+    let up = Scripted::new(|_, _| Reply::Status(503));
+    let p = proxy(
+        &route("  - backendRefs: [{name: reviews, port: 80}]\n    retry: {attempts: 2, codes: [503]}\n"),
+        up.clone(),
+    );
+    assert_eq!(get(&p, "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(up.calls().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn connect_failures_and_resets_are_retried_but_500_is_not_by_default() {
+    let up = Scripted::new(|_, n| match n {
+        0 => Reply::ConnectFail,
+        1 => Reply::Reset,
+        _ => Reply::Status(200),
+    });
+    let p = proxy(&route("  - backendRefs: [{name: reviews, port: 80}]\n"), up.clone());
+    assert_eq!(get(&p, "/").await.status, StatusCode::OK);
+    assert_eq!(up.calls().len(), 3);
+
+    let up = Scripted::new(|_, _| Reply::Status(500));
+    let p = proxy(&route("  - backendRefs: [{name: reviews, port: 80}]\n"), up.clone());
+    assert_eq!(get(&p, "/").await.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(up.calls().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn request_timeout_cuts_a_slow_backend() {
+    let up = Scripted::new(|_, _| Reply::Slow(200, Duration::from_secs(30)));
+    let p = proxy(&route("  - backendRefs: [{name: reviews, port: 80}]\n    timeouts: {request: 2s}\n"), up.clone());
+    let start = Instant::now();
+    let got = get(&p, "/").await;
+    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn backend_request_timeout_is_per_attempt_and_retried() {
+    let up = Scripted::new(|_, n| if n == 0 { Reply::Slow(200, Duration::from_secs(30)) } else { Reply::Status(200) });
+    let p = proxy(
+        &route(
+            "  - backendRefs: [{name: reviews, port: 80}]\n    timeouts: {request: 10s, backendRequest: 1s}\n    retry: {attempts: 1, backoff: 10ms}\n",
+        ),
+        up.clone(),
+    );
+    let start = Instant::now();
+    assert_eq!(get(&p, "/").await.status, StatusCode::OK);
+    assert!(start.elapsed() < Duration::from_secs(2), "{:?}", start.elapsed());
+    assert_eq!(up.calls().len(), 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn outlier_ejection_takes_a_failing_endpoint_out_for_a_growing_time() {
+    let bad: std::net::SocketAddr = "10.0.1.1:8080".parse().unwrap();
+    let up = Scripted::new(move |c, _| if c.target.addr == bad { Reply::Status(500) } else { Reply::Status(200) });
+    let dr = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews.shop.svc.cluster.local
+  trafficPolicy:
+    outlierDetection: {consecutive5xxErrors: 2, baseEjectionTime: 30s, maxEjectionPercent: 50}
+"#;
+    let p = proxy(
+        &format!("{}{dr}", route("  - backendRefs: [{name: reviews, port: 80}]\n    retry: {attempts: 0}\n")),
+        up.clone(),
+    );
+    let to_bad = |up: &Scripted| up.calls().iter().filter(|c| c.target.addr == bad).count();
+    for _ in 0..40 {
+        get(&p, "/").await;
+    }
+    assert_eq!(to_bad(&up), 2, "ejected after two consecutive 5xx");
+    tokio::time::advance(Duration::from_secs(31)).await;
+    for _ in 0..40 {
+        get(&p, "/").await;
+    }
+    assert_eq!(to_bad(&up), 4, "back after 30 s, ejected again after two more");
+    // The second ejection lasts 60 s: still out after 31 s more.
+    tokio::time::advance(Duration::from_secs(31)).await;
+    for _ in 0..20 {
+        get(&p, "/").await;
+    }
+    assert_eq!(to_bad(&up), 4);
+}
+
+#[tokio::test(start_paused = true)]
+async fn circuit_breaker_fails_fast_beyond_the_limits() {
+    let up = Scripted::new(|_, _| Reply::Slow(200, Duration::from_secs(5)));
+    let dr = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1, http2MaxRequests: 1}}
+"#;
+    let p = proxy(&format!("{}{dr}", route("  - backendRefs: [{name: reviews, port: 80}]\n")), up.clone());
+    let (a, b, c) = tokio::join!(get(&p, "/"), get(&p, "/"), get(&p, "/"));
+    let mut codes = [a.status.as_u16(), b.status.as_u16(), c.status.as_u16()];
+    codes.sort();
+    // One in flight, one pending (served after), one refused.
+    assert_eq!(codes, [200, 200, 503]);
+}
