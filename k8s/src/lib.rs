@@ -7,11 +7,13 @@
 //!
 //! Layering: [`labels`] and [`istio`] (types) → [`objects`] (compact forms) → [`cache`]
 //! (tables, atomic relists) → [`translate`] (cache → model, a pure function) → [`source`]
-//! (the watch task). See `docs/kubernetes.md`.
+//! (the watch task). [`cni`] is the chained CNI plugin (binary `pillion-cni`). See
+//! `docs/kubernetes.md`.
 #![forbid(unsafe_code)]
 
 mod backoff;
 pub mod cache;
+pub mod cni;
 pub mod istio;
 pub mod labels;
 pub mod objects;
