@@ -12,6 +12,7 @@ use serde_json::json;
 
 mod bench;
 mod capture;
+mod http;
 
 fn usage() -> ! {
     eprintln!(
@@ -23,7 +24,9 @@ fn usage() -> ! {
          \x20      pillion-pod-tool capture <iface> <max-seconds> <marker>\n\
          \x20      pillion-pod-tool http-get <addr> <path>\n\
          \x20      pillion-pod-tool rtt <addr> <count> <size> | http-server <addr> <size>\n\
-         \x20      pillion-pod-tool http-load <addr> <rps> <conns> <secs> | conn-rate <addr> <secs> | hold <addr> <count>"
+         \x20      pillion-pod-tool http-load <addr> <rps> <conns> <secs> | conn-rate <addr> <secs> | hold <addr> <count>\n\
+         \x20      pillion-pod-tool http-backend <addr> <name> [fail=<seed>:<pct>] [delay-ms=<n>]\n\
+         \x20      pillion-pod-tool http-requests <addr> <count> <path> [header:value ...]"
     );
     std::process::exit(2)
 }
@@ -73,6 +76,8 @@ fn main() {
         }
         "conn-rate" => println!("{}", bench::conn_rate(addr(1), num(&arg(2)) as u64)),
         "hold" => bench::hold(addr(1), num(&arg(2))),
+        "http-backend" => http::backend(addr(1), arg(2), &args[3..]),
+        "http-requests" => println!("{}", http::requests(addr(1), num(&arg(2)) as u64, &arg(3), &args[4..])),
         "capture" => {
             let secs: u64 = arg(2).parse().unwrap_or_else(|_| usage());
             println!("{}", capture::capture(&arg(1), Duration::from_secs(secs), &arg(3)));

@@ -1,0 +1,203 @@
+//! HTTP workloads for the waypoint tests and demo: a backend that can fail on
+//! a seeded schedule or answer slowly, and a client that reports what it saw.
+
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+/// Whether attempt `n` (1-based) fails: about `pct`% of attempts, from a
+/// seeded generator, but never three in a row — so a request retried up to
+/// twice always succeeds on a backend that serves its attempts in order.
+pub fn schedule_fails(seed: u64, pct: u64, n: u64) -> bool {
+    let draw = |k: u64| {
+        let mut x = seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x % 100 < pct
+    };
+    if !draw(n) {
+        return false;
+    }
+    // Two failures just before: this attempt must succeed.
+    !(n > 2 && schedule_fails(seed, pct, n - 1) && schedule_fails(seed, pct, n - 2))
+}
+
+struct Backend {
+    name: String,
+    fail: Option<(u64, u64)>,
+    delay: Duration,
+    attempts: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// `http-backend <addr> <name> [fail=<seed>:<pct>] [delay-ms=<n>]`.
+pub fn backend(addr: SocketAddr, name: String, opts: &[String]) {
+    let mut fail = None;
+    let mut delay = Duration::ZERO;
+    for o in opts {
+        if let Some(v) = o.strip_prefix("fail=") {
+            let (seed, pct) = v.split_once(':').expect("fail=<seed>:<pct>");
+            fail = Some((seed.parse().expect("seed"), pct.parse().expect("pct")));
+        } else if let Some(v) = o.strip_prefix("delay-ms=") {
+            delay = Duration::from_millis(v.parse().expect("delay-ms"));
+        }
+    }
+    let backend = Arc::new(Backend { name, fail, delay, attempts: AtomicU64::new(0), failed: AtomicU64::new(0) });
+    let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    println!("{}", json!({"event": "ready"}));
+    std::io::stdout().flush().ok();
+    for stream in listener.incoming().flatten() {
+        let backend = backend.clone();
+        std::thread::spawn(move || serve(&backend, stream));
+    }
+}
+
+fn serve(b: &Backend, stream: TcpStream) {
+    let Ok(mut w) = stream.try_clone() else { return };
+    let mut r = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if r.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut len = 0usize;
+        let mut headers = Vec::new();
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" {
+                break;
+            }
+            if let Some((k, v)) = line.trim_end().split_once(':') {
+                if k.eq_ignore_ascii_case("content-length") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+                headers.push(format!("{}={}", k.to_ascii_lowercase(), v.trim()));
+            }
+        }
+        let mut body = vec![0u8; len];
+        if r.read_exact(&mut body).is_err() {
+            return;
+        }
+        let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let (status, text) = if path == "/__stats" {
+            let s = json!({"attempts": b.attempts.load(Ordering::SeqCst), "failed": b.failed.load(Ordering::SeqCst)});
+            (200, s.to_string())
+        } else {
+            let n = b.attempts.fetch_add(1, Ordering::SeqCst) + 1;
+            if !b.delay.is_zero() {
+                std::thread::sleep(b.delay);
+            }
+            match b.fail {
+                Some((seed, pct)) if schedule_fails(seed, pct, n) => {
+                    b.failed.fetch_add(1, Ordering::SeqCst);
+                    (503, format!("{} attempt {n} failed on schedule", b.name))
+                }
+                _ => (200, json!({"backend": b.name, "path": path, "headers": headers}).to_string()),
+            }
+        };
+        let reason = if status == 200 { "OK" } else { "Service Unavailable" };
+        let resp = format!(
+            "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nx-backend: {}\r\nContent-Type: text/plain\r\n\r\n{text}",
+            text.len(),
+            b.name
+        );
+        if w.write_all(resp.as_bytes()).is_err() {
+            return;
+        }
+    }
+}
+
+/// `http-requests <addr> <count> <path> [header:value ...]`: sequential
+/// requests on one keep-alive connection (a new one after a close).
+pub fn requests(to: SocketAddr, count: u64, path: &str, headers: &[String]) -> serde_json::Value {
+    let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+    let mut backends: BTreeMap<String, u64> = BTreeMap::new();
+    let mut errors = 0u64;
+    let mut last_body = String::new();
+    let mut max_ms = 0u128;
+    let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    let extra: String =
+        headers.iter().filter_map(|h| h.split_once(':')).map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    for _ in 0..count {
+        let started = Instant::now();
+        let result = (|| -> std::io::Result<(u16, Option<String>, String, bool)> {
+            if conn.is_none() {
+                let s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+                s.set_read_timeout(Some(Duration::from_secs(15)))?;
+                conn = Some((s.try_clone()?, BufReader::new(s)));
+            }
+            let (w, r) = conn.as_mut().expect("connected");
+            write!(w, "GET {path} HTTP/1.1\r\nHost: {to}\r\n{extra}\r\n")?;
+            let mut line = String::new();
+            if r.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            let (mut len, mut backend, mut close) = (0usize, None, false);
+            loop {
+                line.clear();
+                if r.read_line(&mut line)? == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                if let Some((k, v)) = line.trim_end().split_once(':') {
+                    match k.to_ascii_lowercase().as_str() {
+                        "content-length" => len = v.trim().parse().unwrap_or(0),
+                        "x-backend" => backend = Some(v.trim().to_string()),
+                        "connection" => close = v.trim().eq_ignore_ascii_case("close"),
+                        _ => {}
+                    }
+                }
+            }
+            let mut body = vec![0u8; len];
+            r.read_exact(&mut body)?;
+            Ok((status, backend, String::from_utf8_lossy(&body).into_owned(), close))
+        })();
+        max_ms = max_ms.max(started.elapsed().as_millis());
+        match result {
+            Ok((status, backend, body, close)) => {
+                *statuses.entry(status).or_default() += 1;
+                if let Some(b) = backend {
+                    *backends.entry(b).or_default() += 1;
+                }
+                last_body = body;
+                if close {
+                    conn = None;
+                }
+            }
+            Err(_) => {
+                errors += 1;
+                conn = None;
+            }
+        }
+    }
+    json!({"ok": true, "statuses": statuses, "backends": backends, "errors": errors, "last_body": last_body, "max_ms": max_ms as u64})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schedule_never_fails_three_in_a_row_and_is_near_its_rate() {
+        let fails: Vec<bool> = (1..=2000).map(|n| schedule_fails(42, 30, n)).collect();
+        assert!(fails.windows(3).all(|w| !(w[0] && w[1] && w[2])));
+        let rate = fails.iter().filter(|f| **f).count() as f64 / 2000.0;
+        assert!((0.2..0.35).contains(&rate), "rate {rate}");
+    }
+}
