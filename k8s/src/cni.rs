@@ -16,6 +16,7 @@
 //! a Kubernetes lookup and tests fill with a fixed answer.
 
 pub mod agent;
+pub mod install;
 pub mod plugin;
 pub mod spec;
 #[cfg(test)]
