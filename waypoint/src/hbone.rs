@@ -1,18 +1,23 @@
 //! The waypoint's side of HBONE: which tunnels it accepts ([`WaypointHook`]) and what it
 //! connects them to ([`WaypointDialer`]) — the HTTP proxy through an in-memory pipe when the
 //! Service has routes or L7 policy, otherwise straight to an endpoint (L4 pass-through).
+//! Tunnels addressed to a workload (`podIP:port`, as agents send pod-direct traffic for a
+//! waypoint-guarded workload) are relayed at L4 to that workload.
 
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use mesh::hbone::{Accepted, ConnectHook, ConnectRequest, Refusal, Tunnel, UpstreamDialer};
 use mesh::model::WaypointRef;
+use mesh::{Authority, Identity};
 use tokio::io::DuplexStream;
 use tokio_util::either::Either;
 
-use crate::proxy::{Downstream, Proxy, ServeLimits, serve_http};
-use crate::upstream::HboneUpstream;
+use crate::proxy::{Downstream, Proxy, ServeLimits, Snapshot, serve_http};
+use crate::route::ServiceKey;
+use crate::upstream::{HboneUpstream, forwarded_for};
 
 #[cfg(test)]
 mod tests;
@@ -20,7 +25,42 @@ mod tests;
 /// Bytes buffered between the tunnel and the HTTP server per direction.
 const PIPE_BUFFER: usize = 256 * 1024;
 
-/// Accepts tunnels only for Services that use this waypoint (never an open proxy).
+/// Where an accepted tunnel leads.
+enum Destination {
+    /// A Service (by host name or VIP) and the port addressed.
+    Service(ServiceKey, u16),
+    /// A workload addressed directly (`podIP:port`), whose waypoint we are: relayed at L4.
+    Workload(SocketAddr, Identity),
+}
+
+/// The tunnel's destination, if it is one that uses this waypoint (never an open proxy).
+fn destination(proxy: &Proxy, snapshot: &Snapshot, target: &Authority) -> Result<Destination, Refusal> {
+    let me = &proxy.config().waypoint;
+    let ours = WaypointRef { namespace: me.namespace.clone(), name: me.name.clone() };
+    if let Some((service, port)) = proxy.resolve_service(snapshot, target) {
+        let uses_us = snapshot
+            .model
+            .service(&service.namespace, &service.name)
+            .is_some_and(|s| s.waypoint.as_ref() == Some(&ours));
+        return if uses_us {
+            Ok(Destination::Service(service, port))
+        } else {
+            Err(Refusal::BadTarget(format!("service {service} does not use waypoint {ours}")))
+        };
+    }
+    if let Some(addr) = target.socket_addr()
+        && let Some(w) = snapshot.model.workload_by_ip(addr.ip())
+    {
+        return if w.waypoint.as_ref() == Some(&ours) {
+            Ok(Destination::Workload(addr, w.identity().clone()))
+        } else {
+            Err(Refusal::BadTarget(format!("workload {}/{} does not use waypoint {ours}", w.namespace(), w.name())))
+        };
+    }
+    Err(Refusal::BadTarget(format!("{target} is neither a service nor a workload this waypoint knows")))
+}
+
+/// Accepts tunnels only for Services and workloads that use this waypoint.
 pub struct WaypointHook {
     pub proxy: Arc<Proxy>,
 }
@@ -28,19 +68,7 @@ pub struct WaypointHook {
 #[async_trait]
 impl ConnectHook for WaypointHook {
     async fn authorize(&self, request: &ConnectRequest) -> Result<Accepted, Refusal> {
-        let snapshot = self.proxy.snapshot();
-        let Some((service, _)) = self.proxy.resolve_service(&snapshot, &request.target) else {
-            return Err(Refusal::BadTarget(format!("{} is not a service this waypoint knows", request.target)));
-        };
-        let me = &self.proxy.config().waypoint;
-        let ours = WaypointRef { namespace: me.namespace.clone(), name: me.name.clone() };
-        let uses_us = snapshot
-            .model
-            .service(&service.namespace, &service.name)
-            .is_some_and(|s| s.waypoint.as_ref() == Some(&ours));
-        if !uses_us {
-            return Err(Refusal::BadTarget(format!("service {service} does not use waypoint {ours}")));
-        }
+        destination(&self.proxy, &self.proxy.snapshot(), &request.target)?;
         Ok(Accepted::default())
     }
 }
@@ -57,10 +85,17 @@ impl UpstreamDialer for WaypointDialer {
 
     async fn dial(&self, request: &ConnectRequest) -> io::Result<Self::Stream> {
         let snapshot = self.proxy.snapshot();
-        let (service, port) = self
-            .proxy
-            .resolve_service(&snapshot, &request.target)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "service vanished"))?;
+        let refused = |r: Refusal| io::Error::new(io::ErrorKind::NotFound, r.to_string());
+        let (service, port) = match destination(&self.proxy, &snapshot, &request.target).map_err(refused)? {
+            Destination::Service(service, port) => (service, port),
+            Destination::Workload(addr, identity) => {
+                let tunnel = self
+                    .upstream
+                    .tunnel(addr, &identity, request.traceparent.clone(), Some(forwarded_for(request.peer_addr)))
+                    .await?;
+                return Ok(Either::Right(tunnel));
+            }
+        };
         if self.proxy.needs_l7(&snapshot, &service, port) {
             let (near, far) = tokio::io::duplex(PIPE_BUFFER);
             let down = Downstream {
@@ -75,7 +110,10 @@ impl UpstreamDialer for WaypointDialer {
             .proxy
             .pick_endpoint(&snapshot, &service, port)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("service {service} has no endpoints")))?;
-        let tunnel = self.upstream.tunnel(ep.addr, &ep.identity, request.traceparent.clone()).await?;
+        let tunnel = self
+            .upstream
+            .tunnel(ep.addr, &ep.identity, request.traceparent.clone(), Some(forwarded_for(request.peer_addr)))
+            .await?;
         Ok(Either::Right(tunnel))
     }
 }

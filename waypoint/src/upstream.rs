@@ -32,6 +32,17 @@ pub struct Target {
     pub http2: bool,
     /// This hop's `traceparent`, carried on the CONNECT too.
     pub traceparent: Option<String>,
+    /// `Forwarded: for=<client>` for the CONNECT, so the destination learns the original
+    /// client behind the waypoint (it trusts this only from waypoint identities).
+    pub forwarded: Option<String>,
+}
+
+/// `Forwarded` (RFC 7239) naming the client address: IPv6 quoted and bracketed.
+pub fn forwarded_for(client: SocketAddr) -> String {
+    match client.ip().to_canonical() {
+        std::net::IpAddr::V4(ip) => format!("for={ip}"),
+        std::net::IpAddr::V6(ip) => format!("for=\"[{ip}]\""),
+    }
 }
 
 /// Why an attempt produced no response. Both are safe to retry: the request body is
@@ -75,6 +86,7 @@ impl HboneUpstream {
         addr: SocketAddr,
         identity: &Identity,
         traceparent: Option<String>,
+        forwarded: Option<String>,
     ) -> io::Result<Tunnel> {
         let key = PoolKey {
             src_pod: self.src_pod.clone(),
@@ -84,6 +96,7 @@ impl HboneUpstream {
         };
         let mut req = TunnelRequest::new(Authority::parse(&addr.to_string()).map_err(io::Error::other)?);
         req.traceparent = traceparent;
+        req.forwarded = forwarded;
         self.pool.connect(key, req).await.map_err(io::Error::other)
     }
 }
@@ -98,7 +111,10 @@ impl Upstream for HboneUpstream {
         let addr = target.addr;
         let connect = |e: &dyn std::fmt::Display| UpstreamError::Connect { addr, reason: e.to_string() };
         let reset = |e: hyper::Error| UpstreamError::Reset { addr, reason: e.to_string() };
-        let tunnel = self.tunnel(addr, &target.identity, target.traceparent.clone()).await.map_err(|e| connect(&e))?;
+        let tunnel = self
+            .tunnel(addr, &target.identity, target.traceparent.clone(), target.forwarded.clone())
+            .await
+            .map_err(|e| connect(&e))?;
         let io = TokioIo::new(tunnel);
         // One tunnel per request: the connection task ends once the response is read.
         let response = if target.http2 {

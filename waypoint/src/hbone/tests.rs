@@ -36,12 +36,17 @@ fn id(ns: &str, sa: &str) -> Identity {
     Identity::new(TD, ns, sa).unwrap()
 }
 
-/// The endpoint's HBONE server admits everyone (the agent's checks are tested there).
-struct AllowAll;
+/// The endpoint's HBONE server admits everyone (the agent's checks are tested there) and
+/// records what it saw.
+#[derive(Default)]
+struct AllowAll {
+    seen: std::sync::Mutex<Vec<ConnectRequest>>,
+}
 
 #[async_trait]
 impl ConnectHook for AllowAll {
-    async fn authorize(&self, _r: &ConnectRequest) -> Result<Accepted, Refusal> {
+    async fn authorize(&self, r: &ConnectRequest) -> Result<Accepted, Refusal> {
+        self.seen.lock().unwrap().push(r.clone());
         Ok(Accepted::default())
     }
 }
@@ -135,6 +140,9 @@ struct Mesh {
     client: Pool<DirectTcpDialer>,
     waypoint: SocketAddr,
     metrics: RequestMetrics,
+    echo_port: u16,
+    http_port: u16,
+    endpoint: Arc<AllowAll>,
     _stop: tokio_util::sync::DropGuard,
 }
 
@@ -147,7 +155,8 @@ async fn mesh() -> Mesh {
     let (http_port, echo_port) = (http_backend().await.port(), tcp_echo().await.port());
     // The endpoint's HBONE server (its agent), dialling the backends as targets.
     let (l, endpoint_hbone) = listener().await;
-    let server = HboneServer::builder((certs.clone(), id("shop", "reviews")), AllowAll, TcpUpstream).build();
+    let endpoint = Arc::new(AllowAll::default());
+    let server = HboneServer::builder((certs.clone(), id("shop", "reviews")), endpoint.clone(), TcpUpstream).build();
     tokio::spawn(server.serve(l, stop.clone()));
 
     let text = config(http_port, echo_port);
@@ -169,7 +178,7 @@ async fn mesh() -> Mesh {
     tokio::spawn(server.serve(l, stop.clone()));
 
     let client = Pool::new(PoolConfig::default(), DirectTcpDialer, Arc::new(certs));
-    Mesh { client, waypoint, metrics, _stop: stop.drop_guard() }
+    Mesh { client, waypoint, metrics, echo_port, http_port, endpoint, _stop: stop.drop_guard() }
 }
 
 impl Mesh {
@@ -212,6 +221,13 @@ async fn http_through_the_waypoint_over_real_hbone() {
     assert_eq!(via.as_deref(), Some("waypoint"));
     assert!(body.starts_with("backend /hello parent=00-4bf92f3577b34da6a3ce929d0e0e4736-"), "{body}");
     assert!(!body.contains("00f067aa0ba902b7"), "the waypoint is a new span: {body}");
+    // The waypoint re-tunnelled with its own identity to endpointIP:targetPort.
+    let seen = m.endpoint.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].peer_identity, id("shop", "waypoint"));
+    assert_eq!(seen[0].target.to_string(), format!("127.0.0.1:{}", m.http_port));
+    assert_eq!(seen[0].forwarded.as_deref(), Some("for=127.0.0.1"));
+    assert!(seen[0].traceparent.as_deref().unwrap().starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
 
     // L7 DENY by path, enforced in the waypoint.
     let (status, _, body) = within(m.get("/admin/x")).await;
@@ -242,7 +258,20 @@ async fn tunnels_for_unknown_services_are_refused() {
     let m = mesh().await;
     let e = within(m.tunnel("nothing.shop.svc.cluster.local:80")).await.unwrap_err();
     assert!(matches!(e, mesh::hbone::HboneError::Refused { status: 400, .. }), "{e}");
-    // A workload IP is not a service: never an open proxy.
-    let e = within(m.tunnel("127.0.0.1:80")).await.unwrap_err();
+    // An address that is neither a service nor a workload using this waypoint: never an open proxy.
+    let e = within(m.tunnel("127.0.0.9:80")).await.unwrap_err();
     assert!(matches!(e, mesh::hbone::HboneError::Refused { status: 400, .. }), "{e}");
+    // The waypoint's own workload does not use a waypoint.
+    let e = within(m.tunnel("127.0.0.2:80")).await.unwrap_err();
+    assert!(matches!(e, mesh::hbone::HboneError::Refused { status: 400, .. }), "{e}");
+}
+
+#[tokio::test]
+async fn pod_direct_tunnels_are_relayed_to_that_workload() {
+    let m = mesh().await;
+    let mut tunnel = within(m.tunnel(&format!("127.0.0.1:{}", m.echo_port))).await.unwrap();
+    tunnel.write_all(b"to the pod").await.unwrap();
+    let mut buf = vec![0; 10];
+    within(tunnel.read_exact(&mut buf)).await.unwrap();
+    assert_eq!(buf, b"to the pod");
 }

@@ -143,6 +143,7 @@ impl Proxy {
                 service: backend.service.clone(),
                 http2,
                 traceparent: None,
+                forwarded: None,
             };
             let sent = tokio::time::timeout(MIRROR_TIMEOUT, async {
                 let r = proxy.upstream.send(&target, req).await?;

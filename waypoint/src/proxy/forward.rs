@@ -196,6 +196,7 @@ impl Proxy {
                 service: backend.service.clone(),
                 http2,
                 traceparent: Some(trace.header()),
+                forwarded: ctx.forwarded.clone(),
             };
             let sent = self.upstream.send(&target, req);
             let result = match rule.timeouts.backend_request {

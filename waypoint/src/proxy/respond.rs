@@ -47,6 +47,8 @@ pub(crate) struct Context {
     pub request_bytes: u64,
     /// A fault delay was injected (reported with the final flags).
     pub delayed: bool,
+    /// `Forwarded` for the upstream CONNECT (the client's address).
+    pub forwarded: Option<String>,
     trace: Trace,
     request_id: String,
 }
@@ -91,6 +93,7 @@ impl Context {
             attempts: 0,
             request_bytes: 0,
             delayed: false,
+            forwarded: Some(crate::upstream::forwarded_for(down.peer_addr)),
             trace,
             request_id: parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned(),
         }
