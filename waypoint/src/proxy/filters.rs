@@ -10,7 +10,7 @@ use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 
 use super::Proxy;
-use super::forward::{endpoints, upstream_form};
+use super::forward::{endpoints, upstream_form, upstream_http2};
 use super::respond::{Context, ResponseFlags};
 use crate::route::{BackendRef, Filter, PathMatch, RouteMatch, rewrite_path, with_path};
 use crate::telemetry::Metered;
@@ -127,7 +127,7 @@ impl Proxy {
                 req.headers_mut().insert(http::header::HOST, v);
             }
         }
-        let http2 = parts.version == http::Version::HTTP_2;
+        let http2 = upstream_http2(&self.snapshot(), &backend, port, parts.version, &parts.headers);
         upstream_form(&mut req, http2);
         let proxy = self.clone();
         tokio::spawn(async move {

@@ -86,6 +86,36 @@ pub(crate) fn endpoints(snapshot: &Snapshot, backend: &BackendRef, port: u16) ->
         .collect()
 }
 
+/// Whether to speak HTTP/2 to the backend's endpoints. The Service port's name decides where
+/// it says (Istio's convention: `http2`, `grpc*`, `h2c` → HTTP/2; `http`, `http-*` →
+/// HTTP/1.1 except gRPC, which needs HTTP/2's trailers); otherwise the client's protocol.
+pub(super) fn upstream_http2(
+    snapshot: &Snapshot,
+    backend: &BackendRef,
+    port: u16,
+    version: http::Version,
+    headers: &http::HeaderMap,
+) -> bool {
+    let name = snapshot
+        .model
+        .service(&backend.service.namespace, &backend.service.name)
+        .and_then(|s| s.port(backend.port.unwrap_or(port)))
+        .map(|p| p.name.to_ascii_lowercase())
+        .unwrap_or_default();
+    let grpc = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    let named = |p: &str| name == p || name.strip_prefix(p).is_some_and(|r| r.starts_with('-'));
+    if named("http2") || named("grpc") || named("grpc-web") || named("h2c") {
+        true
+    } else if named("http") {
+        grpc
+    } else {
+        version == http::Version::HTTP_2
+    }
+}
+
 /// Puts the request in the form the upstream connection needs.
 pub(super) fn upstream_form(request: &mut Request<Full<Bytes>>, http2: bool) {
     let authority = request
@@ -125,7 +155,7 @@ impl Proxy {
         mut request: Request<Full<Bytes>>,
         trace: Trace,
     ) -> Result<(Response<ResponseBody>, ResponseFlags), Failure> {
-        let http2 = request.version() == http::Version::HTTP_2;
+        let http2 = upstream_http2(snapshot, backend, port, request.version(), request.headers());
         upstream_form(&mut request, http2);
         let attempts = self.attempts(ctx, snapshot, rule, backend, port, request, http2, trace);
         match rule.timeouts.request {

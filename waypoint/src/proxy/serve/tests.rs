@@ -68,11 +68,18 @@ async fn serves_http1_and_http2_prior_knowledge_on_tunnels() {
     assert_eq!(r.version(), http::Version::HTTP_2);
     let body = r.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(body, "reviews /two");
+    let grpc = Request::post(format!("http://{HOST}/pkg.Svc/Call"))
+        .header("content-type", "application/grpc")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    assert_eq!(within(send.send_request(grpc)).await.unwrap().status(), 200);
     let calls = up.calls();
-    assert_eq!(calls.len(), 2);
-    // The upstream leg mirrors the client's protocol.
+    assert_eq!(calls.len(), 3);
+    // The port is named `http`: HTTP/1.1 to the endpoints whatever the client spoke, except
+    // gRPC, which needs HTTP/2.
     assert!(!calls[0].target.http2);
-    assert!(calls[1].target.http2);
+    assert!(!calls[1].target.http2);
+    assert!(calls[2].target.http2);
 }
 
 #[tokio::test]

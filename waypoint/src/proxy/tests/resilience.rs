@@ -6,7 +6,14 @@ use std::time::Duration;
 use http::StatusCode;
 use tokio::time::Instant;
 
-use crate::testing::{Reply, Scripted, get, proxy, route};
+use bytes::Bytes;
+use http_body_util::Full;
+
+use crate::testing::{Reply, Scripted, get, proxy, req, route, send};
+
+fn empty() -> Full<Bytes> {
+    Full::new(Bytes::new())
+}
 
 #[tokio::test(start_paused = true)]
 async fn retries_503_twice_then_200_and_the_client_sees_200() {
@@ -161,4 +168,49 @@ spec:
     codes.sort();
     // One in flight, one pending (served after), one refused.
     assert_eq!(codes, [200, 200, 503]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_follow_a_seeded_failure_schedule_exactly_inside_the_budget() {
+    // 30% of requests fail, none more than twice: half of those once, half twice.
+    let rng = crate::rng::Rng::new(42);
+    let schedule: Vec<u32> = (0..300)
+        .map(|_| match rng.percent() {
+            p if p < 15.0 => 2,
+            p if p < 30.0 => 1,
+            _ => 0,
+        })
+        .collect();
+    let failures: u32 = schedule.iter().sum();
+    let plan = schedule.clone();
+    let up = Scripted::new(move |c, _| {
+        let i: usize = c.headers["x-request-id"].to_str().unwrap().parse().unwrap();
+        let attempt: u32 = c.headers.get("x-envoy-attempt-count").map_or(1, |v| v.to_str().unwrap().parse().unwrap());
+        if attempt <= plan[i] { Reply::Status(503) } else { Reply::Status(200) }
+    });
+    let budget = r#"
+---
+apiVersion: gateway.networking.x-k8s.io/v1alpha1
+kind: XBackendTrafficPolicy
+metadata: {name: reviews-budget, namespace: shop}
+spec:
+  targetRefs: [{group: "", kind: Service, name: reviews}]
+  retryConstraint: {budget: {percent: 100, interval: 10s}, minRetryRate: {count: 10, interval: 1s}}
+"#;
+    let p = proxy(
+        &format!(
+            "{}{budget}",
+            route(
+                "  - backendRefs: [{name: reviews, port: 80}]\n    retry: {attempts: 3, codes: [503], backoff: 10ms}\n"
+            )
+        ),
+        up.clone(),
+    );
+    for i in 0..schedule.len() {
+        let got = send(&p, req("GET", "/").header("x-request-id", i.to_string()).body(empty()).unwrap()).await;
+        assert_eq!(got.status, StatusCode::OK, "request {i}");
+    }
+    // Every retry the schedule demands, and not one more.
+    assert_eq!(up.calls().len() as u32, schedule.len() as u32 + failures);
+    assert!(failures > 60, "the schedule exercises retries: {failures}");
 }
