@@ -3,6 +3,7 @@
 //! ejection. It talks to endpoints only through [`Upstream`], so tests script the backends
 //! and run without TLS.
 
+mod deadline;
 mod filters;
 mod forward;
 mod respond;

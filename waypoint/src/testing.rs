@@ -97,6 +97,8 @@ pub enum Reply {
     Status(u16),
     /// Answer after a (paused-time) delay.
     Slow(u16, Duration),
+    /// Headers at once, the body after a delay.
+    SlowBody(u16, Duration),
     ConnectFail,
     Reset,
 }
@@ -153,8 +155,13 @@ impl Upstream for Scripted {
             calls.len() - 1
         };
         let addr = target.addr;
+        let mut body_delay = None;
         let status = match (self.script)(&call, n) {
             Reply::Status(s) => s,
+            Reply::SlowBody(s, d) => {
+                body_delay = Some(d);
+                s
+            }
             Reply::Slow(s, d) => {
                 tokio::time::sleep(d).await;
                 s
@@ -163,7 +170,17 @@ impl Upstream for Scripted {
             Reply::Reset => return Err(UpstreamError::Reset { addr, reason: "scripted".into() }),
         };
         let text = format!("{} {}", target.service.name, call.uri.path());
-        let mut r = Response::new(Full::new(Bytes::from(text)).map_err(|n| -> BoxError { match n {} }).boxed_unsync());
+        let body = match body_delay {
+            None => Full::new(Bytes::from(text)).map_err(|n| -> BoxError { match n {} }).boxed_unsync(),
+            Some(d) => {
+                let chunk = futures::stream::once(async move {
+                    tokio::time::sleep(d).await;
+                    Ok::<_, BoxError>(hyper::body::Frame::data(Bytes::from(text)))
+                });
+                http_body_util::StreamBody::new(chunk).boxed_unsync()
+            }
+        };
+        let mut r = Response::new(body);
         *r.status_mut() = StatusCode::from_u16(status).unwrap();
         r.headers_mut().insert("x-upstream", target.addr.to_string().parse().unwrap());
         if let Some(tp) = call.headers.get("traceparent") {

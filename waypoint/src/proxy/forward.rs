@@ -159,11 +159,17 @@ impl Proxy {
         upstream_form(&mut request, http2);
         let attempts = self.attempts(ctx, snapshot, rule, backend, port, request, http2, trace);
         match rule.timeouts.request {
-            Some(t) => tokio::time::timeout(t, attempts).await.unwrap_or(Err((
-                StatusCode::GATEWAY_TIMEOUT,
-                ResponseFlags::UPSTREAM_TIMEOUT,
-                "upstream request timeout",
-            ))),
+            // The request timeout covers the whole exchange (Gateway API): the response
+            // headers here, the rest of the body through the deadline wrapper.
+            Some(t) => {
+                let deadline = tokio::time::Instant::now() + t;
+                let (response, flags) = tokio::time::timeout_at(deadline, attempts).await.unwrap_or(Err((
+                    StatusCode::GATEWAY_TIMEOUT,
+                    ResponseFlags::UPSTREAM_TIMEOUT,
+                    "upstream request timeout",
+                )))?;
+                Ok((response.map(|b| super::deadline::until(b, deadline)), flags))
+            }
             None => attempts.await,
         }
     }
@@ -215,9 +221,8 @@ impl Proxy {
                 return Err((StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UPSTREAM_OVERFLOW, "upstream overflow"));
             };
             let mut req = request.clone();
-            if attempt > 0
-                && let Ok(v) = HeaderValue::from_str(&(attempt + 1).to_string())
-            {
+            // Envoy's header: lets backends (and tests) see which try this is.
+            if let Ok(v) = HeaderValue::from_str(&(attempt + 1).to_string()) {
                 req.headers_mut().insert("x-envoy-attempt-count", v);
             }
             let target = Target {

@@ -28,7 +28,7 @@ async fn retries_503_twice_then_200_and_the_client_sees_200() {
     assert_eq!(got.status, StatusCode::OK);
     let calls = up.calls();
     assert_eq!(calls.len(), 3);
-    assert!(calls[0].headers.get("x-envoy-attempt-count").is_none());
+    assert_eq!(calls[0].headers["x-envoy-attempt-count"], "1");
     assert_eq!(calls[2].headers["x-envoy-attempt-count"], "3");
     // Retries prefer endpoints not tried yet for this request.
     assert_ne!(calls[0].target.addr, calls[1].target.addr);
@@ -95,6 +95,19 @@ async fn request_timeout_cuts_a_slow_backend() {
     let start = Instant::now();
     let got = get(&p, "/").await;
     assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(start.elapsed(), Duration::from_secs(2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn request_timeout_also_cuts_a_slowly_streamed_body() {
+    let up = Scripted::new(|_, _| Reply::SlowBody(200, Duration::from_secs(30)));
+    let p = proxy(&route("  - backendRefs: [{name: reviews, port: 80}]\n    timeouts: {request: 2s}\n"), up);
+    let down = crate::testing::downstream("reviews.shop.svc.cluster.local:80");
+    let start = Instant::now();
+    let response = p.handle(&down, req("GET", "/").body(empty()).unwrap()).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = http_body_util::BodyExt::collect(response.into_body()).await;
+    assert!(body.is_err(), "the body must fail at the deadline");
     assert_eq!(start.elapsed(), Duration::from_secs(2));
 }
 
@@ -185,7 +198,7 @@ async fn retries_follow_a_seeded_failure_schedule_exactly_inside_the_budget() {
     let plan = schedule.clone();
     let up = Scripted::new(move |c, _| {
         let i: usize = c.headers["x-request-id"].to_str().unwrap().parse().unwrap();
-        let attempt: u32 = c.headers.get("x-envoy-attempt-count").map_or(1, |v| v.to_str().unwrap().parse().unwrap());
+        let attempt: u32 = c.headers["x-envoy-attempt-count"].to_str().unwrap().parse().unwrap();
         if attempt <= plan[i] { Reply::Status(503) } else { Reply::Status(200) }
     });
     let budget = r#"
