@@ -299,3 +299,47 @@ async fn oversized_request_bodies_get_413() {
     assert_eq!(got.status, StatusCode::PAYLOAD_TOO_LARGE);
     assert!(up.calls().is_empty());
 }
+
+/// Collects formatted log output.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_access_log_line_per_request() {
+    let out = Captured::default();
+    let writer = out.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::INFO)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let up = Scripted::new(|_, n| if n == 0 { Reply::Status(503) } else { Reply::Status(200) });
+    let p = proxy(&route("  - backendRefs: [{name: reviews, port: 80}]\n    retry: {attempts: 1, backoff: 1ms}\n"), up);
+    get(&p, "/a").await;
+    get(&p, "/missing-route-is-fine-too").await;
+    let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["target"] == "access")
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let first = &lines[0]["fields"];
+    assert_eq!(first["path"], "/a");
+    assert_eq!(first["response_code"], 200);
+    assert_eq!(first["attempts"], 2);
+    assert_eq!(first["route"], "shop/reviews");
+    assert_eq!(first["src"], "spiffe://cluster.local/ns/web/sa/client");
+    assert_eq!(first["dst_service"], "reviews.shop.svc.cluster.local");
+}
