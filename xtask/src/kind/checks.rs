@@ -129,7 +129,7 @@ fn mutual_tls() -> anyhow::Result<()> {
         Ok(metrics.lines().any(|l| {
             l.starts_with("istio_tcp_connections_opened_total")
                 && l.contains("connection_security_policy=\"mutual_tls\"")
-                && l.contains("source_workload=\"client\"")
+                && l.contains("/ns/e2e/sa/client\"")
         }))
     })
 }
