@@ -66,7 +66,7 @@ impl Plan {
     }
 }
 
-pub fn bench(quick: bool, out: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn bench(quick: bool, out: Option<PathBuf>, rounds: Option<usize>) -> anyhow::Result<()> {
     ensure!(
         pillion_e2e::is_root(),
         "the benchmark builds network namespaces and loads eBPF programs: run `sudo cargo xtask bench`"
@@ -74,7 +74,10 @@ pub fn bench(quick: bool, out: Option<PathBuf>) -> anyhow::Result<()> {
     if setup::needed() {
         setup::setup()?;
     }
-    let plan = if quick { Plan::quick() } else { Plan::full() };
+    let mut plan = if quick { Plan::quick() } else { Plan::full() };
+    if let Some(r) = rounds {
+        plan.rounds = r.max(1);
+    }
     // Quick runs use the test profile (CI builds one profile); full runs
     // measure the release build users would run.
     let profile = if quick { "debug" } else { "release" };

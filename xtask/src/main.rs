@@ -41,6 +41,9 @@ enum Command {
         /// Output directory (default target/bench).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Override the number of rounds (the protocol asks for at least 5).
+        #[arg(long)]
+        rounds: Option<usize>,
     },
     /// The kind cluster e2e tier (needs Docker and kind; not part of `test`).
     E2eKind,
@@ -59,7 +62,7 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::msg),
         Command::Test => return test::test(),
         Command::Demo => demo::demo(),
-        Command::Bench { quick, out } => bench::bench(quick, out),
+        Command::Bench { quick, out, rounds } => bench::bench(quick, out, rounds),
         Command::E2eKind => {
             eprintln!("e2e-kind: the Kubernetes tier arrives with the Kubernetes issue; nothing to run yet");
             return ExitCode::from(3);

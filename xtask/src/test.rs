@@ -138,7 +138,7 @@ pub fn test() -> ExitCode {
             // The benchmark harness must keep producing every figure; its
             // numbers are not judged here.
             let bench = phases.run("bench --quick", || {
-                crate::bench::bench(true, Some(crate::workspace().join("target/bench-quick")))
+                crate::bench::bench(true, Some(crate::workspace().join("target/bench-quick")), None)
             });
             match bench {
                 Ok(()) => tally.passed += 1,

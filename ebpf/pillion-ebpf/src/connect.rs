@@ -8,9 +8,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use core::ptr::{addr_of_mut, write_volatile};
-use pillion_common::{
-    AF_INET, AF_INET6, OUTBOUND_PORT, POD_FLAG_OUTBOUND_V6, PodConfig, SockAddr, stat,
-};
+use pillion_common::{AF_INET, AF_INET6, OUTBOUND_PORT, POD_FLAG_OUTBOUND_V6, PodConfig, SockAddr, stat};
 
 use crate::{ENROLLED, EXEMPT_CGROUPS, PENDING, count};
 
@@ -80,21 +78,14 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
     if is_local4(ip) {
         return Ok(ALLOW);
     }
-    let dst = SockAddr {
-        addr: [ip, 0, 0, 0],
-        port: u16::from_be(port as u16),
-        family: AF_INET,
-    };
+    let dst = SockAddr { addr: [ip, 0, 0, 0], port: u16::from_be(port as u16), family: AF_INET };
     park(ctx, &dst)?;
     // Full 32-bit volatile stores: the verifier rejects narrower or merged
     // writes to these context fields.
     // SAFETY: writable fields of bpf_sock_addr for connect4.
     unsafe {
         write_volatile(addr_of_mut!((*sa).user_ip4), LOOPBACK4);
-        write_volatile(
-            addr_of_mut!((*sa).user_port),
-            u32::from(OUTBOUND_PORT.to_be()),
-        );
+        write_volatile(addr_of_mut!((*sa).user_port), u32::from(OUTBOUND_PORT.to_be()));
     }
     count(stat::CONNECT_REDIRECTED);
     Ok(ALLOW)
@@ -113,11 +104,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
         if is_local4(ip[3]) {
             return Ok(ALLOW);
         }
-        let dst = SockAddr {
-            addr: [ip[3], 0, 0, 0],
-            port,
-            family: AF_INET,
-        };
+        let dst = SockAddr { addr: [ip[3], 0, 0, 0], port, family: AF_INET };
         park(ctx, &dst)?;
         // ::ffff:127.0.0.1 reaches the IPv4 outbound listener.
         // SAFETY: writable fields of bpf_sock_addr for connect6.
@@ -126,16 +113,12 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
             write_volatile(addr_of_mut!((*sa).user_ip6[1]), 0);
             write_volatile(addr_of_mut!((*sa).user_ip6[2]), V4_MAPPED_WORD);
             write_volatile(addr_of_mut!((*sa).user_ip6[3]), LOOPBACK4);
-            write_volatile(
-                addr_of_mut!((*sa).user_port),
-                u32::from(OUTBOUND_PORT.to_be()),
-            );
+            write_volatile(addr_of_mut!((*sa).user_port), u32::from(OUTBOUND_PORT.to_be()));
         }
         count(stat::CONNECT_REDIRECTED);
         return Ok(ALLOW);
     }
-    let unspecified_or_loopback =
-        ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && (ip[3] == 0 || ip[3] == LOOPBACK6_LAST);
+    let unspecified_or_loopback = ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && (ip[3] == 0 || ip[3] == LOOPBACK6_LAST);
     if unspecified_or_loopback {
         return Ok(ALLOW);
     }
@@ -144,11 +127,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
         count(stat::CONNECT_NO_V6_LISTENER);
         return Ok(REFUSE);
     }
-    let dst = SockAddr {
-        addr: ip,
-        port,
-        family: AF_INET6,
-    };
+    let dst = SockAddr { addr: ip, port, family: AF_INET6 };
     park(ctx, &dst)?;
     // SAFETY: writable fields of bpf_sock_addr for connect6.
     unsafe {
@@ -156,10 +135,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
         write_volatile(addr_of_mut!((*sa).user_ip6[1]), 0);
         write_volatile(addr_of_mut!((*sa).user_ip6[2]), 0);
         write_volatile(addr_of_mut!((*sa).user_ip6[3]), LOOPBACK6_LAST);
-        write_volatile(
-            addr_of_mut!((*sa).user_port),
-            u32::from(OUTBOUND_PORT.to_be()),
-        );
+        write_volatile(addr_of_mut!((*sa).user_port), u32::from(OUTBOUND_PORT.to_be()));
     }
     count(stat::CONNECT_REDIRECTED);
     Ok(ALLOW)

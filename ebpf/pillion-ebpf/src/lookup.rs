@@ -32,19 +32,9 @@ macro_rules! field {
 
 fn ip6(ctx: &SkLookupContext, remote: bool) -> [u32; 4] {
     if remote {
-        [
-            field!(ctx, remote_ip6[0]),
-            field!(ctx, remote_ip6[1]),
-            field!(ctx, remote_ip6[2]),
-            field!(ctx, remote_ip6[3]),
-        ]
+        [field!(ctx, remote_ip6[0]), field!(ctx, remote_ip6[1]), field!(ctx, remote_ip6[2]), field!(ctx, remote_ip6[3])]
     } else {
-        [
-            field!(ctx, local_ip6[0]),
-            field!(ctx, local_ip6[1]),
-            field!(ctx, local_ip6[2]),
-            field!(ctx, local_ip6[3]),
-        ]
+        [field!(ctx, local_ip6[0]), field!(ctx, local_ip6[1]), field!(ctx, local_ip6[2]), field!(ctx, local_ip6[3])]
     }
 }
 
@@ -60,26 +50,11 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<u32, i32> {
     let family = field!(ctx, family);
     let (local, remote) = if family == u32::from(AF_INET) {
         (
-            IpKey {
-                family,
-                addr: [field!(ctx, local_ip4), 0, 0, 0],
-            },
-            IpKey {
-                family,
-                addr: [field!(ctx, remote_ip4), 0, 0, 0],
-            },
+            IpKey { family, addr: [field!(ctx, local_ip4), 0, 0, 0] },
+            IpKey { family, addr: [field!(ctx, remote_ip4), 0, 0, 0] },
         )
     } else if family == u32::from(AF_INET6) {
-        (
-            IpKey {
-                family,
-                addr: ip6(ctx, false),
-            },
-            IpKey {
-                family,
-                addr: ip6(ctx, true),
-            },
-        )
+        (IpKey { family, addr: ip6(ctx, false) }, IpKey { family, addr: ip6(ctx, true) })
     } else {
         return Ok(SK_PASS);
     };
@@ -99,10 +74,7 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<u32, i32> {
         }
         Err(_) => {
             count(stat::INBOUND_DROPPED);
-            warn!(
-                ctx,
-                "sk_lookup: no inbound listener for port {}, dropped", local_port
-            );
+            warn!(ctx, "sk_lookup: no inbound listener for port {}, dropped", local_port);
             Ok(SK_DROP)
         }
     }

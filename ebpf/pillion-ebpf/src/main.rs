@@ -31,7 +31,7 @@ static ENROLLED: HashMap<u64, PodConfig> = HashMap::pinned(4096, 0);
 
 /// Cgroup ids whose sockets are never captured (the agent's own).
 #[map(name = "EXEMPT_CGROUPS")]
-static EXEMPT_CGROUPS: HashMap<u64, u32> = HashMap::pinned(64, 0);
+static EXEMPT_CGROUPS: HashMap<u64, u32> = HashMap::pinned(4096, 0);
 
 /// Original destination by socket cookie, between connect and establishment.
 /// LRU: a connect that never completes leaves an entry that ages out.
@@ -43,9 +43,10 @@ static PENDING: LruHashMap<u64, SockAddr> = LruHashMap::pinned(65536, 0);
 #[map(name = "ORIG_DST")]
 static ORIG_DST: LruHashMap<OrigDstKey, SockAddr> = LruHashMap::pinned(65536, 0);
 
-/// The node's own addresses: inbound from them (kubelet probes) is not captured.
+/// The node's own addresses (one per pod link, so sized like pods): inbound
+/// from them (kubelet probes) is not captured.
 #[map(name = "NODE_ADDRS")]
-static NODE_ADDRS: HashMap<IpKey, u32> = HashMap::pinned(64, 0);
+static NODE_ADDRS: HashMap<IpKey, u32> = HashMap::pinned(4096, 0);
 
 /// Inbound listener (15006) of each enrolled pod, keyed by the pod's address.
 /// The kernel drops an entry when its socket closes: with the agent gone the

@@ -39,11 +39,7 @@ fn try_established(ctx: &SockOpsContext) -> Result<(), i32> {
     } else {
         SIDE_V4
     };
-    let key = OrigDstKey {
-        netns_cookie,
-        side,
-        client_port: ctx.local_port(),
-    };
+    let key = OrigDstKey { netns_cookie, side, client_port: ctx.local_port() };
     ORIG_DST.insert(&key, &dst, 0)?;
     let _ = PENDING.remove(&cookie);
     count(stat::ORIG_DST_RECORDED);
