@@ -257,7 +257,14 @@ impl Runner {
                         "{kind} watch failed: {e}; retrying with backoff (check the API server is reachable and the pillion ClusterRole grants list/watch on it)"
                     )
                 };
-                tracing::warn!(kind, error = %e, "{msg}");
+                // A missing CRD is re-checked with backoff for as long as it is missing:
+                // say so once, not every 30 s.
+                let known = missing && self.status_tx.borrow().missing_kinds.contains(&kind);
+                if known {
+                    tracing::debug!(kind, error = %e, "{msg}");
+                } else {
+                    tracing::warn!(kind, error = %e, "{msg}");
+                }
                 self.status_tx.send_modify(|s| {
                     *s.watch_errors.entry(kind).or_default() += 1;
                     s.last_watch_error = Some(msg);
