@@ -138,6 +138,37 @@ pub enum Change {
     HttpRoute(Ev<Box<HttpRoute>>),
 }
 
+impl Change {
+    /// The kind's name, as in errors and the status.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Namespace(_) => "Namespace",
+            Self::Pod(_) => "Pod",
+            Self::Service(_) => "Service",
+            Self::Slice(_) => "EndpointSlice",
+            Self::Waypoint(_) => "Gateway",
+            Self::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            Self::PeerAuthentication(_) => "PeerAuthentication",
+            Self::HttpRoute(_) => "HTTPRoute",
+        }
+    }
+
+    /// The end of a complete list.
+    pub fn is_list_done(&self) -> bool {
+        matches!(
+            self,
+            Self::Namespace(Ev::InitDone)
+                | Self::Pod(Ev::InitDone)
+                | Self::Service(Ev::InitDone)
+                | Self::Slice(Ev::InitDone)
+                | Self::Waypoint(Ev::InitDone)
+                | Self::AuthorizationPolicy(Ev::InitDone)
+                | Self::PeerAuthentication(Ev::InitDone)
+                | Self::HttpRoute(Ev::InitDone)
+        )
+    }
+}
+
 impl Cache {
     /// `(model inputs changed, routes changed)`.
     pub fn apply(&mut self, c: Change) -> (bool, bool) {

@@ -247,7 +247,15 @@ impl Runner {
 
     fn handle(&mut self, item: Result<Change, WatchFailure>) -> (bool, bool) {
         match item {
-            Ok(change) => self.cache.apply(change),
+            Ok(change) => {
+                // A CRD installed after start: its first real list ends the "missing" state.
+                if change.is_list_done() && self.status_tx.borrow().missing_kinds.contains(&change.kind()) {
+                    let kind = change.kind();
+                    tracing::info!(kind, "the CRD is installed now; watching it");
+                    self.status_tx.send_modify(|s| s.missing_kinds.retain(|k| *k != kind));
+                }
+                self.cache.apply(change)
+            }
             Err((kind, e)) => {
                 let missing = OPTIONAL_KINDS.contains(&kind) && is_not_found(&e);
                 let msg = if missing {

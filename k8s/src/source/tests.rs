@@ -267,6 +267,14 @@ async fn watch_errors_and_relists_recover_with_backoff() {
     assert_eq!(local_names(&src), ["shop/cart-0", "shop/cart-2"]);
     assert!(src.status().watch_errors.get("Pod") >= Some(&3), "the 410 is counted: {:#?}", src.status());
 
+    // The Gateway API CRDs get installed: the next list ends the "missing" state.
+    api.installed(GATEWAYS);
+    let mut status = src.subscribe_status();
+    tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| s.missing_kinds.is_empty()))
+        .await
+        .expect("Gateway no longer reported missing")
+        .unwrap();
+
     // Watches keep working after the relist.
     api.apply(PODS, pod("shop", "cart-3", "node-a", "10.1.0.4", json!({})));
     model_where(&src, "cart-3 after relist", |m| m.workload("shop", "cart-3").is_some()).await;

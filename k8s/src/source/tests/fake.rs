@@ -31,6 +31,8 @@ enum Cmd {
     Expire(&'static str),
     /// Answer lists of a resource with 404 (its CRD is not installed).
     Missing(&'static str),
+    /// Undo `Missing`.
+    Installed(&'static str),
 }
 
 #[derive(Clone)]
@@ -72,6 +74,10 @@ impl FakeApi {
 
     pub fn missing(&self, path: &'static str) {
         let _ = self.tx.send(Cmd::Missing(path));
+    }
+
+    pub fn installed(&self, path: &'static str) {
+        let _ = self.tx.send(Cmd::Installed(path));
     }
 }
 
@@ -145,6 +151,7 @@ impl Server {
                 self.flush(path);
             }
             Cmd::Missing(path) => self.missing.push(path.to_owned()),
+            Cmd::Installed(path) => self.missing.retain(|p| p != path),
         }
     }
 
