@@ -136,9 +136,31 @@ pub(super) fn upstream_form(request: &mut Request<Full<Bytes>>, http2: bool) {
         request.headers_mut().insert(http::header::HOST, v);
     }
     *request.version_mut() = if http2 { http::Version::HTTP_2 } else { http::Version::HTTP_11 };
-    // Hop-by-hop headers never cross a proxy.
-    for h in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade", "te"] {
-        request.headers_mut().remove(h);
+    strip_hop_by_hop(request.headers_mut());
+}
+
+/// Hop-by-hop headers never cross a proxy, nor do the headers `Connection` names; `te:
+/// trailers` is end to end in practice (gRPC requires it) and is kept.
+pub(crate) fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<String> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(',').map(|h| h.trim().to_ascii_lowercase()))
+        .filter(|h| !h.is_empty())
+        .collect();
+    for h in named.iter().map(String::as_str).chain([
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ]) {
+        headers.remove(h);
+    }
+    let trailers_only = headers.get(http::header::TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    if !trailers_only {
+        headers.remove(http::header::TE);
     }
 }
 
@@ -217,7 +239,7 @@ impl Proxy {
             ctx.upstream = addr.to_string();
             ctx.destination = ep.peer.clone();
 
-            let Ok(_permit) = state.breaker.acquire().await else {
+            let Ok(permit) = state.breaker.acquire().await else {
                 return Err((StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UPSTREAM_OVERFLOW, "upstream overflow"));
             };
             let mut req = request.clone();
@@ -255,7 +277,11 @@ impl Proxy {
                     } else {
                         ResponseFlags::NONE
                     };
-                    return Ok((response, flags));
+                    // The slot stays taken until the body is done: a streaming response is
+                    // still a request in flight for the circuit breaker.
+                    let (mut parts, body) = response.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    return Ok((Response::from_parts(parts, super::deadline::holding(body, permit)), flags));
                 }
                 Some(Err(e)) => {
                     state.outlier.record(addr, Outcome::LocalFailure, addrs.len());

@@ -323,7 +323,16 @@ async fn one_access_log_line_per_request() {
         .with_max_level(tracing::Level::INFO)
         .with_writer(move || writer.clone())
         .finish();
+    // tracing caches each callsite's interest process-wide, computed against the thread that
+    // first hits it; sibling tests run without a subscriber and would cache "never". A bare
+    // global registry keeps every thread's answer from being "never", and the scoped
+    // subscriber's registration rebuilds what was cached before it.
+    static GLOBAL: std::sync::Once = std::sync::Once::new();
+    GLOBAL.call_once(|| {
+        let _ = tracing::subscriber::set_global_default(tracing_subscriber::registry());
+    });
     let _guard = tracing::subscriber::set_default(subscriber);
+    tracing::callsite::rebuild_interest_cache();
     let up = Scripted::new(|_, n| if n == 0 { Reply::Status(503) } else { Reply::Status(200) });
     let p = proxy(&route("  - backendRefs: [{name: reviews, port: 80}]\n    retry: {attempts: 1, backoff: 1ms}\n"), up);
     get(&p, "/a").await;
@@ -342,4 +351,27 @@ async fn one_access_log_line_per_request() {
     assert_eq!(first["route"], "shop/reviews");
     assert_eq!(first["src"], "spiffe://cluster.local/ns/web/sa/client");
     assert_eq!(first["dst_service"], "reviews.shop.svc.cluster.local");
+}
+
+#[tokio::test(start_paused = true)]
+async fn hop_by_hop_headers_are_not_forwarded_but_te_trailers_is() {
+    let up = Scripted::ok();
+    let p = proxy(&route("  - backendRefs: [{name: reviews, port: 80}]\n"), up.clone());
+    let got = send(
+        &p,
+        req("GET", "/")
+            .header("connection", "keep-alive, x-hop")
+            .header("x-hop", "1")
+            .header("keep-alive", "timeout=5")
+            .header("te", "trailers")
+            .header("x-end", "2")
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(got.status, StatusCode::OK);
+    let h = &up.calls()[0].headers;
+    assert!(h.get("connection").is_none() && h.get("x-hop").is_none() && h.get("keep-alive").is_none());
+    assert_eq!(h["te"], "trailers");
+    assert_eq!(h["x-end"], "2");
 }

@@ -227,3 +227,32 @@ spec:
     assert_eq!(up.calls().len() as u32, schedule.len() as u32 + failures);
     assert!(failures > 60, "the schedule exercises retries: {failures}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_streaming_response_keeps_its_circuit_breaker_slot() {
+    let up = Scripted::new(|_, _| Reply::SlowBody(200, Duration::from_secs(5)));
+    let dr = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy: {connectionPool: {http: {http1MaxPendingRequests: 1, http2MaxRequests: 1}}}
+"#;
+    let p = proxy(&format!("{}{dr}", route("  - backendRefs: [{name: reviews, port: 80}]\n")), up);
+    let down = crate::testing::downstream("reviews.shop.svc.cluster.local:80");
+    let first = p.handle(&down, req("GET", "/").body(empty()).unwrap()).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    // While the first body streams, the second waits (pending) and the third overflows;
+    // the second is served once the first body is done.
+    let start = Instant::now();
+    let (body, second, third) =
+        tokio::join!(http_body_util::BodyExt::collect(first.into_body()), get(&p, "/"), async {
+            tokio::task::yield_now().await;
+            get(&p, "/").await
+        });
+    assert!(body.is_ok());
+    assert_eq!((second.status.as_u16(), third.status.as_u16()), (200, 503));
+    assert_eq!(start.elapsed(), Duration::from_secs(10), "the second started only after the first body ended");
+}
