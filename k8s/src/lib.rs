@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod backoff;
+pub mod ca_auth;
 pub mod cache;
 pub mod cni;
 pub mod istio;
@@ -20,5 +21,6 @@ pub mod objects;
 pub mod source;
 pub mod translate;
 
+pub use ca_auth::KubeAuthorizer;
 pub use source::{KubeSource, Options, SourceStatus};
 pub use translate::{LocalPod, captured};
