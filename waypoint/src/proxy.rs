@@ -166,19 +166,6 @@ impl Proxy {
             return ctx.local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NO_ROUTE, "no such service");
         };
         ctx.set_service(&snapshot, &service);
-        let body = match Limited::new(body, self.config.max_request_body).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(e) => {
-                let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
-                return if too_large {
-                    ctx.local(StatusCode::PAYLOAD_TOO_LARGE, ResponseFlags::NONE, "request body too large")
-                } else {
-                    ctx.local(StatusCode::BAD_REQUEST, ResponseFlags::DOWNSTREAM_RESET, "request body aborted")
-                };
-            }
-        };
-        ctx.request_bytes = body.len() as u64;
-
         let principal = down.peer_identity.as_ref().map(|i| i.as_str().trim_start_matches("spiffe://").to_owned());
         let source_ns = down.peer_identity.as_ref().map(|i| i.namespace().to_owned());
         let host = parts
@@ -218,6 +205,28 @@ impl Proxy {
         };
         ctx.route = rule.route.clone();
 
+        // The body is read only for a request that is allowed and routed, and within the
+        // route's request timeout (which covers the whole exchange).
+        let deadline = rule.timeouts.request.map(|t| start + t);
+        let collect = Limited::new(body, self.config.max_request_body).collect();
+        let collected = match deadline {
+            Some(d) => tokio::time::timeout_at(d, collect).await,
+            None => Ok(collect.await),
+        };
+        let body = match collected {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(e)) => {
+                let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+                return if too_large {
+                    ctx.local(StatusCode::PAYLOAD_TOO_LARGE, ResponseFlags::NONE, "request body too large")
+                } else {
+                    ctx.local(StatusCode::BAD_REQUEST, ResponseFlags::DOWNSTREAM_RESET, "request body aborted")
+                };
+            }
+            Err(_) => return ctx.local(StatusCode::REQUEST_TIMEOUT, ResponseFlags::NONE, "request body timeout"),
+        };
+        ctx.request_bytes = body.len() as u64;
+
         let filters: Vec<&Filter> = rule.filters.iter().collect();
         if let Some(done) = self.request_filters(&mut ctx, &filters, &mut parts, matched, &body, port).await {
             return done;
@@ -230,7 +239,7 @@ impl Proxy {
             return done;
         }
         let request = Request::from_parts(parts, Full::new(body));
-        let result = self.forward(&mut ctx, &snapshot, rule, &chosen.backend, port, request, trace).await;
+        let result = self.forward(&mut ctx, &snapshot, rule, &chosen.backend, port, request, trace, deadline).await;
         let (mut response, flags) = match result {
             Ok(r) => r,
             Err((status, flags, msg)) => return ctx.local(status, flags, msg),

@@ -165,7 +165,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 }
 
 impl Proxy {
-    /// Forwards with the rule's timeouts and retry policy.
+    /// Forwards with the rule's retry policy, per-try timeout and the request's `deadline`.
     #[expect(clippy::too_many_arguments, reason = "the request's pieces, each needed once")]
     pub(super) async fn forward(
         self: &Arc<Self>,
@@ -176,15 +176,15 @@ impl Proxy {
         port: u16,
         mut request: Request<Full<Bytes>>,
         trace: Trace,
+        deadline: Option<tokio::time::Instant>,
     ) -> Result<(Response<ResponseBody>, ResponseFlags), Failure> {
         let http2 = upstream_http2(snapshot, backend, port, request.version(), request.headers());
         upstream_form(&mut request, http2);
         let attempts = self.attempts(ctx, snapshot, rule, backend, port, request, http2, trace);
-        match rule.timeouts.request {
-            // The request timeout covers the whole exchange (Gateway API): the response
-            // headers here, the rest of the body through the deadline wrapper.
-            Some(t) => {
-                let deadline = tokio::time::Instant::now() + t;
+        match deadline {
+            // The request timeout covers the whole exchange (Gateway API), counted from the
+            // request's arrival: the response headers here, the body through the wrapper.
+            Some(deadline) => {
                 let (response, flags) = tokio::time::timeout_at(deadline, attempts).await.unwrap_or(Err((
                     StatusCode::GATEWAY_TIMEOUT,
                     ResponseFlags::UPSTREAM_TIMEOUT,

@@ -375,3 +375,35 @@ async fn hop_by_hop_headers_are_not_forwarded_but_te_trailers_is() {
     assert_eq!(h["te"], "trailers");
     assert_eq!(h["x-end"], "2");
 }
+
+/// A request body that never ends (a stalled upload).
+fn stalled() -> http_body_util::StreamBody<futures::stream::Pending<Result<hyper::body::Frame<Bytes>, std::io::Error>>>
+{
+    http_body_util::StreamBody::new(futures::stream::pending())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stalled_upload_is_cut_at_the_request_timeout_and_denials_do_not_wait_for_it() {
+    let policy = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: reviews}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin"]}}]}]
+"#;
+    let up = Scripted::ok();
+    let p = proxy(
+        &format!("{}{policy}", route("  - backendRefs: [{name: reviews, port: 80}]\n    timeouts: {request: 2s}\n")),
+        up.clone(),
+    );
+    let down = crate::testing::downstream("reviews.shop.svc.cluster.local:80");
+    let start = Instant::now();
+    let denied = p.handle(&down, req("POST", "/admin").body(stalled()).unwrap()).await;
+    assert_eq!((denied.status(), start.elapsed()), (StatusCode::FORBIDDEN, Duration::ZERO));
+    let cut = p.handle(&down, req("POST", "/upload").body(stalled()).unwrap()).await;
+    assert_eq!((cut.status(), start.elapsed()), (StatusCode::REQUEST_TIMEOUT, Duration::from_secs(2)));
+    assert!(up.calls().is_empty());
+}
