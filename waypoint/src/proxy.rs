@@ -165,7 +165,7 @@ impl Proxy {
         let Some((service, port)) = self.resolve_service(&snapshot, &down.target) else {
             return ctx.local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NO_ROUTE, "no such service");
         };
-        ctx.set_service(&snapshot, &service);
+        ctx.set_service(&self.config.domain, &service);
         let principal = down.peer_identity.as_ref().map(|i| i.as_str().trim_start_matches("spiffe://").to_owned());
         let source_ns = down.peer_identity.as_ref().map(|i| i.namespace().to_owned());
         let host = parts

@@ -47,6 +47,9 @@ pub struct RunArgs {
     pub metrics_addr: SocketAddr,
     #[arg(long, default_value = "[::]:15021")]
     pub readiness_addr: SocketAddr,
+    /// The cluster's DNS domain: service hosts are `<name>.<ns>.svc.<domain>`.
+    #[arg(long, default_value = crate::proxy::DEFAULT_DOMAIN)]
+    pub cluster_domain: String,
     /// The endpoints' HBONE port (only tests change it).
     #[arg(long, default_value_t = mesh::hbone::HBONE_PORT)]
     pub hbone_port: u16,
@@ -117,8 +120,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let pool = Pool::new(PoolConfig::default(), DirectTcpDialer, Arc::new(certs.clone()));
     let mut upstream = HboneUpstream::new(pool, identity.clone(), format!("{}/{}", args.namespace, args.name));
     upstream.hbone_port = args.hbone_port;
-    let proxy =
-        Arc::new(Proxy::new(ProxyConfig::new(waypoint), snapshot, Arc::new(upstream.clone())).with_metrics(metrics));
+    let mut config = ProxyConfig::new(waypoint);
+    config.domain = args.cluster_domain.clone();
+    let proxy = Arc::new(Proxy::new(config, snapshot, Arc::new(upstream.clone())).with_metrics(metrics));
     let hook = WaypointHook { proxy: proxy.clone() };
     let dialer = WaypointDialer { proxy: proxy.clone(), upstream, limits: ServeLimits::default() };
     let server = HboneServer::builder((certs.clone(), identity), hook, dialer).build();

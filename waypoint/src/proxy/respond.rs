@@ -99,11 +99,10 @@ impl Context {
         }
     }
 
-    pub fn set_service(&mut self, snapshot: &Snapshot, service: &ServiceKey) {
-        let domain = snapshot.model.mesh().trust_domain.clone();
-        // Istio's destination_service is the service's DNS name in the cluster domain.
-        let domain = if domain.is_empty() { super::DEFAULT_DOMAIN.to_owned() } else { domain };
-        self.service = Some(ServiceRef::new(&service.name, &service.namespace, &domain));
+    /// `domain` is the cluster's DNS domain: Istio's `destination_service` is the Service's
+    /// host name in it.
+    pub fn set_service(&mut self, domain: &str, service: &ServiceKey) {
+        self.service = Some(ServiceRef::new(&service.name, &service.namespace, domain));
     }
 
     fn record(&self, code: StatusCode, flags: ResponseFlags) -> Record {
