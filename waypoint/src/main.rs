@@ -15,7 +15,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve HBONE as a waypoint.
-    Run(pillion_waypoint::run::RunArgs),
+    Run(Box<pillion_waypoint::run::RunArgs>),
     /// Check a config file's model and L7 objects, then exit.
     Check {
         #[arg(long)]
@@ -27,7 +27,7 @@ fn main() -> anyhow::Result<()> {
     let (filter, _logs) = mesh::telemetry::LogControl::from_env("PILLION_LOG", "info")?;
     tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer()).init();
     match Cli::parse().command {
-        Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(pillion_waypoint::run::run(args)),
+        Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(pillion_waypoint::run::run(*args)),
         Command::Check { config } => {
             let s = pillion_waypoint::run::load(&config, 1)?;
             println!(
