@@ -79,3 +79,14 @@ fn routes_on_gateways_and_kinds_of_others_are_ignored() {
     let c = parse(&text, "mesh.yaml").unwrap();
     assert!(c.routes.is_empty());
 }
+
+#[test]
+fn the_example_file_loads_in_both_readers() {
+    let text = include_str!("../../examples/waypoint.yaml");
+    let model = mesh::config::parse(text, "waypoint.yaml", 1).unwrap_or_else(|e| panic!("{e}"));
+    assert!(model.service("shop", "reviews").and_then(|s| s.waypoint.as_ref()).is_some());
+    let c = parse(text, "waypoint.yaml").unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.routes.has_routes(&ServiceKey::new("shop", "reviews"), 80));
+    assert_eq!(c.authz.len(), 1);
+    assert_eq!(c.backend_policy(&ServiceKey::new("shop", "reviews-v2")).budget.percent, 50.0);
+}
