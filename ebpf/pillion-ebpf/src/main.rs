@@ -36,12 +36,12 @@ static EXEMPT_CGROUPS: HashMap<u64, u32> = HashMap::pinned(4096, 0);
 /// Original destination by socket cookie, between connect and establishment.
 /// LRU: a connect that never completes leaves an entry that ages out.
 #[map(name = "PENDING")]
-static PENDING: LruHashMap<u64, SockAddr> = LruHashMap::pinned(65536, 0);
+static PENDING: LruHashMap<u64, SockAddr> = LruHashMap::pinned(16384, 0);
 
 /// Original destination of an established captured connection, read (and
 /// deleted) by the agent when it accepts the connection.
 #[map(name = "ORIG_DST")]
-static ORIG_DST: LruHashMap<OrigDstKey, SockAddr> = LruHashMap::pinned(65536, 0);
+static ORIG_DST: LruHashMap<OrigDstKey, SockAddr> = LruHashMap::pinned(16384, 0);
 
 /// The node's own addresses (one per pod link, so sized like pods): inbound
 /// from them (kubelet probes) is not captured.
