@@ -20,6 +20,7 @@ pub mod labels;
 pub mod objects;
 pub mod source;
 pub mod translate;
+pub mod waypoints;
 
 pub use ca_auth::KubeAuthorizer;
 pub use source::{KubeSource, Options, SourceStatus};
