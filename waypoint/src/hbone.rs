@@ -12,8 +12,12 @@ use async_trait::async_trait;
 use mesh::hbone::{Accepted, ConnectHook, ConnectRequest, Refusal, Tunnel, UpstreamDialer};
 use mesh::model::WaypointRef;
 use mesh::{Authority, Identity};
-use tokio::io::DuplexStream;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio_util::either::Either;
+use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use crate::proxy::{Downstream, Proxy, ServeLimits, Snapshot, serve_http};
 use crate::route::ServiceKey;
@@ -77,11 +81,45 @@ pub struct WaypointDialer {
     pub proxy: Arc<Proxy>,
     pub upstream: HboneUpstream,
     pub limits: ServeLimits,
+    /// Counts open tunnels, so shutdown can wait for them to finish.
+    pub tunnels: TaskTracker,
+}
+
+impl WaypointDialer {
+    pub fn new(proxy: Arc<Proxy>, upstream: HboneUpstream) -> Self {
+        Self { proxy, upstream, limits: ServeLimits::default(), tunnels: TaskTracker::new() }
+    }
+}
+
+/// A tunnel's stream that counts as a task of [`WaypointDialer::tunnels`] until dropped.
+pub struct Tracked<S> {
+    inner: S,
+    _token: TaskTrackerToken,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 #[async_trait]
 impl UpstreamDialer for WaypointDialer {
-    type Stream = Either<DuplexStream, Tunnel>;
+    type Stream = Tracked<Either<DuplexStream, Tunnel>>;
 
     async fn dial(&self, request: &ConnectRequest) -> io::Result<Self::Stream> {
         let snapshot = self.proxy.snapshot();
@@ -93,7 +131,7 @@ impl UpstreamDialer for WaypointDialer {
                     .upstream
                     .tunnel(addr, &identity, request.traceparent.clone(), Some(forwarded_for(request.peer_addr)))
                     .await?;
-                return Ok(Either::Right(tunnel));
+                return Ok(self.track(Either::Right(tunnel)));
             }
         };
         if self.proxy.needs_l7(&snapshot, &service, port) {
@@ -104,7 +142,7 @@ impl UpstreamDialer for WaypointDialer {
                 target: request.target.clone(),
             };
             tokio::spawn(serve_http(self.proxy.clone(), far, down, self.limits));
-            return Ok(Either::Left(near));
+            return Ok(self.track(Either::Left(near)));
         }
         let ep = self
             .proxy
@@ -114,6 +152,12 @@ impl UpstreamDialer for WaypointDialer {
             .upstream
             .tunnel(ep.addr, &ep.identity, request.traceparent.clone(), Some(forwarded_for(request.peer_addr)))
             .await?;
-        Ok(Either::Right(tunnel))
+        Ok(self.track(Either::Right(tunnel)))
+    }
+}
+
+impl WaypointDialer {
+    fn track<S>(&self, inner: S) -> Tracked<S> {
+        Tracked { inner, _token: self.tunnels.token() }
     }
 }

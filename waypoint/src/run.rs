@@ -16,7 +16,7 @@ use mesh::telemetry::{HttpServer, MetricsEndpoint, Readiness, ReadinessEndpoint}
 use tokio_util::sync::CancellationToken;
 
 use crate::hbone::{WaypointDialer, WaypointHook};
-use crate::proxy::{Proxy, ProxyConfig, ServeLimits, Snapshot};
+use crate::proxy::{Proxy, ProxyConfig, Snapshot};
 use crate::route::ServiceKey;
 use crate::telemetry::RequestMetrics;
 use crate::upstream::HboneUpstream;
@@ -50,6 +50,10 @@ pub struct RunArgs {
     /// The cluster's DNS domain: service hosts are `<name>.<ns>.svc.<domain>`.
     #[arg(long, default_value = crate::proxy::DEFAULT_DOMAIN)]
     pub cluster_domain: String,
+    /// On SIGTERM/SIGINT: how long open tunnels may take to finish after the listener closes
+    /// and clients are told to go away (GOAWAY).
+    #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
+    pub drain_timeout: Duration,
     /// The endpoints' HBONE port (only tests change it).
     #[arg(long, default_value_t = mesh::hbone::HBONE_PORT)]
     pub hbone_port: u16,
@@ -103,7 +107,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     tracing::info!(%identity, %waypoint, listen = %args.listen, "starting pillion-waypoint");
 
     let stop = CancellationToken::new();
-    let readiness = Readiness::new(["certificate"]);
+    let readiness = Readiness::new(["certificate", "serving"]);
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = RequestMetrics::register(&mut registry);
     let cert_metrics = CertMetrics::register(&mut registry);
@@ -124,13 +128,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.domain = args.cluster_domain.clone();
     let proxy = Arc::new(Proxy::new(config, snapshot, Arc::new(upstream.clone())).with_metrics(metrics));
     let hook = WaypointHook { proxy: proxy.clone() };
-    let dialer = WaypointDialer { proxy: proxy.clone(), upstream, limits: ServeLimits::default() };
+    let dialer = WaypointDialer::new(proxy.clone(), upstream);
+    let tunnels = dialer.tunnels.clone();
     let server = HboneServer::builder((certs.clone(), identity), hook, dialer).build();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}: is another waypoint or agent using the port?", args.listen))?;
     tokio::spawn(server.serve(listener, stop.clone()));
     tokio::spawn(reload(args.config.clone(), proxy, stop.clone()));
+    readiness.set("serving", true);
     tracing::info!("ready");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -138,7 +144,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         _ = term.recv() => tracing::info!("SIGTERM: stopping"),
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
     }
+    // Not ready, no new connections, GOAWAY on the open ones; then let tunnels finish.
+    readiness.set("serving", false);
     stop.cancel();
+    tunnels.close();
+    if tokio::time::timeout(args.drain_timeout, tunnels.wait()).await.is_err() {
+        tracing::warn!(open = tunnels.len(), "drain timeout reached; closing the remaining tunnels");
+    }
+    tracing::info!("stopped");
     Ok(())
 }
 

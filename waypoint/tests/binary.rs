@@ -213,5 +213,12 @@ async fn the_binary_routes_reports_and_reloads() {
     write(&config_path, &config(backend_port, fault));
     wait_for(&mut lines, "configuration applied").await;
     assert_eq!(get(&client, waypoint, "/hello").await.0, 503);
-    child.kill().await.unwrap();
+
+    // SIGTERM: drains (no tunnel is open) and exits cleanly.
+    let pid = child.id().unwrap().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().await.unwrap();
+    assert!(killed.success());
+    wait_for(&mut lines, "stopped").await;
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "{status}");
 }

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{WaypointDialer, WaypointHook};
-use crate::proxy::{Proxy, ProxyConfig, ServeLimits, Snapshot};
+use crate::proxy::{Proxy, ProxyConfig, Snapshot};
 use crate::route::ServiceKey;
 use crate::telemetry::RequestMetrics;
 use crate::upstream::HboneUpstream;
@@ -173,7 +173,7 @@ async fn mesh() -> Mesh {
             .with_metrics(metrics.clone()),
     );
     let (l, waypoint) = listener().await;
-    let dialer = WaypointDialer { proxy: proxy.clone(), upstream, limits: ServeLimits::default() };
+    let dialer = WaypointDialer::new(proxy.clone(), upstream);
     let server = HboneServer::builder((certs.clone(), id("shop", "waypoint")), WaypointHook { proxy }, dialer).build();
     tokio::spawn(server.serve(l, stop.clone()));
 
