@@ -118,6 +118,14 @@ fn run() -> anyhow::Result<()> {
     let install = root.join("deploy/install.yaml");
     kubectl(&["apply", "--server-side", "-f", install.to_str().context("workspace path is not UTF-8")?])?;
     kubectl(&["-n", "pillion-system", "rollout", "status", "deployment/pillion-ca", "--timeout=180s"])?;
+    kubectl(&[
+        "-n",
+        "pillion-system",
+        "rollout",
+        "status",
+        "deployment/pillion-waypoint-controller",
+        "--timeout=180s",
+    ])?;
     kubectl(&["-n", "pillion-system", "rollout", "status", "daemonset/pillion-agent", "--timeout=300s"])?;
     checks::run()
 }

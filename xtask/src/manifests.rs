@@ -79,6 +79,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("rbac.yaml", include_str!("manifests/rbac.yaml")),
     ("ca.yaml", include_str!("manifests/ca.yaml")),
     ("agent.yaml", include_str!("manifests/agent.yaml")),
+    ("controller.yaml", include_str!("manifests/controller.yaml")),
     ("gatewayclass.yaml", include_str!("manifests/gatewayclass.yaml")),
 ];
 

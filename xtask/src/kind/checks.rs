@@ -150,7 +150,8 @@ fn policy_denial() -> anyhow::Result<()> {
 fn waypoint_split() -> anyhow::Result<()> {
     step("check", "waypoint with a 90/10 HTTPRoute split and retries");
     apply(WAYPOINT)?;
-    kubectl(&["-n", "e2e", "rollout", "status", "deployment/waypoint", "--timeout=180s"])?;
+    // The controller turns the Gateway into a Deployment and Service, then reports it.
+    kubectl(&["-n", "e2e", "wait", "--for=condition=Programmed", "gateway/waypoint", "--timeout=180s"])?;
     kubectl(&["label", "namespace", "e2e", "istio.io/use-waypoint=waypoint", "--overwrite"])?;
     let (client, _) = pod_of("client")?;
     // Through the waypoint once it answers; then count versions over 200 requests.
