@@ -218,14 +218,8 @@ impl Proxy {
         }
         let addrs: Vec<SocketAddr> = all.iter().map(|e| e.addr).collect();
         let mut tried: Vec<SocketAddr> = Vec::new();
-        let mut last: Failure =
-            (StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UPSTREAM_CONNECT_FAILURE, "upstream connect error");
         for attempt in 0..=retry.attempts {
             if attempt > 0 {
-                if !state.budget.try_retry() {
-                    tracing::debug!(backend = %backend.service, "retry budget exhausted; not retrying");
-                    break;
-                }
                 tokio::time::sleep(retry.backoff_for(attempt, &self.rng)).await;
             }
             // Prefer endpoints not tried yet for this request, among those not ejected.
@@ -260,16 +254,22 @@ impl Proxy {
                 Some(t) => tokio::time::timeout(t, sent).await.ok(),
                 None => Some(sent.await),
             };
-            let last_try = attempt == retry.attempts;
-            match result {
+            // Whether another try may follow: within `attempts`, and the retry budget has
+            // one (taken here, when the retry is decided).
+            let may_retry = || {
+                let ok = attempt < retry.attempts && state.budget.try_retry();
+                if !ok && attempt < retry.attempts {
+                    tracing::debug!(backend = %backend.service, "retry budget exhausted; not retrying");
+                }
+                ok
+            };
+            let failure: Failure = match result {
                 Some(Ok(response)) => {
                     let code = response.status().as_u16();
                     let outcome = if code >= 500 { Outcome::Status(code) } else { Outcome::Success };
                     state.outlier.record(addr, outcome, addrs.len());
-                    if retry.retries_code(code) && !last_try {
+                    if retry.retries_code(code) && may_retry() {
                         // Drop the body: the connection closes, nothing reached the client.
-                        last =
-                            (response.status(), ResponseFlags::RETRY_LIMIT_EXCEEDED, "upstream retry limit exceeded");
                         continue;
                     }
                     let flags = if retry.retries_code(code) {
@@ -286,7 +286,7 @@ impl Proxy {
                 Some(Err(e)) => {
                     state.outlier.record(addr, Outcome::LocalFailure, addrs.len());
                     tracing::debug!(error = %e, attempt, "upstream attempt failed");
-                    last = match e {
+                    match e {
                         UpstreamError::Connect { .. } => (
                             StatusCode::SERVICE_UNAVAILABLE,
                             ResponseFlags::UPSTREAM_CONNECT_FAILURE,
@@ -297,15 +297,19 @@ impl Proxy {
                             ResponseFlags::UPSTREAM_RESET,
                             "upstream connect error or disconnect/reset before headers",
                         ),
-                    };
+                    }
                 }
                 None => {
                     state.outlier.record(addr, Outcome::LocalFailure, addrs.len());
-                    last = (StatusCode::GATEWAY_TIMEOUT, ResponseFlags::UPSTREAM_TIMEOUT, "upstream request timeout");
+                    (StatusCode::GATEWAY_TIMEOUT, ResponseFlags::UPSTREAM_TIMEOUT, "upstream request timeout")
                 }
+            };
+            if !may_retry() {
+                // No try produced a response to pass on; answer locally.
+                return Err(failure);
             }
         }
-        // The last failed status had no response body worth keeping; answer locally.
-        Err(last)
+        // Not reached: the last try never retries. Kept total rather than panicking.
+        Err((StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::RETRY_LIMIT_EXCEEDED, "upstream retry limit exceeded"))
     }
 }

@@ -56,7 +56,10 @@ spec:
         up.clone(),
     );
     for _ in 0..10 {
-        assert_eq!(get(&p, "/").await.status, StatusCode::SERVICE_UNAVAILABLE);
+        let got = get(&p, "/").await;
+        assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE);
+        // Not retried for lack of budget: the backend's own answer is passed on.
+        assert_eq!(got.body, "reviews /");
     }
     // 10% of 10 requests: exactly one retry in the window, not 20.
     assert_eq!(up.calls().len(), 11);
