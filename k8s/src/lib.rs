@@ -18,6 +18,7 @@ pub mod cni;
 pub mod istio;
 pub mod labels;
 pub mod objects;
+pub mod procfs;
 pub mod source;
 pub mod translate;
 pub mod waypoints;
