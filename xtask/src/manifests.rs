@@ -75,6 +75,7 @@ const PARAMS: &[Param] = &[
 /// The templates, in apply order (CRDs and RBAC before the workloads that need them).
 const TEMPLATES: &[(&str, &str)] = &[
     ("namespace.yaml", include_str!("manifests/namespace.yaml")),
+    ("quota.yaml", include_str!("manifests/quota.yaml")),
     ("crds.yaml", include_str!("manifests/crds.yaml")),
     ("rbac.yaml", include_str!("manifests/rbac.yaml")),
     ("ca.yaml", include_str!("manifests/ca.yaml")),
@@ -148,13 +149,30 @@ fn values() -> String {
     out
 }
 
-/// Files under `root` that differ from what [`render`] produces (missing ones included).
+/// Directories whose every file is generated.
+const GENERATED_DIRS: &[&str] = &["deploy/base", "deploy/helm/pillion/templates", "deploy/helm/pillion/crds"];
+
+/// Files in the generated directories that the generator no longer produces.
+fn leftovers(root: &Path) -> Vec<PathBuf> {
+    let rendered: Vec<PathBuf> = render().into_iter().map(|(p, _)| p).collect();
+    GENERATED_DIRS
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(root.join(dir)).into_iter().flatten().flatten().map(move |e| (dir, e)))
+        .map(|(dir, e)| Path::new(dir).join(e.file_name()))
+        .filter(|p| !rendered.contains(p))
+        .collect()
+}
+
+/// Files under `root` that differ from what [`render`] produces: missing, changed, or
+/// left over from a template that is gone.
 pub fn stale(root: &Path) -> Vec<PathBuf> {
-    render()
+    let mut out: Vec<PathBuf> = render()
         .into_iter()
         .filter(|(path, text)| std::fs::read_to_string(root.join(path)).ok().as_deref() != Some(text.as_str()))
         .map(|(path, _)| path)
-        .collect()
+        .collect();
+    out.extend(leftovers(root));
+    out
 }
 
 /// Writes every file (or, with `check`, only compares).
@@ -167,6 +185,10 @@ pub fn run(root: &Path, check: bool) -> anyhow::Result<()> {
         }
         println!("manifests: all {} files current", render().len());
         return Ok(());
+    }
+    for path in leftovers(root) {
+        std::fs::remove_file(root.join(&path)).with_context(|| format!("removing {}", path.display()))?;
+        println!("removed {}", path.display());
     }
     for (path, text) in render() {
         let full = root.join(&path);
