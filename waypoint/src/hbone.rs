@@ -16,12 +16,13 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
+use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use crate::proxy::{Downstream, Proxy, ServeLimits, Snapshot, serve_http};
 use crate::route::ServiceKey;
-use crate::upstream::{HboneUpstream, forwarded_for};
+use crate::upstream::{HboneUpstream, Target, forwarded_for};
 
 #[cfg(test)]
 mod tests;
@@ -119,7 +120,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 
 #[async_trait]
 impl UpstreamDialer for WaypointDialer {
-    type Stream = Tracked<Either<DuplexStream, Tunnel>>;
+    type Stream = Tracked<Either<DuplexStream, Either<Tunnel, TcpStream>>>;
 
     async fn dial(&self, request: &ConnectRequest) -> io::Result<Self::Stream> {
         let snapshot = self.proxy.snapshot();
@@ -131,7 +132,7 @@ impl UpstreamDialer for WaypointDialer {
                     .upstream
                     .tunnel(addr, &identity, request.traceparent.clone(), Some(forwarded_for(request.peer_addr)))
                     .await?;
-                return Ok(self.track(Either::Right(tunnel)));
+                return Ok(self.track(Either::Right(Either::Left(tunnel))));
             }
         };
         if self.proxy.needs_l7(&snapshot, &service, port) {
@@ -148,11 +149,16 @@ impl UpstreamDialer for WaypointDialer {
             .proxy
             .pick_endpoint(&snapshot, &service, port)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("service {service} has no endpoints")))?;
-        let tunnel = self
-            .upstream
-            .tunnel(ep.addr, &ep.identity, request.traceparent.clone(), Some(forwarded_for(request.peer_addr)))
-            .await?;
-        Ok(self.track(Either::Right(tunnel)))
+        let target = Target {
+            addr: ep.addr,
+            identity: ep.identity,
+            service,
+            http2: false,
+            hbone: ep.hbone,
+            traceparent: request.traceparent.clone(),
+            forwarded: Some(forwarded_for(request.peer_addr)),
+        };
+        Ok(self.track(Either::Right(self.upstream.connect(&target).await?)))
     }
 }
 

@@ -13,6 +13,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh::hbone::{DirectTcpDialer, HBONE_PORT, Pool, PoolKey, Tunnel, TunnelRequest};
 use mesh::{Authority, Identity};
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
 
 use crate::route::ServiceKey;
 
@@ -32,6 +34,9 @@ pub struct Target {
     pub http2: bool,
     /// This hop's `traceparent`, carried on the CONNECT too.
     pub traceparent: Option<String>,
+    /// The endpoint is in the mesh (HBONE); `false`: plain TCP, as the agents treat workloads
+    /// with `protocol: NONE`.
+    pub hbone: bool,
     /// `Forwarded: for=<client>` for the CONNECT, so the destination learns the original
     /// client behind the waypoint (it trusts this only from waypoint identities).
     pub forwarded: Option<String>,
@@ -101,6 +106,25 @@ impl HboneUpstream {
     }
 }
 
+/// Bound on a plain-TCP connect to an endpoint outside the mesh.
+const PLAIN_CONNECT_TIMEOUT: std::time::Duration = mesh::hbone::DEFAULT_CONNECT_TIMEOUT;
+
+impl HboneUpstream {
+    /// The byte stream to an endpoint: an HBONE tunnel, or plain TCP outside the mesh.
+    pub async fn connect(&self, target: &Target) -> io::Result<Either<Tunnel, TcpStream>> {
+        if target.hbone {
+            let tunnel =
+                self.tunnel(target.addr, &target.identity, target.traceparent.clone(), target.forwarded.clone());
+            return Ok(Either::Left(tunnel.await?));
+        }
+        let tcp = tokio::time::timeout(PLAIN_CONNECT_TIMEOUT, TcpStream::connect(target.addr))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TCP connect timed out"))??;
+        tcp.set_nodelay(true)?;
+        Ok(Either::Right(tcp))
+    }
+}
+
 #[async_trait]
 impl Upstream for HboneUpstream {
     async fn send(
@@ -111,11 +135,7 @@ impl Upstream for HboneUpstream {
         let addr = target.addr;
         let connect = |e: &dyn std::fmt::Display| UpstreamError::Connect { addr, reason: e.to_string() };
         let reset = |e: hyper::Error| UpstreamError::Reset { addr, reason: e.to_string() };
-        let tunnel = self
-            .tunnel(addr, &target.identity, target.traceparent.clone(), target.forwarded.clone())
-            .await
-            .map_err(|e| connect(&e))?;
-        let io = TokioIo::new(tunnel);
+        let io = TokioIo::new(self.connect(target).await.map_err(|e| connect(&e))?);
         // One tunnel per request: the connection task ends once the response is read.
         let response = if target.http2 {
             let (mut send, conn) =

@@ -57,9 +57,10 @@ async fn listener() -> (TcpListener, SocketAddr) {
     (l, a)
 }
 
-/// An HTTP/1.1 backend answering `backend <path> parent=<traceparent>`.
-async fn http_backend() -> SocketAddr {
-    let (l, addr) = listener().await;
+/// An HTTP/1.1 backend on `ip` answering `backend <path> parent=<traceparent>`.
+async fn http_backend(ip: [u8; 4]) -> SocketAddr {
+    let l = TcpListener::bind(SocketAddr::from((ip, 0))).await.unwrap();
+    let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
             let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
@@ -86,7 +87,7 @@ async fn tcp_echo() -> SocketAddr {
     addr
 }
 
-fn config(http_port: u16, echo_port: u16) -> String {
+fn config(http_port: u16, echo_port: u16, legacy_port: u16) -> String {
     format!(
         r#"
 apiVersion: v1
@@ -125,6 +126,23 @@ spec:
   - backendRefs: [{{name: reviews, port: 80}}]
     filters: [{{type: ResponseHeaderModifier, responseHeaderModifier: {{set: [{{name: x-via, value: waypoint}}]}}}}]
 ---
+apiVersion: pillion.dev/v1alpha1
+kind: Workload
+metadata: {{name: legacy-0, namespace: shop, labels: {{app: legacy}}}}
+spec: {{ips: [127.0.0.3], node: n, protocol: NONE}}
+---
+apiVersion: pillion.dev/v1alpha1
+kind: Service
+metadata: {{name: legacy, namespace: shop}}
+spec: {{clusterIPs: [10.96.0.3], ports: [{{name: http, port: 80, targetPort: {legacy_port}}}], selector: {{app: legacy}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: legacy, namespace: shop}}
+spec:
+  parentRefs: [{{group: "", kind: Service, name: legacy}}]
+  rules: [{{backendRefs: [{{name: legacy, port: 80}}]}}]
+---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {{name: no-admin, namespace: shop}}
@@ -152,14 +170,15 @@ async fn mesh() -> Mesh {
     let mut registry = prometheus_client::registry::Registry::default();
     let certs = CertManager::new(Arc::new(ca), CertManagerConfig::default(), CertMetrics::register(&mut registry));
 
-    let (http_port, echo_port) = (http_backend().await.port(), tcp_echo().await.port());
+    let (http_port, echo_port) = (http_backend([127, 0, 0, 1]).await.port(), tcp_echo().await.port());
+    let legacy_port = http_backend([127, 0, 0, 3]).await.port();
     // The endpoint's HBONE server (its agent), dialling the backends as targets.
     let (l, endpoint_hbone) = listener().await;
     let endpoint = Arc::new(AllowAll::default());
     let server = HboneServer::builder((certs.clone(), id("shop", "reviews")), endpoint.clone(), TcpUpstream).build();
     tokio::spawn(server.serve(l, stop.clone()));
 
-    let text = config(http_port, echo_port);
+    let text = config(http_port, echo_port, legacy_port);
     let snapshot = Snapshot {
         model: Arc::new(mesh::config::parse(&text, "e2e.yaml", 1).unwrap()),
         l7: Arc::new(crate::config::parse(&text, "e2e.yaml").unwrap()),
@@ -193,7 +212,11 @@ impl Mesh {
     }
 
     async fn get(&self, path: &str) -> (u16, Option<String>, String) {
-        let tunnel = self.tunnel("reviews.shop.svc.cluster.local:80").await.unwrap();
+        self.get_from("reviews", path).await
+    }
+
+    async fn get_from(&self, service: &str, path: &str) -> (u16, Option<String>, String) {
+        let tunnel = self.tunnel(&format!("{service}.shop.svc.cluster.local:80")).await.unwrap();
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tunnel)).await.unwrap();
         tokio::spawn(conn);
         let req = Request::get(path)
@@ -274,4 +297,12 @@ async fn pod_direct_tunnels_are_relayed_to_that_workload() {
     let mut buf = vec![0; 10];
     within(tunnel.read_exact(&mut buf)).await.unwrap();
     assert_eq!(buf, b"to the pod");
+}
+
+#[tokio::test]
+async fn endpoints_outside_the_mesh_are_reached_in_plaintext() {
+    let m = mesh().await;
+    let (status, _, body) = within(m.get_from("legacy", "/old")).await;
+    assert_eq!((status, body.starts_with("backend /old")), (200, true), "{body}");
+    assert!(m.endpoint.seen.lock().unwrap().is_empty(), "no HBONE tunnel to a workload outside the mesh");
 }

@@ -142,6 +142,7 @@ impl Proxy {
                 identity: ep.identity.clone(),
                 service: backend.service.clone(),
                 http2,
+                hbone: ep.hbone,
                 traceparent: None,
                 forwarded: None,
             };

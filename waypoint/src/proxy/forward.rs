@@ -61,6 +61,8 @@ pub(crate) struct EndpointInfo {
     pub addr: SocketAddr,
     pub identity: Identity,
     pub peer: Peer,
+    /// In the mesh: reached over HBONE (else plain TCP).
+    pub hbone: bool,
 }
 
 /// The endpoints behind `backend` (at `port` when the backendRef names none).
@@ -81,6 +83,7 @@ pub(crate) fn endpoints(snapshot: &Snapshot, backend: &BackendRef, port: u16) ->
                 addr: SocketAddr::new(*ip, sp.target_port),
                 identity: w.identity().clone(),
                 peer: Peer::workload(w.name(), w.namespace()).pod_labels(&w.labels).identity(w.identity()),
+                hbone: w.in_mesh(),
             })
         })
         .collect()
@@ -246,6 +249,7 @@ impl Proxy {
                 identity: ep.identity.clone(),
                 service: backend.service.clone(),
                 http2,
+                hbone: ep.hbone,
                 traceparent: Some(trace.header()),
                 forwarded: ctx.forwarded.clone(),
             };
