@@ -79,7 +79,7 @@ fn agent_error(e: AgentError) -> CniError {
         // Kubelet retries a failed sandbox: the pod starts once the agent is back, and
         // never before (it would run uncaptured).
         AgentError::Unreachable { .. } => {
-            CniError::new(CniError::TRY_AGAIN_LATER, "the Pillion agent is not reachable", e.to_string())
+            CniError::new(CniError::TRY_AGAIN_LATER, "cannot enrol the pod in the mesh yet", e.to_string())
         }
         AgentError::BadReply { .. } => {
             CniError::new(CniError::IO_FAILURE, "bad reply from the Pillion agent", e.to_string())
