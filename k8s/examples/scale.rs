@@ -1,6 +1,6 @@
-//! Memory and rebuild time against cluster size, for `docs/kubernetes.md`. Ignored by
-//! default (it measures, it does not check); run with
-//! `cargo test -p pillion-k8s --release --test scale -- --ignored --nocapture`.
+//! Memory and rebuild time against cluster size, for `docs/kubernetes.md`. A measurement,
+//! not a test (CI would count an ignored test as skipped); run with
+//! `cargo run -p pillion-k8s --release --example scale`.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -78,9 +78,7 @@ fn cluster(pods: usize) -> Cache {
     c
 }
 
-#[test]
-#[ignore = "measurement for docs/kubernetes.md, not a check"]
-fn memory_and_rebuild_time_per_cluster_size() {
+fn main() {
     for pods in [1_000, 10_000, 50_000] {
         let before = rss_bytes();
         // `cluster` fills the tables with Apply events; the table keeps them live.
