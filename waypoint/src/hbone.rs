@@ -5,13 +5,13 @@
 //! waypoint-guarded workload) are relayed at L4 to that workload.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use mesh::Authority;
 use mesh::hbone::{Accepted, ConnectHook, ConnectRequest, Refusal, Tunnel, UpstreamDialer};
 use mesh::model::WaypointRef;
-use mesh::{Authority, Identity};
+use mesh::telemetry::{Peer, ServiceRef};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -20,8 +20,9 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
-use crate::proxy::{Downstream, Proxy, ServeLimits, Snapshot, serve_http};
+use crate::proxy::{Downstream, EndpointInfo, Proxy, ServeLimits, Snapshot, serve_http};
 use crate::route::ServiceKey;
+use crate::telemetry::{TcpGuard, TcpLabels, TcpMetrics};
 use crate::upstream::{HboneUpstream, Target, forwarded_for};
 
 #[cfg(test)]
@@ -35,7 +36,7 @@ enum Destination {
     /// A Service (by host name or VIP) and the port addressed.
     Service(ServiceKey, u16),
     /// A workload addressed directly (`podIP:port`), whose waypoint we are: relayed at L4.
-    Workload(SocketAddr, Identity),
+    Workload(Box<EndpointInfo>),
 }
 
 /// The tunnel's destination, if it is one that uses this waypoint (never an open proxy).
@@ -57,7 +58,12 @@ fn destination(proxy: &Proxy, snapshot: &Snapshot, target: &Authority) -> Result
         && let Some(w) = snapshot.model.workload_by_ip(addr.ip())
     {
         return if w.waypoint.as_ref() == Some(&ours) {
-            Ok(Destination::Workload(addr, w.identity().clone()))
+            Ok(Destination::Workload(Box::new(EndpointInfo {
+                addr,
+                identity: w.identity().clone(),
+                peer: Peer::workload(w.name(), w.namespace()).pod_labels(&w.labels).identity(w.identity()),
+                hbone: w.in_mesh(),
+            })))
         } else {
             Err(Refusal::BadTarget(format!("workload {}/{} does not use waypoint {ours}", w.namespace(), w.name())))
         };
@@ -84,29 +90,43 @@ pub struct WaypointDialer {
     pub limits: ServeLimits,
     /// Counts open tunnels, so shutdown can wait for them to finish.
     pub tunnels: TaskTracker,
+    /// Istio TCP metrics for tunnels relayed at L4 (HTTP ones are measured per request).
+    pub tcp_metrics: Option<TcpMetrics>,
 }
 
 impl WaypointDialer {
     pub fn new(proxy: Arc<Proxy>, upstream: HboneUpstream) -> Self {
-        Self { proxy, upstream, limits: ServeLimits::default(), tunnels: TaskTracker::new() }
+        Self { proxy, upstream, limits: ServeLimits::default(), tunnels: TaskTracker::new(), tcp_metrics: None }
     }
 }
 
-/// A tunnel's stream that counts as a task of [`WaypointDialer::tunnels`] until dropped.
+/// A tunnel's stream that counts as a task of [`WaypointDialer::tunnels`] until dropped and,
+/// when relayed at L4, counts its bytes: what the server reads from it goes back to the
+/// client (`sent`), what it writes came from the client (`received`).
 pub struct Tracked<S> {
     inner: S,
     _token: TaskTrackerToken,
+    meter: Option<TcpGuard>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Tracked<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(m)) = (&polled, &self.meter) {
+            m.add_sent((buf.filled().len() - before) as u64);
+        }
+        polled
     }
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let (Poll::Ready(Ok(n)), Some(m)) = (&polled, &self.meter) {
+            m.add_received(*n as u64);
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -127,12 +147,9 @@ impl UpstreamDialer for WaypointDialer {
         let refused = |r: Refusal| io::Error::new(io::ErrorKind::NotFound, r.to_string());
         let (service, port) = match destination(&self.proxy, &snapshot, &request.target).map_err(refused)? {
             Destination::Service(service, port) => (service, port),
-            Destination::Workload(addr, identity) => {
-                let tunnel = self
-                    .upstream
-                    .tunnel(addr, &identity, request.traceparent.clone(), Some(forwarded_for(request.peer_addr)))
-                    .await?;
-                return Ok(self.track(Either::Right(Either::Left(tunnel))));
+            Destination::Workload(ep) => {
+                let stream = self.upstream.connect(&self.l4_target(request, &ep, None)).await?;
+                return Ok(self.relay(Either::Right(stream), request, &snapshot, &ep, None));
             }
         };
         if self.proxy.needs_l7(&snapshot, &service, port) {
@@ -149,21 +166,42 @@ impl UpstreamDialer for WaypointDialer {
             .proxy
             .pick_endpoint(&snapshot, &service, port)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("service {service} has no endpoints")))?;
-        let target = Target {
-            addr: ep.addr,
-            identity: ep.identity,
-            service,
-            http2: false,
-            hbone: ep.hbone,
-            traceparent: request.traceparent.clone(),
-            forwarded: Some(forwarded_for(request.peer_addr)),
-        };
-        Ok(self.track(Either::Right(self.upstream.connect(&target).await?)))
+        let stream = self.upstream.connect(&self.l4_target(request, &ep, Some(&service))).await?;
+        Ok(self.relay(Either::Right(stream), request, &snapshot, &ep, Some(&service)))
     }
 }
 
 impl WaypointDialer {
+    fn l4_target(&self, request: &ConnectRequest, ep: &EndpointInfo, service: Option<&ServiceKey>) -> Target {
+        Target {
+            addr: ep.addr,
+            identity: ep.identity.clone(),
+            service: service.cloned().unwrap_or_else(|| ServiceKey::new("", "")),
+            http2: false,
+            hbone: ep.hbone,
+            traceparent: request.traceparent.clone(),
+            forwarded: Some(forwarded_for(request.peer_addr)),
+        }
+    }
+
     fn track<S>(&self, inner: S) -> Tracked<S> {
-        Tracked { inner, _token: self.tunnels.token() }
+        Tracked { inner, _token: self.tunnels.token(), meter: None }
+    }
+
+    /// An L4 relay: tracked and measured.
+    fn relay<S>(
+        &self,
+        inner: S,
+        request: &ConnectRequest,
+        snapshot: &Snapshot,
+        to: &EndpointInfo,
+        service: Option<&ServiceKey>,
+    ) -> Tracked<S> {
+        let meter = self.tcp_metrics.as_ref().map(|m| {
+            let source = crate::telemetry::source_peer(&snapshot.model, Some(&request.peer_identity));
+            let service = service.map(|s| ServiceRef::new(&s.name, &s.namespace, &self.proxy.config().domain));
+            m.open(&TcpLabels::new(&source, &to.peer, service.as_ref()))
+        });
+        Tracked { inner, _token: self.tunnels.token(), meter }
     }
 }

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::hbone::{WaypointDialer, WaypointHook};
 use crate::proxy::{Proxy, ProxyConfig, Snapshot};
 use crate::route::ServiceKey;
-use crate::telemetry::RequestMetrics;
+use crate::telemetry::{RequestMetrics, TcpMetrics};
 use crate::upstream::HboneUpstream;
 
 /// How often the config file is checked for changes.
@@ -110,6 +110,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let readiness = Readiness::new(["certificate", "serving"]);
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = RequestMetrics::register(&mut registry);
+    let tcp_metrics = TcpMetrics::register(&mut registry);
     let cert_metrics = CertMetrics::register(&mut registry);
     HttpServer::bind(args.readiness_addr, ReadinessEndpoint::new(readiness.clone())).await?.spawn(stop.clone());
     HttpServer::bind(args.metrics_addr, MetricsEndpoint::new(Arc::new(registry))).await?.spawn(stop.clone());
@@ -128,7 +129,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     config.domain = args.cluster_domain.clone();
     let proxy = Arc::new(Proxy::new(config, snapshot, Arc::new(upstream.clone())).with_metrics(metrics));
     let hook = WaypointHook { proxy: proxy.clone() };
-    let dialer = WaypointDialer::new(proxy.clone(), upstream);
+    let mut dialer = WaypointDialer::new(proxy.clone(), upstream);
+    dialer.tcp_metrics = Some(tcp_metrics);
     let tunnels = dialer.tunnels.clone();
     let server = HboneServer::builder((certs.clone(), identity), hook, dialer).build();
     let listener = tokio::net::TcpListener::bind(args.listen)

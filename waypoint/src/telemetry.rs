@@ -1,9 +1,11 @@
-//! Per-request telemetry: Istio's HTTP metrics with `reporter="waypoint"`, one access-log
+//! Per-request telemetry: Istio's HTTP metrics with `reporter="waypoint"` (and its TCP
+//! metrics for tunnels relayed at L4), one access-log
 //! line per request (target `access`), and W3C trace-context propagation with a new span id
 //! per hop. The labels are built with `mesh::telemetry`'s helpers, so they resolve exactly as
 //! the agent's TCP metrics do.
 
 mod body;
+mod tcp;
 mod trace;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -15,10 +17,22 @@ use prometheus_client::registry::Registry;
 use mesh::telemetry::{ConnectionLabels, Peer, Reporter, SecurityPolicy, ServiceRef};
 
 pub use body::{Metered, RequestRecord};
+pub use tcp::{TcpGuard, TcpLabels, TcpMetrics};
 pub use trace::{TraceContext, next_hop};
 
 /// The `reporter` value of everything the waypoint reports.
 pub const REPORTER: &str = "waypoint";
+
+/// The client of a tunnel as Istio labels it: its workload when the model has one with that
+/// identity, else just the identity and namespace.
+pub fn source_peer(model: &mesh::model::Model, identity: Option<&mesh::Identity>) -> Peer {
+    let Some(id) = identity else { return Peer::unknown() };
+    let peer = match model.workloads().iter().find(|w| w.identity() == id) {
+        Some(w) => Peer::workload(w.name(), w.namespace()).pod_labels(&w.labels),
+        None => Peer { namespace: Some(id.namespace().to_owned()), ..Peer::unknown() },
+    };
+    peer.identity(id)
+}
 
 /// Istio's standard HTTP label set.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::{WaypointDialer, WaypointHook};
 use crate::proxy::{Proxy, ProxyConfig, Snapshot};
 use crate::route::ServiceKey;
-use crate::telemetry::RequestMetrics;
+use crate::telemetry::{RequestMetrics, TcpLabels, TcpMetrics};
 use crate::upstream::HboneUpstream;
 
 const TD: &str = "cluster.local";
@@ -160,6 +160,7 @@ struct Mesh {
     metrics: RequestMetrics,
     echo_port: u16,
     http_port: u16,
+    tcp: TcpMetrics,
     endpoint: Arc<AllowAll>,
     _stop: tokio_util::sync::DropGuard,
 }
@@ -192,12 +193,14 @@ async fn mesh() -> Mesh {
             .with_metrics(metrics.clone()),
     );
     let (l, waypoint) = listener().await;
-    let dialer = WaypointDialer::new(proxy.clone(), upstream);
+    let mut dialer = WaypointDialer::new(proxy.clone(), upstream);
+    let tcp = TcpMetrics::default();
+    dialer.tcp_metrics = Some(tcp.clone());
     let server = HboneServer::builder((certs.clone(), id("shop", "waypoint")), WaypointHook { proxy }, dialer).build();
     tokio::spawn(server.serve(l, stop.clone()));
 
     let client = Pool::new(PoolConfig::default(), DirectTcpDialer, Arc::new(certs));
-    Mesh { client, waypoint, metrics, echo_port, http_port, endpoint, _stop: stop.drop_guard() }
+    Mesh { client, waypoint, metrics, echo_port, http_port, tcp, endpoint, _stop: stop.drop_guard() }
 }
 
 impl Mesh {
@@ -274,6 +277,17 @@ async fn a_port_without_routes_is_passed_through_at_l4() {
     let mut buf = vec![0; 19];
     within(tunnel.read_exact(&mut buf)).await.unwrap();
     assert_eq!(buf, b"raw bytes, not HTTP");
+    // Reported as Istio TCP metrics by the waypoint.
+    let src = mesh::telemetry::Peer { namespace: Some("web".into()), ..mesh::telemetry::Peer::unknown() }
+        .identity(&id("web", "client"));
+    let dst = mesh::telemetry::Peer::workload("reviews-0", "shop")
+        .pod_labels([("app", "reviews")])
+        .identity(&id("shop", "reviews"));
+    let svc = mesh::telemetry::ServiceRef::new("reviews", "shop", TD);
+    let labels = TcpLabels::new(&src, &dst, Some(&svc));
+    assert_eq!(labels.reporter, "waypoint");
+    let (opened, _closed, received, sent) = m.tcp.values(&labels);
+    assert_eq!((opened, received, sent), (1, 19, 19));
 }
 
 #[tokio::test]

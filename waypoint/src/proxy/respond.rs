@@ -62,17 +62,7 @@ impl Context {
         start: Instant,
         trace: Trace,
     ) -> Self {
-        let source = match &down.peer_identity {
-            Some(id) => {
-                let w = snapshot.model.workloads().iter().find(|w| w.identity() == id);
-                let peer = match w {
-                    Some(w) => Peer::workload(w.name(), w.namespace()).pod_labels(&w.labels),
-                    None => Peer { namespace: Some(id.namespace().to_owned()), ..Peer::unknown() },
-                };
-                peer.identity(id)
-            }
-            None => Peer::unknown(),
-        };
+        let source = crate::telemetry::source_peer(&snapshot.model, down.peer_identity.as_ref());
         let authority = parts
             .uri
             .authority()
