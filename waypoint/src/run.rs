@@ -27,24 +27,28 @@ const RELOAD_INTERVAL: Duration = Duration::from_secs(2);
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     /// The YAML config file (the same one the agents read), with the L7 objects.
-    #[arg(long)]
+    #[arg(long, env = "PILLION_CONFIG")]
     pub config: PathBuf,
     /// Directory of the embedded CA (`pillion-agent ca-init --dir …`), shared with the agents.
-    #[arg(long)]
+    #[arg(long, env = "PILLION_CA_DIR")]
     pub ca_dir: PathBuf,
     /// The waypoint's Workload name in the config: its identity is the waypoint's.
-    #[arg(long)]
+    #[arg(long, env = "POD_NAME")]
     pub name: String,
-    #[arg(long, default_value = "default")]
+    /// The namespace of the waypoint's Workload and Service.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub namespace: String,
     /// The waypoint's Service (what `istio.io/use-waypoint` names); default: the Service
     /// whose endpoints include this workload.
     #[arg(long)]
     pub waypoint_service: Option<String>,
+    /// Where HBONE is served (no root needed: the port is above 1024).
     #[arg(long, default_value = "[::]:15008")]
     pub listen: SocketAddr,
+    /// Prometheus metrics (`/metrics`, `/stats/prometheus`).
     #[arg(long, default_value = "[::]:15020")]
     pub metrics_addr: SocketAddr,
+    /// Readiness (`/healthz/ready`).
     #[arg(long, default_value = "[::]:15021")]
     pub readiness_addr: SocketAddr,
     /// The cluster's DNS domain: service hosts are `<name>.<ns>.svc.<domain>`.
