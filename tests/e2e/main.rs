@@ -3,10 +3,12 @@
 //! time (2-core machines).
 
 mod capture;
+mod cni;
 mod errors;
 mod lifecycle;
 mod mesh;
 mod progtest;
+mod waypoint;
 
 use pillion_e2e::{Agent, Node, Pod, Topology};
 use serde_json::Value;

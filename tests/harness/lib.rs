@@ -36,6 +36,24 @@ pub fn workload_yaml(
     )
 }
 
+/// Whether attempt `n` (1-based) fails: about `pct`% of attempts, from a
+/// seeded generator, but never three in a row — so a request retried up to
+/// twice always succeeds on a backend that serves its attempts in order.
+pub fn schedule_fails(seed: u64, pct: u64, n: u64) -> bool {
+    let draw = |k: u64| {
+        let mut x = seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        x ^= x >> 33;
+        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        x ^= x >> 33;
+        x % 100 < pct
+    };
+    if !draw(n) {
+        return false;
+    }
+    // Two failures just before: this attempt must succeed.
+    !(n > 2 && schedule_fails(seed, pct, n - 1) && schedule_fails(seed, pct, n - 2))
+}
+
 /// Fails the calling test with a clear message unless running as root.
 pub fn require_root() {
     assert!(

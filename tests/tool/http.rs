@@ -14,45 +14,35 @@ use std::{
 
 use serde_json::json;
 
-/// Whether attempt `n` (1-based) fails: about `pct`% of attempts, from a
-/// seeded generator, but never three in a row — so a request retried up to
-/// twice always succeeds on a backend that serves its attempts in order.
-pub fn schedule_fails(seed: u64, pct: u64, n: u64) -> bool {
-    let draw = |k: u64| {
-        let mut x = seed ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        x ^= x >> 33;
-        x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        x ^= x >> 33;
-        x % 100 < pct
-    };
-    if !draw(n) {
-        return false;
-    }
-    // Two failures just before: this attempt must succeed.
-    !(n > 2 && schedule_fails(seed, pct, n - 1) && schedule_fails(seed, pct, n - 2))
-}
+pub use pillion_e2e::schedule_fails;
 
 struct Backend {
     name: String,
     fail: Option<(u64, u64)>,
     delay: Duration,
+    /// Requests whose path starts with `/slow` wait this long first.
+    slow_path: Duration,
     attempts: AtomicU64,
     failed: AtomicU64,
 }
 
-/// `http-backend <addr> <name> [fail=<seed>:<pct>] [delay-ms=<n>]`.
+/// `http-backend <addr> <name> [fail=<seed>:<pct>] [delay-ms=<n>] [slow-path-ms=<n>]`.
 pub fn backend(addr: SocketAddr, name: String, opts: &[String]) {
     let mut fail = None;
     let mut delay = Duration::ZERO;
+    let mut slow_path = Duration::ZERO;
     for o in opts {
         if let Some(v) = o.strip_prefix("fail=") {
             let (seed, pct) = v.split_once(':').expect("fail=<seed>:<pct>");
             fail = Some((seed.parse().expect("seed"), pct.parse().expect("pct")));
         } else if let Some(v) = o.strip_prefix("delay-ms=") {
             delay = Duration::from_millis(v.parse().expect("delay-ms"));
+        } else if let Some(v) = o.strip_prefix("slow-path-ms=") {
+            slow_path = Duration::from_millis(v.parse().expect("slow-path-ms"));
         }
     }
-    let backend = Arc::new(Backend { name, fail, delay, attempts: AtomicU64::new(0), failed: AtomicU64::new(0) });
+    let backend =
+        Arc::new(Backend { name, fail, delay, slow_path, attempts: AtomicU64::new(0), failed: AtomicU64::new(0) });
     let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
     println!("{}", json!({"event": "ready"}));
     std::io::stdout().flush().ok();
@@ -100,6 +90,9 @@ fn serve(b: &Backend, stream: TcpStream) {
             if !b.delay.is_zero() {
                 std::thread::sleep(b.delay);
             }
+            if path.starts_with("/slow") && !b.slow_path.is_zero() {
+                std::thread::sleep(b.slow_path);
+            }
             match b.fail {
                 Some((seed, pct)) if schedule_fails(seed, pct, n) => {
                     b.failed.fetch_add(1, Ordering::SeqCst);
@@ -137,10 +130,12 @@ pub fn requests(to: SocketAddr, count: u64, path: &str, headers: &[String]) -> s
             if conn.is_none() {
                 let s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
                 s.set_read_timeout(Some(Duration::from_secs(15)))?;
+                s.set_nodelay(true)?;
                 conn = Some((s.try_clone()?, BufReader::new(s)));
             }
             let (w, r) = conn.as_mut().expect("connected");
-            write!(w, "GET {path} HTTP/1.1\r\nHost: {to}\r\n{extra}\r\n")?;
+            // One write: `write!` would send the pieces as separate segments.
+            w.write_all(format!("GET {path} HTTP/1.1\r\nHost: {to}\r\n{extra}\r\n").as_bytes())?;
             let mut line = String::new();
             if r.read_line(&mut line)? == 0 {
                 return Err(std::io::ErrorKind::UnexpectedEof.into());

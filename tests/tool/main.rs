@@ -279,7 +279,7 @@ fn http_get(to: SocketAddr, path: &str) -> serde_json::Value {
     let run = || -> std::io::Result<(u16, String)> {
         let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
-        write!(s, "GET {path} HTTP/1.0\r\nHost: {to}\r\n\r\n")?;
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {to}\r\n\r\n").as_bytes())?;
         let mut text = String::new();
         s.read_to_string(&mut text)?;
         let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);

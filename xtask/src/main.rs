@@ -2,6 +2,8 @@
 
 mod bench;
 mod demo;
+mod kind;
+mod manifests;
 mod run;
 mod setup;
 mod test;
@@ -47,6 +49,11 @@ enum Command {
     },
     /// The kind cluster e2e tier (needs Docker and kind; not part of `test`).
     E2eKind,
+    /// Generate deploy/ from xtask/src/manifests/ (--check only compares).
+    Manifests {
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 /// The workspace root (xtask lives one level below it).
@@ -63,10 +70,8 @@ fn main() -> ExitCode {
         Command::Test => return test::test(),
         Command::Demo => demo::demo(),
         Command::Bench { quick, out, rounds } => bench::bench(quick, out, rounds),
-        Command::E2eKind => {
-            eprintln!("e2e-kind: the Kubernetes tier arrives with the Kubernetes issue; nothing to run yet");
-            return ExitCode::from(3);
-        }
+        Command::E2eKind => return kind::e2e_kind(),
+        Command::Manifests { check } => manifests::run(&workspace(), check),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
