@@ -2,12 +2,9 @@
 //! HBONE to the waypoint → HTTP routing, retries, timeouts, L7 policy →
 //! HBONE to the chosen backend → the backend's agent → the backend pod.
 
-use std::{
-    process::{Child, Stdio},
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use pillion_e2e::{Agent, AgentOptions, Node, Pod, Topology, locate_binary, schedule_fails, workload_yaml};
+use pillion_e2e::{Agent, AgentOptions, Pod, Topology, Waypoint, schedule_fails, waypoint_scene_yaml};
 use serde_json::{Value, json};
 
 use crate::assert_ok;
@@ -15,110 +12,15 @@ use crate::assert_ok;
 const SEED: u64 = 7;
 const FAIL_PCT: u64 = 30;
 
-/// `ns`-scoped YAML for the scene: a waypoint fronting `reviews` (v1/v2 split,
-/// a slow path, an L7 DENY) and `flaky` (retries within a budget).
-fn config(
-    client: (&Pod, &Node),
-    wp: (&Pod, &Node),
-    v1: (&Pod, &Node),
-    v2: (&Pod, &Node),
-    flaky: (&Pod, &Node),
-) -> String {
-    let mut y = String::from(
-        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {istio.io/use-waypoint: waypoint}}\n---\n",
-    );
-    y += "apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n---\n";
-    y += &workload_yaml("client", "client", "web", client.0, client.1, "app: client");
-    y += &workload_yaml("waypoint-0", "waypoint", "shop", wp.0, wp.1, "app: waypoint, istio.io/use-waypoint: none");
-    y += &workload_yaml("reviews-v1-0", "reviews", "shop", v1.0, v1.1, "app: reviews, version: v1");
-    y += &workload_yaml("reviews-v2-0", "reviews", "shop", v2.0, v2.1, "app: reviews, version: v2");
-    y += &workload_yaml("flaky-0", "flaky", "shop", flaky.0, flaky.1, "app: flaky");
-    y += r#"apiVersion: pillion.dev/v1alpha1
-kind: Service
-metadata: {name: waypoint, namespace: shop, labels: {istio.io/use-waypoint: none}}
-spec: {clusterIPs: [10.96.9.1], ports: [{name: mesh, port: 15008}], selector: {app: waypoint}}
----
-apiVersion: pillion.dev/v1alpha1
-kind: Service
-metadata: {name: reviews, namespace: shop}
-spec: {clusterIPs: [10.96.0.1], ports: [{name: http, port: 80, targetPort: 8080}], selector: {app: reviews}}
----
-apiVersion: pillion.dev/v1alpha1
-kind: Service
-metadata: {name: reviews-v1, namespace: shop}
-spec: {clusterIPs: [10.96.0.2], ports: [{name: http, port: 80, targetPort: 8080}], selector: {app: reviews, version: v1}}
----
-apiVersion: pillion.dev/v1alpha1
-kind: Service
-metadata: {name: reviews-v2, namespace: shop}
-spec: {clusterIPs: [10.96.0.3], ports: [{name: http, port: 80, targetPort: 8080}], selector: {app: reviews, version: v2}}
----
-apiVersion: pillion.dev/v1alpha1
-kind: Service
-metadata: {name: flaky, namespace: shop}
-spec: {clusterIPs: [10.96.0.4], ports: [{name: http, port: 80, targetPort: 8080}], selector: {app: flaky}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: reviews, namespace: shop}
-spec:
-  parentRefs: [{group: "", kind: Service, name: reviews, port: 80}]
-  rules:
-  - matches: [{path: {type: PathPrefix, value: /slow}}]
-    backendRefs: [{name: reviews-v1, port: 80}]
-    timeouts: {request: 500ms}
-  - backendRefs:
-    - {name: reviews-v1, port: 80, weight: 90}
-    - {name: reviews-v2, port: 80, weight: 10}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: flaky, namespace: shop}
-spec:
-  parentRefs: [{group: "", kind: Service, name: flaky, port: 80}]
-  rules:
-  - backendRefs: [{name: flaky, port: 80}]
-    retry: {attempts: 3, codes: [503], backoff: 1ms}
----
-apiVersion: gateway.networking.x-k8s.io/v1alpha1
-kind: XBackendTrafficPolicy
-metadata: {name: flaky-budget, namespace: shop}
-spec:
-  targetRefs: [{group: "", kind: Service, name: flaky}]
-  retryConstraint:
-    budget: {percent: 60, interval: 10s}
-    minRetryRate: {count: 5, interval: 1s}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: no-admin, namespace: shop}
-spec:
-  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
-  action: DENY
-  rules: [{to: [{operation: {paths: ["/admin", "/admin/*"]}}]}]
----
-"#;
-    y
-}
-
 struct Scene {
-    _waypoint: WaypointProc,
+    _waypoint: Waypoint,
     _backends: Vec<pillion_e2e::Spawned>,
     a: Agent,
     b: Agent,
     client: Pod,
     wp: Pod,
     flaky: Pod,
-    topo: Topology,
-}
-
-struct WaypointProc(Child);
-
-impl Drop for WaypointProc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    _topo: Topology,
 }
 
 fn scene() -> Scene {
@@ -131,8 +33,10 @@ fn scene() -> Scene {
     let v1 = topo.add_pod(&nb, "reviews-v1");
     let v2 = topo.add_pod(&nb, "reviews-v2");
     let flaky = topo.add_pod(&nb, "flaky");
-    let cfg =
-        topo.write_config("mesh.yaml", &config((&client, &na), (&wp, &nb), (&v1, &nb), (&v2, &nb), (&flaky, &nb)));
+    let cfg = topo.write_config(
+        "mesh.yaml",
+        &waypoint_scene_yaml((&client, &na), (&wp, &nb), (&v1, &nb), (&v2, &nb), (&flaky, &nb)),
+    );
     let opts = AgentOptions { config: Some(cfg.clone()), ca_dir: Some(topo.ca_dir()), ..Default::default() };
     let a = Agent::start_with(&topo, &na, &opts);
     let b = Agent::start_with(&topo, &nb, &opts);
@@ -151,34 +55,8 @@ fn scene() -> Scene {
         b.wait_event("ready", Duration::from_secs(10));
         backends.push(b);
     }
-    let log = std::fs::File::create(topo.tmp.join("waypoint.log")).unwrap();
-    let child = wp
-        .command(locate_binary("pillion-waypoint", "PILLION_WAYPOINT_BIN"))
-        .args(["run", "--name", "waypoint-0", "--namespace", "shop", "--config"])
-        .arg(&cfg)
-        .arg("--ca-dir")
-        .arg(topo.ca_dir())
-        .env("PILLION_LOG", "info")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("start pillion-waypoint");
-    let waypoint = WaypointProc(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = wp.run(&["http-get", "127.0.0.1:15021", "/healthz/ready"]);
-        if r["status"] == json!(200) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "waypoint not ready: {r}\n{}",
-            std::fs::read_to_string(topo.tmp.join("waypoint.log")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Scene { _waypoint: waypoint, _backends: backends, a, b, client, wp, flaky, topo }
+    let waypoint = Waypoint::start(&topo, &wp, "waypoint-0", "shop", &cfg);
+    Scene { _waypoint: waypoint, _backends: backends, a, b, client, wp, flaky, _topo: topo }
 }
 
 fn requests(s: &Scene, vip: &str, count: u64, path: &str) -> Value {
@@ -212,7 +90,7 @@ fn the_waypoint_splits_90_10_cuts_slow_requests_and_denies_by_path() {
     let metrics = s.wp.run(&["http-get", "127.0.0.1:15020", "/metrics"]);
     let body = metrics["body"].as_str().unwrap_or_default();
     assert!(body.contains("istio_requests_total{") && body.contains("reporter=\"waypoint\""), "{body}");
-    assert!(s.topo.tmp.join("waypoint.log").exists());
+    assert!(s._waypoint.log.exists());
 }
 
 #[test]

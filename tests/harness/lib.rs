@@ -12,12 +12,14 @@ mod process;
 mod sweep;
 mod sys;
 mod topology;
+mod waypoint;
 
 pub use agent::{Agent, AgentOptions};
 pub use process::{Spawned, Workload};
 pub use sweep::sweep_leftovers;
 pub use sys::{is_root, locate_binary};
 pub use topology::{Node, Pod, Topology};
+pub use waypoint::{Waypoint, waypoint_scene_yaml};
 
 /// A `pillion.dev/v1alpha1` `Workload` document for `pod` on `node`
 /// (both of its addresses), followed by a document separator.
