@@ -249,8 +249,104 @@ pub fn demo() -> anyhow::Result<()> {
             agent.node.name, c["outbound_accepted"], c["inbound_accepted"], c["hbone_accepted"], c["denied"]
         );
     }
-    say("cleaning up (agents, namespaces, cgroups, pins)");
+    say("cleaning up the L4 scene (agents, namespaces, cgroups, pins)");
     drop(scene);
-    println!("   done: everything the demo created is removed");
+    checkpoint()?;
+    waypoint_scene()?;
+    println!("\n   done: everything the demo created is removed");
     Ok(())
+}
+
+/// The L7 scene: a namespace behind a waypoint, a 90/10 split and a flaky
+/// backend whose failures the waypoint retries away.
+fn waypoint_scene() -> anyhow::Result<()> {
+    say("the waypoint (L7): namespace shop behind waypoint-0; client (node a) → reviews and flaky (node b)");
+    let topo = Topology::with_prefix("pd");
+    let (na, nb) = (topo.add_node("a"), topo.add_node("b"));
+    topo.connect_nodes(&na, &nb);
+    let client = topo.add_pod(&na, "client");
+    let wp = topo.add_pod(&nb, "waypoint");
+    let v1 = topo.add_pod(&nb, "reviews-v1");
+    let v2 = topo.add_pod(&nb, "reviews-v2");
+    let flaky = topo.add_pod(&nb, "flaky");
+    let yaml = pillion_e2e::waypoint_scene_yaml((&client, &na), (&wp, &nb), (&v1, &nb), (&v2, &nb), (&flaky, &nb));
+    let cfg = topo.write_config("mesh.yaml", &yaml);
+    let opts = AgentOptions { config: Some(cfg.clone()), ca_dir: Some(topo.ca_dir()), ..Default::default() };
+    let a = Agent::start_with(&topo, &na, &opts);
+    let b = Agent::start_with(&topo, &nb, &opts);
+    a.enrol(&client).map_err(anyhow::Error::msg)?;
+    for p in [&v1, &v2, &flaky] {
+        b.enrol(p).map_err(anyhow::Error::msg)?;
+    }
+    let mut backends = Vec::new();
+    for (pod, name, extra) in [
+        (&v1, "v1", "delay-ms=0".to_string()),
+        (&v2, "v2", "delay-ms=0".to_string()),
+        (&flaky, "flaky", "fail=7:30".to_string()),
+    ] {
+        let s = pod.spawn(&["http-backend", "[::]:8080", name, &extra]);
+        s.wait_event("ready", Duration::from_secs(10));
+        backends.push(s);
+    }
+    let waypoint = pillion_e2e::Waypoint::start(&topo, &wp, "waypoint-0", "shop", &cfg);
+    println!("   waypoint-0 ready ({}); backends reviews-v1, reviews-v2 and flaky (fails 30% of attempts)", wp.ip4);
+    checkpoint()?;
+
+    say("200 requests to reviews (HTTPRoute: 90% v1, 10% v2)");
+    let r = client.run(&["http-requests", "10.96.0.1:80", "200", "/reviews"]);
+    println!("   statuses {}  backends {}", r["statuses"], r["backends"]);
+    ensure!(r["statuses"] == serde_json::json!({"200": 200}), "the split scene failed: {r}");
+    let denied = client.run(&["http-requests", "10.96.0.1:80", "1", "/admin"]);
+    println!("   GET /admin → {} (L7 AuthorizationPolicy DENY at the waypoint)", denied["statuses"]);
+    ensure!(denied["statuses"] == serde_json::json!({"403": 1}), "/admin was not denied: {denied}");
+    checkpoint()?;
+
+    say("100 requests to flaky (retry: 3 attempts on 503, 60% retry budget)");
+    let r = client.run(&["http-requests", "10.96.0.4:80", "100", "/item"]);
+    let stats = flaky.run(&["http-requests", "127.0.0.1:8080", "1", "/__stats"]);
+    println!("   client saw {}; the backend served {}", r["statuses"], stats["last_body"].as_str().unwrap_or_default());
+    ensure!(r["statuses"] == serde_json::json!({"200": 100}), "retries did not hide the failures: {r}");
+    let log = std::fs::read_to_string(&waypoint.log).unwrap_or_default();
+    for l in log
+        .lines()
+        .filter(|l| l.contains("attempts") && l.contains("flaky"))
+        .filter(|l| !l.contains("attempts\u{1b}[0m\u{1b}[2m=\u{1b}[0m1 "))
+        .take(2)
+    {
+        println!("   waypoint access log: {}", strip_ansi(l).trim());
+    }
+    let m = wp.run(&["http-get", "127.0.0.1:15020", "/metrics"]);
+    for l in m["body"].as_str().unwrap_or_default().lines().filter(|l| l.starts_with("istio_requests_total{")) {
+        let pick =
+            |k: &str| l.split(&format!("{k}=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or("?").to_string();
+        println!(
+            "   istio_requests_total {:>4}  {} code={}",
+            l.rsplit(' ').next().unwrap_or("?"),
+            pick("destination_service"),
+            pick("response_code")
+        );
+    }
+    drop(waypoint);
+    drop(backends);
+    drop((a, b));
+    drop(topo);
+    Ok(())
+}
+
+/// Log lines in text format carry colour codes; show them plain.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
