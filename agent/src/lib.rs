@@ -14,6 +14,7 @@ pub mod drain;
 pub mod enrol;
 pub mod error;
 pub mod kernel;
+pub mod kubernetes;
 pub mod listeners;
 pub mod meshctx;
 pub mod netns;

@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent: load (or adopt) the kernel programs and serve pods.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Enrol a pod: capture its TCP traffic.
     Enrol {
         #[command(flatten)]
@@ -76,11 +76,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // One process-wide TLS provider, chosen before any client (kube, CA) is built.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::init_logging(args.log_format).and_then(|logs| {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(run::run(args, logs))
+            runtime.block_on(run::run(*args, logs))
         }),
         Command::CaInit { dir, trust_domain } => ca_init(&dir, &trust_domain),
         Command::Enrol { node, name, namespace, netns, ips, cgroup } => {

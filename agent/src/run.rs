@@ -4,7 +4,7 @@ use std::{net::SocketAddr, path::Path, sync::Arc};
 
 use anyhow::{Context, bail};
 use mesh::{
-    ca::EmbeddedCa,
+    ca::{CaClientTls, CertificateSource, EmbeddedCa, IstioCaClient, IstioCaConfig, TokenSource},
     certs::{CertManager, CertManagerConfig, CertMetrics},
     clock::SystemClock,
     config::{ConfigMetrics, ConfigWatcher, WatchOptions},
@@ -63,6 +63,21 @@ fn reuse_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> 
     tokio::net::TcpListener::from_std(socket.into())
 }
 
+/// The certificate source: an Istio-compatible CA when `--ca-address` is
+/// set, else the embedded CA (`--ca-dir`, or a throwaway one).
+fn certificate_source(args: &RunArgs, trust_domain: &str) -> anyhow::Result<Arc<dyn CertificateSource>> {
+    let Some(endpoint) = &args.ca_address else {
+        return Ok(Arc::new(certificate_authority(args.ca_dir.as_deref(), trust_domain)?));
+    };
+    let mut config = IstioCaConfig::new(endpoint.clone(), TokenSource::File(args.ca_token.clone()));
+    if let Some(roots) = &args.ca_roots {
+        let roots_pem =
+            std::fs::read_to_string(roots).with_context(|| format!("reading the CA roots {}", roots.display()))?;
+        config.tls = Some(CaClientTls { roots_pem, domain: args.ca_domain.clone() });
+    }
+    Ok(Arc::new(IstioCaClient::new(config)?))
+}
+
 fn certificate_authority(dir: Option<&Path>, trust_domain: &str) -> anyhow::Result<EmbeddedCa> {
     match dir {
         Some(dir) => EmbeddedCa::from_dir(trust_domain, dir, SystemClock::shared()).with_context(|| {
@@ -108,8 +123,15 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
     spawn_kernel_logs(kernel.log_program_id());
     readiness.set("kernel", true);
 
-    // The model: from the config file (watched), or empty.
+    // The model: from Kubernetes, the config file (watched), or empty.
+    let mut kube_source = None;
     let (_watcher, model_rx) = match &args.config {
+        _ if args.kubernetes => {
+            let source = crate::kubernetes::start(&args.node.node).await?;
+            let rx = source.subscribe();
+            kube_source = Some(source);
+            (None, rx)
+        }
         Some(path) => {
             let watcher = ConfigWatcher::start(path, WatchOptions::default(), config_metrics)?;
             let rx = watcher.subscribe();
@@ -119,8 +141,8 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
     };
     readiness.set("config", true);
     let trust_domain = model_rx.borrow().mesh().trust_domain.clone();
-    let ca = certificate_authority(args.ca_dir.as_deref(), &trust_domain)?;
-    let certs = CertManager::new(Arc::new(ca), CertManagerConfig::default(), cert_metrics);
+    let source = certificate_source(&args, &trust_domain)?;
+    let certs = CertManager::new(source, CertManagerConfig::default(), cert_metrics);
     // A per-pod agent serves workloads of the node whose programs it shares.
     let mesh_node = args.pins_node.clone().unwrap_or_else(|| args.node.node.clone());
     let mesh = Arc::new(MeshCtx::new(mesh_node, model_rx, certs.clone(), tcp));
@@ -146,6 +168,15 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || registry.adopt_persisted()).await??
     };
     agent_metrics.enrolled_pods.set(adopted as i64);
+    if let Some(source) = &kube_source {
+        crate::kubernetes::spawn_reconciler(
+            source.local_pods(),
+            source.subscribe(),
+            registry.clone(),
+            mesh.node.clone(),
+            args.proc_root.clone(),
+        );
+    }
     readiness.set("pods", true);
 
     let metrics = Arc::new(registry_metrics);

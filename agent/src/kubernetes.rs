@@ -1,0 +1,93 @@
+//! Kubernetes mode (`run --kubernetes`): the model comes from the cluster
+//! (`pillion_k8s::KubeSource`), and a reconciler keeps enrolment in step with
+//! the pods of this node the cluster says to capture.
+//!
+//! The CNI plugin enrols new pods before their app starts; the reconciler
+//! covers pods that were running before the agent (found through `/proc`),
+//! label changes on running pods, and opt-outs. It never unenrols a pod the
+//! source does not know yet (the CNI plugin may have just enrolled it):
+//! only pods the model marks as outside the mesh, or that left this node.
+
+use std::{collections::BTreeMap, path::PathBuf, sync::Arc};
+
+use anyhow::Context;
+use mesh::model::{MeshSettings, Model};
+use pillion_k8s::{KubeSource, Options, procfs, translate::LocalPod};
+use tokio::sync::watch;
+
+use crate::{enrol::Registry, error::EnrolError, pod::PodSpec};
+
+/// Connects with the in-cluster configuration (or `KUBECONFIG`) and starts
+/// watching; returns once every kind has been listed once.
+pub async fn start(node: &str) -> anyhow::Result<KubeSource> {
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes client configuration: run in a pod with a service account, or set KUBECONFIG")?;
+    let source = KubeSource::start(
+        client,
+        Options { node: Some(node.to_owned()), mesh: MeshSettings::default(), ..Options::default() },
+    );
+    tracing::info!(node, "waiting for the first full list from the API server");
+    source.synced().await;
+    Ok(source)
+}
+
+/// Enrols and unenrols this node's pods as the desired set changes.
+pub fn spawn_reconciler(
+    mut local: watch::Receiver<Arc<Vec<LocalPod>>>,
+    models: watch::Receiver<Arc<Model>>,
+    registry: Arc<Registry>,
+    node: String,
+    proc_root: PathBuf,
+) {
+    tokio::spawn(async move {
+        loop {
+            let desired = local.borrow_and_update().clone();
+            let model = models.borrow().clone();
+            let registry2 = registry.clone();
+            let (node2, root) = (node.clone(), proc_root.clone());
+            let _ = tokio::task::spawn_blocking(move || reconcile(&registry2, &desired, &model, &node2, &root)).await;
+            if local.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+fn reconcile(registry: &Registry, desired: &[LocalPod], model: &Model, node: &str, proc_root: &std::path::Path) {
+    let enrolled: BTreeMap<String, PodSpec> = registry.list().into_iter().map(|s| (s.pod.key(), s.pod)).collect();
+    for pod in desired {
+        let key = format!("{}/{}", pod.namespace, pod.name);
+        if enrolled.contains_key(&key) || pod.ips.is_empty() {
+            continue;
+        }
+        let Some(uid) = &pod.uid else { continue };
+        // A pod started before the agent (or missed by the CNI plugin).
+        let Some(process) = procfs::find_pod(proc_root, uid) else {
+            tracing::debug!(pod = %key, "no process for the pod yet; the CNI plugin or a later pass enrols it");
+            continue;
+        };
+        let spec = PodSpec {
+            name: pod.name.clone(),
+            namespace: pod.namespace.clone(),
+            netns: process.netns,
+            ips: pod.ips.clone(),
+            cgroup: None,
+        };
+        match registry.enrol(spec) {
+            Ok(_) => tracing::info!(pod = %key, "enrolled a running pod"),
+            Err(EnrolError::AlreadyEnrolled(_) | EnrolError::NetnsInUse { .. }) => {}
+            // The pod may vanish mid-enrolment: nothing was left behind.
+            Err(e) => tracing::warn!(pod = %key, error = %e, "could not enrol a running pod"),
+        }
+    }
+    for (key, spec) in &enrolled {
+        let opted_out = model.workload(&spec.namespace, &spec.name).is_some_and(|w| !w.in_mesh() || w.node != node);
+        if opted_out {
+            match registry.unenrol(&spec.namespace, &spec.name) {
+                Ok(()) => tracing::info!(pod = %key, "unenrolled: opted out of the mesh or moved"),
+                Err(e) => tracing::warn!(pod = %key, error = %e, "could not unenrol"),
+            }
+        }
+    }
+}
