@@ -99,6 +99,10 @@ pub struct Waypoint {
 }
 
 impl Waypoint {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Starts the waypoint for workload `shop/<name>` and waits until ready.
     pub fn start(topo: &Topology, pod: &Pod, name: &str, namespace: &str, config: &std::path::Path) -> Waypoint {
         let log = topo.tmp.join(format!("{name}.log"));

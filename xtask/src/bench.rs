@@ -5,7 +5,8 @@
 //! Scenarios: A direct (no agents), B L4 passthrough (capture through both
 //! agents, plain TCP between them), C HBONE (the product's path), D per-pod
 //! sidecars (the same agent run once per pod, sharing one loaded set of
-//! kernel programs per node, HBONE between them).
+//! kernel programs per node, HBONE between them), W the service's waypoint
+//! in the path (HTTP figures).
 
 mod figures;
 mod memory;
@@ -95,7 +96,7 @@ pub fn bench(quick: bool, out: Option<PathBuf>, rounds: Option<usize>) -> anyhow
         std::env::set_var("PILLION_POD_TOOL", bin.join("pillion-pod-tool"));
     }
 
-    let scenarios = [Scenario::Direct, Scenario::Passthrough, Scenario::Hbone, Scenario::Sidecar];
+    let scenarios = [Scenario::Direct, Scenario::Passthrough, Scenario::Hbone, Scenario::Sidecar, Scenario::Waypoint];
     let mut rounds: Vec<Value> = Vec::new();
     for round in 1..=plan.rounds {
         for &scenario in &scenarios {

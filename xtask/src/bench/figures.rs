@@ -69,6 +69,9 @@ fn tool(scene: &Scene, args: &[&str]) -> anyhow::Result<Value> {
 }
 
 pub fn measure(scenario: Scenario, plan: &Plan) -> anyhow::Result<Figures> {
+    if scenario == Scenario::Waypoint {
+        return measure_waypoint(plan);
+    }
     let scene = Scene::build(scenario, 0, &[]);
     let mut f = Figures::new();
     let agents = !scene.agents.is_empty();
@@ -136,6 +139,44 @@ pub fn measure(scenario: Scenario, plan: &Plan) -> anyhow::Result<Figures> {
         let _echo = scene.server.echo_server(format!("[::]:{ECHO_PORT}").parse()?, None);
         let v = tool(&scene, &["conn-rate", &scene.server.addr4(ECHO_PORT).to_string(), &plan.conn_secs.to_string()])?;
         f.insert("conn_per_s_fresh_mtls".into(), number(&v, &["per_second"])?);
+    }
+    Ok(f)
+}
+
+/// W: HTTP at a fixed rate through the service VIP, so every request crosses
+/// the client's agent, the waypoint and the server's agent.
+fn measure_waypoint(plan: &Plan) -> anyhow::Result<Figures> {
+    let scene = Scene::build(Scenario::Waypoint, 0, &[]);
+    let mut f = Figures::new();
+    let http = scene.server.spawn(&["http-server", &format!("[::]:{HTTP_PORT}"), "1024"]);
+    http.wait_event("ready", Duration::from_secs(10));
+    tool(&scene, &["http-requests", super::scene::WAYPOINT_VIP, "20", "/"])?;
+    for &conns in plan.http_conns {
+        let cpu0 = scene.agent_cpu_us();
+        let started = Instant::now();
+        let v = tool(
+            &scene,
+            &[
+                "http-load",
+                super::scene::WAYPOINT_VIP,
+                &HTTP_RPS.to_string(),
+                &conns.to_string(),
+                &plan.http_secs.to_string(),
+            ],
+        )?;
+        let wall = started.elapsed().as_secs_f64();
+        for q in ["p50", "p90", "p99"] {
+            f.insert(format!("http_ms_{q}_c{conns}"), number(&v, &["latency", &format!("{q}_us")])? / 1000.0);
+        }
+        if conns == 4 {
+            let cpu = (scene.agent_cpu_us() - cpu0) as f64 / 1e6;
+            let rps = number(&v, &["achieved_rps"])?;
+            // Per proxy: two agents and the waypoint.
+            f.insert("vcpu_per_1000rps".into(), cpu / wall / (rps / 1000.0) / 3.0);
+        }
+    }
+    if let Some((wp, _)) = &scene.waypoint {
+        f.insert("rss_waypoint_mb".into(), super::scene::rss_bytes(wp.pid()) as f64 / 1e6);
     }
     Ok(f)
 }

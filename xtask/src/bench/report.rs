@@ -30,6 +30,9 @@ fn needs_agent(figure: &str) -> bool {
 }
 
 fn applies(figure: &str, s: Scenario) -> bool {
+    if s == Scenario::Waypoint {
+        return matches!(figure, "http_added_ms_p99_c4" | "vcpu_per_1000rps");
+    }
     match figure {
         "conn_per_s_fresh_mtls" => matches!(s, Scenario::Hbone | Scenario::Sidecar),
         "rss_mb_per_pod" => matches!(s, Scenario::Hbone | Scenario::Sidecar),
@@ -137,10 +140,10 @@ pub fn markdown(result: &Value) -> String {
         result["plan"].as_str().unwrap_or("")
     );
     md += "Median over rounds (min–max); in brackets the median ratio to direct (A) measured within each round.\n\n";
-    md += "| figure | A direct | B L4 passthrough | C HBONE | D per-pod sidecar |\n|---|---|---|---|---|\n";
+    md += "| figure | A direct | B L4 passthrough | C HBONE | D per-pod sidecar | W waypoint |\n|---|---|---|---|---|---|\n";
     for (name, per) in summary.as_object().into_iter().flatten() {
         let _ = write!(md, "| `{name}` |");
-        for s in ["A", "B", "C", "D"] {
+        for s in ["A", "B", "C", "D", "W"] {
             let c = &per[s];
             match c["median"].as_f64() {
                 Some(m) => {

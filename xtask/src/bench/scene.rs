@@ -2,7 +2,7 @@
 //! B (plus `extra` idle pods per node for memory runs), with the agents the
 //! scenario needs.
 
-use pillion_e2e::{Agent, AgentOptions, Node, Pod, Topology, workload_yaml};
+use pillion_e2e::{Agent, AgentOptions, Node, Pod, Topology, Waypoint, workload_yaml};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scenario {
@@ -10,6 +10,8 @@ pub enum Scenario {
     Passthrough,
     Hbone,
     Sidecar,
+    /// C plus the service's waypoint in the path (HTTP through a VIP).
+    Waypoint,
 }
 
 impl Scenario {
@@ -19,6 +21,7 @@ impl Scenario {
             Scenario::Passthrough => "B",
             Scenario::Hbone => "C",
             Scenario::Sidecar => "D",
+            Scenario::Waypoint => "W",
         }
     }
 
@@ -28,6 +31,7 @@ impl Scenario {
             Scenario::Passthrough => "B L4 passthrough",
             Scenario::Hbone => "C HBONE",
             Scenario::Sidecar => "D per-pod sidecar",
+            Scenario::Waypoint => "W waypoint",
         }
     }
 }
@@ -38,8 +42,25 @@ pub struct Scene {
     pub client: Pod,
     pub server: Pod,
     pub node_a: Node,
+    /// W: the waypoint process and its pod (whose cgroup holds its CPU time).
+    pub waypoint: Option<(Waypoint, Pod)>,
     /// Owns the namespaces and cgroups; removed on drop.
     _topo: Topology,
+}
+
+/// W's service: `bench/server` at this VIP, behind waypoint `waypoint-0`.
+pub const WAYPOINT_VIP: &str = "10.96.0.50:80";
+
+fn waypoint_yaml(wp: &Pod, node: &Node) -> String {
+    let mut y =
+        workload_yaml("waypoint-0", "waypoint", "bench", wp, node, "app: waypoint, istio.io/use-waypoint: none");
+    y += "apiVersion: pillion.dev/v1alpha1\nkind: Service\nmetadata: {name: waypoint, namespace: bench, labels: {istio.io/use-waypoint: none}}\n\
+          spec: {clusterIPs: [10.96.9.1], ports: [{name: mesh, port: 15008}], selector: {app: waypoint}}\n---\n\
+          apiVersion: pillion.dev/v1alpha1\nkind: Service\nmetadata: {name: server, namespace: bench, labels: {istio.io/use-waypoint: waypoint}}\n\
+          spec: {clusterIPs: [10.96.0.50], ports: [{name: http, port: 80, targetPort: 8080}], selector: {app: server}}\n---\n\
+          apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: server, namespace: bench}\n\
+          spec:\n  parentRefs: [{group: \"\", kind: Service, name: server, port: 80}]\n  rules:\n  - backendRefs: [{name: server, port: 80}]\n---\n";
+    y
 }
 
 impl Scene {
@@ -56,8 +77,12 @@ impl Scene {
             idle.push(topo.add_pod(&node_a, &format!("idle-a{i}")));
             idle.push(topo.add_pod(&node_b, &format!("idle-b{i}")));
         }
-        let config = matches!(scenario, Scenario::Hbone | Scenario::Sidecar).then(|| {
+        let wp_pod = (scenario == Scenario::Waypoint).then(|| topo.add_pod(&node_b, "waypoint"));
+        let config = matches!(scenario, Scenario::Hbone | Scenario::Sidecar | Scenario::Waypoint).then(|| {
             let mut y = workload_yaml("client", "client", "bench", &client, &node_a, "app: client");
+            if let Some(wp) = &wp_pod {
+                y += &waypoint_yaml(wp, &node_b);
+            }
             y += &workload_yaml("server", "server", "bench", &server, &node_b, "app: server");
             for p in &idle {
                 let node = if p.node == node_a.name { &node_a } else { &node_b };
@@ -81,7 +106,7 @@ impl Scene {
         };
         match scenario {
             Scenario::Direct => {}
-            Scenario::Passthrough | Scenario::Hbone => {
+            Scenario::Passthrough | Scenario::Hbone | Scenario::Waypoint => {
                 for node in [&node_a, &node_b] {
                     let agent = Agent::start_with(&topo, node, &opts(None));
                     for pod in pods_of(node) {
@@ -111,12 +136,17 @@ impl Scene {
                 }
             }
         }
-        Scene { agents, client, server, node_a, _topo: topo }
+        let waypoint = match (wp_pod, &config) {
+            (Some(pod), Some(cfg)) => Some((Waypoint::start(&topo, &pod, "waypoint-0", "bench", cfg), pod)),
+            _ => None,
+        };
+        Scene { agents, client, server, node_a, waypoint, _topo: topo }
     }
 
     /// Total CPU time (µs) of every agent process, from their cgroups.
     pub fn agent_cpu_us(&self) -> u64 {
-        self.agents.iter().map(|a| cgroup_usage_us(&a.node.agent_cgroup)).sum()
+        let waypoint = self.waypoint.as_ref().map_or(0, |(_, pod)| cgroup_usage_us(&pod.cgroup));
+        self.agents.iter().map(|a| cgroup_usage_us(&a.node.agent_cgroup)).sum::<u64>() + waypoint
     }
 
     /// Sum of the agents' resident memory, in bytes.
