@@ -22,7 +22,7 @@ use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use crate::proxy::{Downstream, EndpointInfo, Proxy, ServeLimits, Snapshot, serve_http};
 use crate::route::ServiceKey;
-use crate::telemetry::{TcpGuard, TcpLabels, TcpMetrics};
+use crate::telemetry::{TcpGuard, TcpMetrics, tcp_labels};
 use crate::upstream::{HboneUpstream, Target, forwarded_for};
 
 #[cfg(test)]
@@ -200,7 +200,7 @@ impl WaypointDialer {
         let meter = self.tcp_metrics.as_ref().map(|m| {
             let source = crate::telemetry::source_peer(&snapshot.model, Some(&request.peer_identity));
             let service = service.map(|s| ServiceRef::new(&s.name, &s.namespace, &self.proxy.config().domain));
-            m.open(&TcpLabels::new(&source, &to.peer, service.as_ref()))
+            m.open(tcp_labels(&source, &to.peer, service.as_ref()))
         });
         Tracked { inner, _token: self.tunnels.token(), meter }
     }

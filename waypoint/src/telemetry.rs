@@ -5,7 +5,6 @@
 //! the agent's TCP metrics do.
 
 mod body;
-mod tcp;
 mod trace;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -17,7 +16,23 @@ use prometheus_client::registry::Registry;
 use mesh::telemetry::{ConnectionLabels, Peer, Reporter, SecurityPolicy, ServiceRef};
 
 pub use body::{Metered, RequestRecord};
-pub use tcp::{TcpGuard, TcpLabels, TcpMetrics};
+/// Tunnels relayed at L4 report mesh's Istio TCP metrics as `reporter="waypoint"`.
+pub use mesh::telemetry::{ConnGuard as TcpGuard, ConnectionMetrics as TcpMetrics};
+
+/// The TCP label set of a tunnel the waypoint relays at L4.
+pub fn tcp_labels(
+    source: &mesh::telemetry::Peer,
+    destination: &mesh::telemetry::Peer,
+    service: Option<&mesh::telemetry::ServiceRef>,
+) -> mesh::telemetry::ConnectionLabels {
+    mesh::telemetry::ConnectionLabels::new(
+        mesh::telemetry::Reporter::Waypoint,
+        source,
+        destination,
+        service,
+        mesh::telemetry::SecurityPolicy::MutualTls,
+    )
+}
 pub use trace::{TraceContext, next_hop};
 
 /// The `reporter` value of everything the waypoint reports.

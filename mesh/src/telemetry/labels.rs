@@ -17,11 +17,13 @@ const DEFAULT_REVISION: &str = "latest";
 /// `response_flags` of a connection without an Envoy-style failure flag.
 const NO_FLAGS: &str = "-";
 
-/// Which proxy reports: the one beside the client (`source`) or beside the server (`destination`).
+/// Which proxy reports: the one beside the client (`source`), beside the server
+/// (`destination`), or a waypoint in between (`waypoint`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reporter {
     Source,
     Destination,
+    Waypoint,
 }
 
 impl Reporter {
@@ -29,6 +31,7 @@ impl Reporter {
         match self {
             Reporter::Source => "source",
             Reporter::Destination => "destination",
+            Reporter::Waypoint => "waypoint",
         }
     }
 }

@@ -70,6 +70,16 @@ impl ConnectionMetrics {
             received_total: AtomicU64::new(0),
         }
     }
+
+    /// Current values for one label set: (opened, closed, received, sent).
+    pub fn values(&self, labels: &ConnectionLabels) -> (u64, u64, u64, u64) {
+        (
+            self.opened.get_or_create(labels).get(),
+            self.closed.get_or_create(labels).get(),
+            self.received.get_or_create(labels).get(),
+            self.sent.get_or_create(labels).get(),
+        )
+    }
 }
 
 /// One open connection. Share it between the two copy directions by reference (it is `Sync`);

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use super::{WaypointDialer, WaypointHook};
 use crate::proxy::{Proxy, ProxyConfig, Snapshot};
 use crate::route::ServiceKey;
-use crate::telemetry::{RequestMetrics, TcpLabels, TcpMetrics};
+use crate::telemetry::{RequestMetrics, TcpMetrics, tcp_labels};
 use crate::upstream::HboneUpstream;
 
 const TD: &str = "cluster.local";
@@ -284,8 +284,8 @@ async fn a_port_without_routes_is_passed_through_at_l4() {
         .pod_labels([("app", "reviews")])
         .identity(&id("shop", "reviews"));
     let svc = mesh::telemetry::ServiceRef::new("reviews", "shop", TD);
-    let labels = TcpLabels::new(&src, &dst, Some(&svc));
-    assert_eq!(labels.reporter, "waypoint");
+    let labels = tcp_labels(&src, &dst, Some(&svc));
+    assert_eq!(labels.reporter, mesh::telemetry::Reporter::Waypoint);
     let (opened, _closed, received, sent) = m.tcp.values(&labels);
     assert_eq!((opened, received, sent), (1, 19, 19));
 }
