@@ -159,6 +159,13 @@ impl Registry {
         Ok(())
     }
 
+    /// Unenrols every pod (uninstall). Returns how many were unenrolled.
+    pub fn unenrol_all(&self) -> usize {
+        let pods: Vec<(String, String)> =
+            self.list().into_iter().map(|s| (s.pod.namespace.clone(), s.pod.name.clone())).collect();
+        pods.iter().filter(|(ns, name)| self.unenrol(ns, name).is_ok()).count()
+    }
+
     pub fn list(&self) -> Vec<PodStatus> {
         self.pods.lock().expect("registry lock").values().map(|p| status_of(p)).collect()
     }

@@ -91,3 +91,22 @@ fn reconcile(registry: &Registry, desired: &[LocalPod], model: &Model, node: &st
         }
     }
 }
+
+/// Whether Pillion is being uninstalled: this agent's DaemonSet is gone or
+/// being deleted. A rolling update keeps the DaemonSet, so capture (pinned)
+/// outlives the restart; only an uninstall may unpin. Unknown means no.
+pub async fn uninstalling() -> bool {
+    let (Ok(namespace), Ok(name)) = (std::env::var("POD_NAMESPACE"), std::env::var("DAEMONSET_NAME")) else {
+        return false;
+    };
+    let Ok(client) = kube::Client::try_default().await else { return false };
+    let api: kube::Api<k8s_openapi::api::apps::v1::DaemonSet> = kube::Api::namespaced(client, &namespace);
+    match api.get_opt(&name).await {
+        Ok(None) => true,
+        Ok(Some(ds)) => ds.metadata.deletion_timestamp.is_some(),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot tell whether Pillion is being uninstalled; keeping capture in place");
+            false
+        }
+    }
+}

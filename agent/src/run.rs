@@ -196,7 +196,12 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
 
     let api_path = args.node.api_socket();
     let listener = api::bind(&api_path).with_context(|| format!("binding the API socket {}", api_path.display()))?;
-    let api_state = Arc::new(ApiState { node: args.node.node.clone(), registry, kernel, counters });
+    let api_state = Arc::new(ApiState {
+        node: args.node.node.clone(),
+        registry: registry.clone(),
+        kernel: kernel.clone(),
+        counters,
+    });
     tokio::spawn(api::serve(listener, api_state, drain.clone()));
     tracing::info!(api = %api_path.display(), adopted, "ready");
 
@@ -207,7 +212,14 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT: draining"),
     }
     readiness.set("pods", false);
-    // Programs stay pinned: capture outlives the agent (fail closed).
+    if kube_source.is_some() && crate::kubernetes::uninstalling().await {
+        // Uninstall: leave no pod unable to open connections.
+        let pods = registry.unenrol_all();
+        crate::kernel::unpin_all(kernel.pins())?;
+        let _ = std::fs::remove_dir_all(args.node.state_dir());
+        tracing::info!(pods, "Pillion is being uninstalled: pods unenrolled, programs unpinned");
+    }
+    // Otherwise programs stay pinned: capture outlives the agent (fail closed).
     let left = trigger.drain(args.drain()).await;
     if left > 0 {
         tracing::warn!(connections = left, "drain deadline reached; closing the rest");

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod images;
 mod kind;
 mod manifests;
 mod run;
@@ -49,6 +50,13 @@ enum Command {
     },
     /// The kind cluster e2e tier (needs Docker and kind; not part of `test`).
     E2eKind,
+    /// Build the container images from deploy/images/ (needs Docker; exits 3 without it).
+    Images {
+        #[arg(long, default_value = "pillion")]
+        registry: String,
+        #[arg(long, default_value = "0.1.0")]
+        tag: String,
+    },
     /// Generate deploy/ from xtask/src/manifests/ (--check only compares).
     Manifests {
         #[arg(long)]
@@ -71,6 +79,7 @@ fn main() -> ExitCode {
         Command::Demo => demo::demo(),
         Command::Bench { quick, out, rounds } => bench::bench(quick, out, rounds),
         Command::E2eKind => return kind::e2e_kind(),
+        Command::Images { registry, tag } => return images::images(&registry, &tag),
         Command::Manifests { check } => manifests::run(&workspace(), check),
     };
     match result {
