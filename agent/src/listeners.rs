@@ -59,9 +59,16 @@ impl PodListeners {
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    reuseport_listener(addr, true)
+}
+
+/// A non-blocking `SO_REUSEPORT` listener, so a new agent can bind beside a
+/// running one. IPv6 sockets are v6-only unless `v6_only` is false (then
+/// `[::]` serves IPv4 too).
+pub fn reuseport_listener(addr: SocketAddr, v6_only: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), None)?;
     if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
+        socket.set_only_v6(v6_only)?;
     }
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;

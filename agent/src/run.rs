@@ -48,19 +48,9 @@ pub fn init_logging(format: LogFormat) -> anyhow::Result<LogControl> {
     Ok(control)
 }
 
-/// A listener with `SO_REUSEPORT`, so a new agent can bind beside the old one
-/// during a handoff.
+/// The telemetry servers' listeners, dual-stack and shareable during a handoff.
 fn reuse_listener(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(false)?;
-    }
-    socket.set_reuse_address(true)?;
-    socket.set_reuse_port(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(128)?;
-    tokio::net::TcpListener::from_std(socket.into())
+    tokio::net::TcpListener::from_std(crate::listeners::reuseport_listener(addr, false)?)
 }
 
 /// The certificate source: an Istio-compatible CA when `--ca-address` is

@@ -26,25 +26,9 @@ use crate::fault::FaultInjection;
 use crate::resilience::BackendPolicy;
 use crate::route::{RouteTable, ServiceKey};
 
-/// Why the L7 configuration was rejected; the last good one stays in force.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum L7ConfigError {
-    #[error("cannot read config file {file}: {source}; check that it exists and is readable")]
-    Read { file: String, source: Arc<std::io::Error> },
-    #[error("{file}:{line}:{column}: {problem}")]
-    Invalid { file: String, line: u64, column: u64, problem: String },
-    #[error("{file}: {problem}")]
-    Unlocated { file: String, problem: String },
-}
-
-impl L7ConfigError {
-    pub fn line(&self) -> Option<u64> {
-        match self {
-            Self::Invalid { line, .. } => Some(*line),
-            _ => None,
-        }
-    }
-}
+/// Why the L7 configuration was rejected (the mesh loader's error: same file,
+/// same line numbers); the last good one stays in force.
+pub type L7ConfigError = mesh::config::ConfigError;
 
 /// A problem with its position (line, column) when known.
 #[derive(Debug)]
