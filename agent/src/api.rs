@@ -143,11 +143,11 @@ pub fn bind(path: &Path) -> std::io::Result<UnixListener> {
 }
 
 pub async fn serve(listener: UnixListener, state: Arc<ApiState>, mut drain: Drain) {
+    let mut backoff = mesh::limits::AcceptBackoff::new("api");
     loop {
         tokio::select! {
             _ = drain.stopped() => return,
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
+            (stream, _) = backoff.retry(|| listener.accept()) => {
                 let state = state.clone();
                 tokio::spawn(async move {
                     let (read, mut write) = stream.into_split();

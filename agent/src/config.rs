@@ -97,6 +97,9 @@ pub struct RunArgs {
     /// Upstream connect timeout.
     #[arg(long, env = "PILLION_CONNECT_TIMEOUT_SECS", default_value_t = DEFAULT_CONNECT_TIMEOUT_SECS)]
     pub connect_timeout_secs: u64,
+    /// Per-pod connection caps and the HBONE idle timeout.
+    #[command(flatten)]
+    pub limits: crate::proxy::limits::LimitArgs,
 }
 
 impl RunArgs {

@@ -40,6 +40,7 @@ pub struct Registry {
     hbone_pooling: bool,
     /// Where sysctls can be written when `/proc/sys` is read-only (a container's).
     proc_root: PathBuf,
+    limits: proxy::limits::Limits,
     pods: Mutex<BTreeMap<String, Arc<PodContext>>>,
 }
 
@@ -83,8 +84,15 @@ impl Registry {
             connect_timeout,
             hbone_pooling,
             proc_root: proc_root.to_path_buf(),
+            limits: proxy::limits::Limits::default(),
             pods: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Per-pod connection caps (default: the documented defaults, uncounted).
+    pub fn with_limits(mut self, limits: proxy::limits::Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Enrols a new pod (API `enrol`).
@@ -251,6 +259,7 @@ impl Registry {
             PodDialer { netns: netns.clone(), timeout: self.connect_timeout },
             Arc::new(self.mesh.certs.clone()),
         );
+        let limits = self.limits.for_pod(&spec.key());
         let pod = Arc::new(PodContext {
             spec,
             netns,
@@ -264,6 +273,7 @@ impl Registry {
             mesh: self.mesh.clone(),
             pool,
             hbone_pooling: self.hbone_pooling,
+            limits,
         });
         serve(&pod, listeners).map_err(EnrolError::InPod)?;
         Ok(pod)
@@ -316,11 +326,11 @@ fn serve(pod: &Arc<PodContext>, listeners: PodListeners) -> std::io::Result<()> 
     let tokio_listener = tokio::net::TcpListener::from_std;
     let outbound = [Some(listeners.outbound_v4), listeners.outbound_v6];
     for l in outbound.into_iter().flatten() {
-        tokio::spawn(proxy::accept_loop(pod.clone(), tokio_listener(l)?, proxy::outbound::handle));
+        tokio::spawn(proxy::accept_loop(pod.clone(), tokio_listener(l)?, "outbound", proxy::outbound::handle));
     }
     let inbound = [Some(listeners.inbound_v4), listeners.inbound_v6];
     for l in inbound.into_iter().flatten() {
-        tokio::spawn(proxy::accept_loop(pod.clone(), tokio_listener(l)?, proxy::inbound::handle));
+        tokio::spawn(proxy::accept_loop(pod.clone(), tokio_listener(l)?, "inbound", proxy::inbound::handle));
     }
     let hbone = [Some(listeners.hbone_v4), listeners.hbone_v6];
     let hbone = hbone.into_iter().flatten().map(tokio_listener).collect::<std::io::Result<Vec<_>>>()?;

@@ -3,6 +3,7 @@
 
 pub mod hbone_in;
 pub mod inbound;
+pub mod limits;
 pub mod observed;
 pub mod outbound;
 pub mod relay;
@@ -64,6 +65,7 @@ pub struct PodContext {
     pub pool: mesh::hbone::Pool<PodDialer>,
     /// `false`: a fresh HBONE connection per tunnel (benchmarks).
     pub hbone_pooling: bool,
+    pub limits: limits::PodLimits,
 }
 
 impl PodContext {
@@ -81,32 +83,35 @@ impl PodContext {
 }
 
 /// Accepts on `listener` until shutdown or unenrol, handing each connection
-/// to `handle` on its own task.
-pub async fn accept_loop<F, Fut>(pod: std::sync::Arc<PodContext>, listener: tokio::net::TcpListener, handle: F)
-where
+/// to `handle` on its own task. Past the pod's connection cap a new
+/// connection is reset at once (counted in `pillion_limit_refusals_total`).
+pub async fn accept_loop<F, Fut>(
+    pod: std::sync::Arc<PodContext>,
+    listener: tokio::net::TcpListener,
+    name: &'static str,
+    handle: F,
+) where
     F: Fn(std::sync::Arc<PodContext>, TcpStream, SocketAddr) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut drain = pod.drain.clone();
+    let mut backoff = mesh::limits::AcceptBackoff::new(name);
     loop {
-        tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = drain.stopped() => break,
             _ = pod.cancel.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let guard = pod.drain.guard();
-                    let fut = handle(pod.clone(), stream, peer);
-                    tokio::spawn(async move {
-                        fut.await;
-                        drop(guard);
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(pod = %pod.spec.key(), error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            },
-        }
+            accepted = backoff.accept(&listener) => accepted,
+        };
+        let Some(slot) = pod.limits.connections.try_acquire() else {
+            reset(stream);
+            continue;
+        };
+        let guard = pod.drain.guard();
+        let fut = handle(pod.clone(), stream, peer);
+        tokio::spawn(async move {
+            fut.await;
+            drop((slot, guard));
+        });
     }
 }
 

@@ -69,6 +69,7 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
     let agent_metrics = AgentMetrics::register(&mut registry_metrics);
     let cert_metrics = CertMetrics::register(&mut registry_metrics);
     let config_metrics = ConfigMetrics::register(&mut registry_metrics);
+    let limit_metrics = mesh::limits::LimitMetrics::register(&mut registry_metrics);
     HttpServer::from_listener(reuse_listener(args.readiness_addr)?, ReadinessEndpoint::new(readiness.clone()))
         .spawn(stop.clone());
 
@@ -110,18 +111,21 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
     let counters = Arc::new(Counters::default());
     let state = StateDir::new(&args.node.state_dir())
         .with_context(|| format!("creating the state directory {}", args.node.state_dir().display()))?;
-    let registry = Arc::new(Registry::new(
-        kernel.clone(),
-        mesh.clone(),
-        state,
-        &args.cgroup_root,
-        &args.host_netns,
-        counters.clone(),
-        drain.clone(),
-        args.connect_timeout(),
-        !args.no_hbone_pooling,
-        &args.proc_root,
-    ));
+    let registry = Arc::new(
+        Registry::new(
+            kernel.clone(),
+            mesh.clone(),
+            state,
+            &args.cgroup_root,
+            &args.host_netns,
+            counters.clone(),
+            drain.clone(),
+            args.connect_timeout(),
+            !args.no_hbone_pooling,
+            &args.proc_root,
+        )
+        .with_limits(crate::proxy::limits::Limits { args: args.limits.clone(), metrics: limit_metrics }),
+    );
     let adopted = {
         let registry = registry.clone();
         tokio::task::spawn_blocking(move || registry.adopt_persisted()).await??

@@ -90,6 +90,8 @@ pub enum HboneError {
     Cert(#[from] crate::certs::CertError),
     #[error("TLS configuration failed: {0}")]
     TlsConfig(#[from] crate::tls::TlsError),
+    #[error("refused {0}: too many HBONE {1} at once (raise the limit if this load is legitimate)")]
+    Overloaded(SocketAddr, &'static str),
     #[error("pool is shut down")]
     PoolClosed,
 }
@@ -107,3 +109,11 @@ fn status_hint(status: u16) -> &'static str {
 /// Default timeouts.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Server limits. Handshakes are unauthenticated work anyone who can reach the port can
+/// start, so they get the tightest cap.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Twice the client pool's idle release (60 s), so a client normally closes first and never
+/// races a server-side close with a new stream.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);

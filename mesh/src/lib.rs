@@ -4,6 +4,7 @@
 //! Layering, lowest first; each module depends only on those above it:
 //! - [`parse`]: untrusted-input parsers, `std` only (fuzzed on their own).
 //! - [`clock`]: injectable time.
+//! - [`limits`]: accept back-off and connection caps (tokio only).
 //! - [`tls`]: the crypto provider, X.509-SVID rules, verifiers, trust bundles, TLS configs.
 //! - [`ca`]: certificate sources (embedded CA, Istio CA client) and the CA server.
 //! - [`certs`]: per-workload certificates and their rotation.
@@ -17,6 +18,7 @@ pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod hbone;
+pub mod limits;
 pub mod model;
 pub mod parse;
 pub mod telemetry;

@@ -157,9 +157,8 @@ impl UpstreamDialer for PodUpstream {
 
 /// Serves HBONE on the pod's listeners until unenrol or shutdown.
 pub fn serve(pod: &Arc<PodContext>, listeners: Vec<TcpListener>) {
-    let server = HboneServer::builder(PodCertResolver(pod.clone()), PodHook(pod.clone()), PodUpstream(pod.clone()))
-        .handshake_timeout(Duration::from_secs(10))
-        .build();
+    let server = HboneServer::builder(PodCertResolver(pod.clone()), PodHook(pod.clone()), PodUpstream(pod.clone()));
+    let server = pod.limits.apply(server).handshake_timeout(Duration::from_secs(10)).build();
     let stop = pod.cancel.child_token();
     let mut drain = pod.drain.clone();
     let on_drain = stop.clone();

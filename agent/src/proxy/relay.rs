@@ -8,10 +8,11 @@ use tokio::{
     net::TcpStream,
 };
 
-/// Copy buffers start small (most connections are small and idle ones should
-/// cost little) and grow once a read fills one (bulk transfers want fewer,
-/// larger syscalls).
-const BUF_START: usize = 16 * 1024;
+/// Copy buffers start small (most connections are small, and idle ones must
+/// cost little: 2 × 16 KiB per idle connection let one client pod grow the
+/// agent to its memory limit) and grow ×4 once a read fills one (bulk
+/// transfers want fewer, larger syscalls): 4 → 16 → 64 → 256 KiB.
+const BUF_START: usize = 4 * 1024;
 const BUF_MAX: usize = 256 * 1024;
 
 /// What a finished relay moved, and why it stopped if not cleanly.

@@ -12,13 +12,18 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use super::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, HboneError, UpstreamDialer, settings};
+use super::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_HANDSHAKES, HboneError, UpstreamDialer, settings,
+};
 use crate::certs::{CertError, CertManager};
 use crate::clock::{SharedClock, SystemClock};
+use crate::limits::{AcceptBackoff, ConnLimit, LimitMetrics};
 use crate::parse::{Authority, ForwardedElement, ForwardedError, Identity, parse_forwarded};
 use crate::tls::{ALPN_H2, SvidClientVerifier, TrustBundle, WorkloadCert, config, identity_of};
 
 mod handle;
+mod idle;
 
 /// Chooses the certificate to present, by the local address the client dialled (the
 /// destination workload's address).
@@ -151,7 +156,17 @@ pub struct HboneServer<R, H, D> {
     hook: H,
     dialer: D,
     clock: SharedClock,
+    /// Covers the certificate lookup too (it may wait on a first issuance).
     handshake_timeout: Duration,
+    /// Unauthenticated TLS handshakes in progress; the excess is closed at once.
+    handshakes: ConnLimit,
+    /// TCP connections held (handshaking or established).
+    connections: ConnLimit,
+    /// CONNECT tunnels open at once (the agent shares it with a pod's other listeners);
+    /// the excess gets 503.
+    tunnels: Option<ConnLimit>,
+    /// An established connection with no open stream for this long gets GOAWAY.
+    idle_timeout: Duration,
     /// Bound on dialling the upstream; past it the client gets 503.
     upstream_timeout: Duration,
     default_baggage: String,
@@ -171,6 +186,32 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServerBuilde
 
     pub fn handshake_timeout(mut self, t: Duration) -> Self {
         self.server.handshake_timeout = t;
+        self
+    }
+
+    /// Caps concurrent TLS handshakes (default [`DEFAULT_MAX_HANDSHAKES`]).
+    pub fn handshake_limit(mut self, limit: ConnLimit) -> Self {
+        self.server.handshakes = limit;
+        self
+    }
+
+    /// Caps connections held at once (default [`DEFAULT_MAX_CONNECTIONS`]).
+    pub fn connection_limit(mut self, limit: ConnLimit) -> Self {
+        self.server.connections = limit;
+        self
+    }
+
+    /// Caps tunnels open at once over all connections (default: only the per-connection
+    /// stream limit).
+    pub fn tunnel_limit(mut self, limit: ConnLimit) -> Self {
+        self.server.tunnels = Some(limit);
+        self
+    }
+
+    /// How long a connection may carry no stream before it is closed (default
+    /// [`DEFAULT_IDLE_TIMEOUT`]).
+    pub fn idle_timeout(mut self, t: Duration) -> Self {
+        self.server.idle_timeout = t;
         self
     }
 
@@ -200,6 +241,20 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
                 dialer,
                 clock: SystemClock::shared(),
                 handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+                handshakes: ConnLimit::new(
+                    "hbone_handshakes",
+                    "hbone",
+                    DEFAULT_MAX_HANDSHAKES,
+                    &LimitMetrics::default(),
+                ),
+                connections: ConnLimit::new(
+                    "hbone_connections",
+                    "hbone",
+                    DEFAULT_MAX_CONNECTIONS,
+                    &LimitMetrics::default(),
+                ),
+                tunnels: None,
+                idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 upstream_timeout: DEFAULT_CONNECT_TIMEOUT,
                 default_baggage: String::new(),
                 verifier: Mutex::default(),
@@ -210,17 +265,11 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
     /// Accepts connections until `shutdown` is cancelled; then stops accepting and asks each
     /// connection to finish (GOAWAY) while its streams complete.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: CancellationToken) {
+        let mut backoff = AcceptBackoff::new("hbone");
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: keep serving the connections we have.
-                        tracing::warn!(error = %e, "HBONE accept failed");
-                        continue;
-                    }
-                },
+                accepted = backoff.accept(&listener) => accepted,
             };
             let _ = tcp.set_nodelay(true);
             let local = match tcp.local_addr() {
@@ -248,9 +297,12 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let cert = self.resolver.resolve(local).await?;
-        let tls_config = config::server_config_with(&cert, self.verifier_for(cert.trust_bundle())?)?;
+        // Dropping `io` on refusal closes it at once: nothing queues behind a full cap.
+        let _connection = self.connections.try_acquire().ok_or(HboneError::Overloaded(peer, "connections"))?;
+        let handshake_slot = self.handshakes.try_acquire().ok_or(HboneError::Overloaded(peer, "handshakes"))?;
         let handshake = async {
+            let cert = self.resolver.resolve(local).await?;
+            let tls_config = config::server_config_with(&cert, self.verifier_for(cert.trust_bundle())?)?;
             let tls = TlsAcceptor::from(Arc::new(tls_config))
                 .accept(io)
                 .await
@@ -273,11 +325,12 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
                 .max_pending_accept_reset_streams(settings::MAX_PENDING_ACCEPT_RESETS)
                 .handshake::<_, Bytes>(tls)
                 .await?;
-            Ok::<_, HboneError>((h2, peer_identity))
+            Ok::<_, HboneError>((h2, peer_identity, cert))
         };
-        let (mut h2, peer_identity) = tokio::time::timeout(self.handshake_timeout, handshake)
+        let (mut h2, peer_identity, cert) = tokio::time::timeout(self.handshake_timeout, handshake)
             .await
             .map_err(|_| HboneError::HandshakeTimeout(peer))??;
+        drop(handshake_slot);
         tracing::debug!(%peer, %peer_identity, "HBONE connection established");
 
         let base = Arc::new(handle::Base {
@@ -287,6 +340,11 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
             local_identity: cert.identity().clone(),
         });
         let mut draining = false;
+        let streams = idle::Streams::default();
+        // After an idle GOAWAY, a peer that never acknowledges it gets this long.
+        let give_up = tokio::time::sleep(self.handshake_timeout);
+        tokio::pin!(give_up);
+        let mut closing_idle = false;
         loop {
             let next = tokio::select! {
                 _ = shutdown.cancelled(), if !draining => {
@@ -294,6 +352,15 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
                     h2.graceful_shutdown();
                     continue;
                 }
+                _ = streams.idle_for(self.idle_timeout), if !draining => {
+                    tracing::debug!(%peer, idle = ?self.idle_timeout, "closing idle HBONE connection");
+                    draining = true;
+                    closing_idle = true;
+                    h2.graceful_shutdown();
+                    give_up.as_mut().reset(tokio::time::Instant::now() + self.handshake_timeout);
+                    continue;
+                }
+                _ = &mut give_up, if closing_idle => return Ok(()),
                 next = h2.accept() => next,
             };
             match next {
@@ -301,7 +368,11 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
                 Some(Ok((request, respond))) => {
                     let server = self.clone();
                     let base = base.clone();
-                    tokio::spawn(async move { server.handle(base, request, respond).await });
+                    let open = streams.open();
+                    tokio::spawn(async move {
+                        server.handle(base, request, respond).await;
+                        drop(open);
+                    });
                 }
                 Some(Err(e)) => return Err(e.into()),
             }

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod ca_grpc;
+mod limits;
 mod malformed;
 mod peer_certs;
 mod pool;

@@ -41,6 +41,14 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
             Ok(t) => t,
             Err(()) => return refuse(&mut respond, StatusCode::BAD_REQUEST),
         };
+        // The pod's cap on proxied connections, shared with its plaintext listeners.
+        let _slot = match &self.tunnels {
+            Some(limit) => match limit.try_acquire() {
+                Some(permit) => Some(permit),
+                None => return refuse(&mut respond, StatusCode::SERVICE_UNAVAILABLE),
+            },
+            None => None,
+        };
         let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let connect = ConnectRequest {
             peer_identity: base.peer_identity.clone(),
