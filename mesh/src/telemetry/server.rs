@@ -21,13 +21,13 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::TelemetryError;
 
+mod conns;
 mod endpoints;
 mod query;
 #[cfg(test)]
@@ -41,7 +41,9 @@ pub const MAX_BODY: usize = 16 * 1024;
 const MAX_HEAD: usize = 16 * 1024;
 /// A client gets this long to send its head, and again its body (slow-loris guard).
 const READ_DEADLINE: Duration = Duration::from_secs(10);
-/// Connections served at once per server; further clients wait in the accept backlog.
+/// Connections held at once per server. At the cap a new client is still served: the oldest
+/// idle connection is closed for it (or the oldest of all when none is idle), so clients that
+/// hold keep-alive connections open cannot keep a readiness probe or a scrape out.
 const MAX_CONNECTIONS: usize = 64;
 /// After a stop, how long open connections may take to finish.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(5);
@@ -93,33 +95,26 @@ impl HttpServer {
         let name = self.endpoint.name();
         let addr = self.local_addr();
         tracing::info!(server = name, %addr, "listening");
-        let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        let table = conns::Table::new(MAX_CONNECTIONS);
         let tracker = TaskTracker::new();
+        let mut backoff = crate::limits::AcceptBackoff::new(name);
         loop {
-            let permit = tokio::select! {
+            let (stream, _peer) = tokio::select! {
                 _ = stop.cancelled() => break,
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
+                accepted = backoff.accept(&self.listener) => accepted,
             };
-            let stream = tokio::select! {
-                _ = stop.cancelled() => break,
-                accepted = self.listener.accept() => match accepted {
-                    Ok((stream, _peer)) => stream,
-                    Err(e) => {
-                        // Usually EMFILE: back off instead of spinning on a failing accept.
-                        tracing::warn!(server = name, error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
-            };
+            let (conn, evicted) = table.admit();
+            if evicted {
+                tracing::debug!(
+                    server = name,
+                    max = MAX_CONNECTIONS,
+                    "connection cap reached: closed the oldest idle one"
+                );
+            }
             let endpoint = self.endpoint.clone();
             let stop = stop.clone();
             tracker.spawn(async move {
-                serve_connection(stream, endpoint, stop).await;
-                drop(permit);
+                serve_connection(stream, endpoint, stop, &conn).await;
             });
         }
         drop(self.listener);
@@ -129,10 +124,16 @@ impl HttpServer {
     }
 }
 
-async fn serve_connection(stream: TcpStream, endpoint: Arc<dyn Endpoint>, stop: CancellationToken) {
+async fn serve_connection(stream: TcpStream, endpoint: Arc<dyn Endpoint>, stop: CancellationToken, me: &conns::Conn) {
+    let activity = me.activity();
     let service = service_fn(move |request| {
         let endpoint = endpoint.clone();
-        async move { Ok::<_, Infallible>(respond(endpoint.as_ref(), request).await) }
+        let busy = activity.busy();
+        async move {
+            let response = respond(endpoint.as_ref(), request).await;
+            drop(busy);
+            Ok::<_, Infallible>(response)
+        }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(READ_DEADLINE).max_buf_size(MAX_HEAD);
@@ -143,6 +144,8 @@ async fn serve_connection(stream: TcpStream, endpoint: Arc<dyn Endpoint>, stop: 
         result = conn.as_mut() => if let Err(e) = result {
             tracing::debug!(error = %e, "telemetry connection ended with an error");
         },
+        // Closed to make room for a newer client (dropping `conn` closes the socket).
+        _ = me.evicted() => {}
         _ = stop.cancelled() => {
             conn.as_mut().graceful_shutdown();
             let _ = tokio::time::timeout(DRAIN_DEADLINE, conn).await;

@@ -284,3 +284,68 @@ async fn admin_refuses_non_loopback_addresses() {
 fn ipv6_loopback() -> bool {
     std::net::TcpListener::bind("[::1]:0").is_ok()
 }
+
+/// Reads one HTTP/1.1 response (head and `content-length` body) from a kept-alive connection.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let len = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(str::to_owned))
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= len {
+                return text;
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("answered").unwrap();
+        assert!(n > 0, "closed before a full response: {text}");
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// L2: clients holding keep-alive connections (and silent new ones) past the cap must not
+/// keep a fresh probe out. Before, the probe waited in the backlog until the 10 s header
+/// timeout freed a slot, past the 5 s `call` allows.
+#[tokio::test]
+async fn held_connections_cannot_starve_a_fresh_readiness_probe() {
+    let (addr, stop, _task) = start(ReadinessEndpoint::new(Readiness::new(Vec::<String>::new()))).await;
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /healthz/ready HTTP/1.1\r\nhost: t\r\n\r\n").await.unwrap();
+        assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+        held.push(s);
+    }
+    // Silent connections too: accepted, never a byte.
+    for _ in 0..8 {
+        held.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let probe = call(addr, "GET", "/healthz/ready").await;
+    assert_eq!((probe.status, probe.body.as_str()), (200, "ready\n"));
+    // The oldest idle keep-alive connection made room: the server closed it.
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), held[0].read(&mut buf)).await.expect("closed").unwrap_or(0);
+    assert_eq!(n, 0);
+    stop.cancel();
+}
+
+#[test]
+fn at_the_cap_the_oldest_idle_connection_goes_before_a_busy_one() {
+    let table = conns::Table::new(2);
+    let (busy_old, _) = table.admit();
+    let (idle, _) = table.admit();
+    let _working = busy_old.activity().busy();
+    let (new, evicted) = table.admit();
+    assert!(evicted);
+    assert_eq!(table.len(), 2);
+    // The idle one was told to go; the busy one (older) was kept.
+    assert!(idle.evict_requested() && !busy_old.evict_requested());
+    // All busy: the oldest goes.
+    let _also_working = new.activity().busy();
+    let (_newer, evicted) = table.admit();
+    assert!(evicted && busy_old.evict_requested());
+}
