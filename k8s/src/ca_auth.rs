@@ -25,6 +25,8 @@ use mesh::ca::{CaAuthorizer, CallerInfo};
 
 /// The TokenReview `extra` key holding the node of the pod a token was issued to.
 pub const NODE_NAME_EXTRA: &str = "authentication.kubernetes.io/node-name";
+/// The group the API server puts every service account token's user in.
+pub const SERVICE_ACCOUNTS_GROUP: &str = "system:serviceaccounts";
 
 pub struct KubeAuthorizer {
     client: Client,
@@ -55,21 +57,36 @@ impl KubeAuthorizer {
             let why = status.error.unwrap_or_else(|| "not authenticated".into());
             return Err(CaError::Unauthenticated(format!("{why} (audience {})", self.audience)));
         }
-        // The API server says which of the asked audiences the token is good for; an
-        // answer without ours (an authenticator that ignores audiences) is not a yes.
-        if let Some(audiences) = &status.audiences
-            && !audiences.contains(&self.audience)
-        {
-            return Err(CaError::Unauthenticated(format!(
-                "the token is not bound to audience {} (it is for {audiences:?}); mount a projected token with that audience",
-                self.audience
-            )));
+        // The API server says which of the asked audiences the token is good for. No answer
+        // (an audience-agnostic authenticator) is not a yes: fail closed.
+        match &status.audiences {
+            Some(audiences) if audiences.contains(&self.audience) => {}
+            Some(audiences) => {
+                return Err(CaError::Unauthenticated(format!(
+                    "the token is not bound to audience {} (it is for {audiences:?}); mount a projected token with that audience",
+                    self.audience
+                )));
+            }
+            None => {
+                return Err(CaError::Unauthenticated(format!(
+                    "the TokenReview answer names no audiences, so nothing says the token is for {}; \
+                     the API server's authenticator must support audiences (Kubernetes ≥ 1.13 service account tokens do)",
+                    self.audience
+                )));
+            }
         }
         let user = status.user.unwrap_or_default();
         let username = user.username.unwrap_or_default();
         let Some(sa) = username.strip_prefix("system:serviceaccount:") else {
             return Err(CaError::Unauthenticated(format!("{username} is not a service account")));
         };
+        // As Istio does: the name alone could come from another authenticator (a webhook or
+        // an OIDC claim mapped to that string); the group is the API server's own mark.
+        if !user.groups.iter().flatten().any(|g| g == SERVICE_ACCOUNTS_GROUP) {
+            return Err(CaError::Unauthenticated(format!(
+                "{username} is not in group {SERVICE_ACCOUNTS_GROUP}: not a service account token"
+            )));
+        }
         let (ns, name) =
             sa.split_once(':').ok_or_else(|| CaError::Unauthenticated(format!("odd username {username}")))?;
         let node = user.extra.and_then(|mut e| e.remove(NODE_NAME_EXTRA)).and_then(|v| v.into_iter().next());

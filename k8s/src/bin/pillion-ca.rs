@@ -20,7 +20,7 @@ use kube::{
     api::{ObjectMeta, PostParams},
 };
 use mesh::{
-    ca::{CaServer, EmbeddedCa, embedded::CaPem},
+    ca::{CaServer, EmbeddedCa, embedded::CaPem, server as ca_server},
     clock::SystemClock,
     telemetry::{HttpServer, Readiness, ReadinessEndpoint},
 };
@@ -124,7 +124,12 @@ async fn serve() -> anyhow::Result<()> {
     let authorizer = KubeAuthorizer::new(client, &trust_domain, &audience, agents);
     readiness.set("ca", true);
     tracing::info!(addr = %listener.local_addr()?, %dns, "serving IstioCertificateService");
-    let server = CaServer::new(Arc::new(ca), authorizer);
+    let server = CaServer::new(Arc::new(ca), authorizer)
+        .max_handshakes(env("PILLION_CA_MAX_HANDSHAKES", &ca_server::DEFAULT_MAX_HANDSHAKES.to_string()).parse()?)
+        .rate_limit(
+            env("PILLION_CA_RATE_BURST", &ca_server::DEFAULT_RATE_BURST.to_string()).parse()?,
+            env("PILLION_CA_RATE_PER_SECOND", &ca_server::DEFAULT_RATE_PER_SECOND.to_string()).parse()?,
+        );
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

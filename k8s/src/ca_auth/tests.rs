@@ -12,6 +12,10 @@ use super::KubeAuthorizer;
 fn review(token: &str) -> Value {
     let user = |name: &str, node: Option<&str>| {
         let mut u = json!({"username": name});
+        if let Some(ns) = name.strip_prefix("system:serviceaccount:").and_then(|s| s.split(':').next()) {
+            u["groups"] =
+                json!(["system:serviceaccounts", format!("system:serviceaccounts:{ns}"), "system:authenticated"]);
+        }
         if let Some(n) = node {
             u["extra"] = json!({"authentication.kubernetes.io/node-name": [n]});
         }
@@ -25,6 +29,16 @@ fn review(token: &str) -> Value {
         "other-audience" => {
             let mut s = user("system:serviceaccount:shop:cart", Some("node-a"));
             s["audiences"] = json!(["https://kubernetes.default.svc"]);
+            s
+        }
+        "no-audiences" => {
+            let mut s = user("system:serviceaccount:shop:cart", Some("node-a"));
+            s.as_object_mut().unwrap().remove("audiences");
+            s
+        }
+        "not-in-group" => {
+            let mut s = user("system:serviceaccount:shop:cart", Some("node-a"));
+            s["user"]["groups"] = json!(["system:authenticated"]);
             s
         }
         _ => json!({"authenticated": false, "error": "token has expired"}),
@@ -111,4 +125,18 @@ async fn agents_impersonate_only_identities_running_on_their_node() {
 async fn a_token_for_another_audience_is_refused() {
     let got = authorizer().authorize(&caller("other-audience", None)).await;
     assert!(matches!(got, Err(CaError::Unauthenticated(m)) if m.contains("not bound to audience pillion-ca")));
+}
+
+/// L6: an answer without `audiences` used to skip the audience check.
+#[tokio::test]
+async fn an_answer_without_audiences_fails_closed() {
+    let got = authorizer().authorize(&caller("no-audiences", None)).await;
+    assert!(matches!(got, Err(CaError::Unauthenticated(m)) if m.contains("names no audiences")));
+}
+
+/// L6: a service-account-shaped name from outside the service account authenticator.
+#[tokio::test]
+async fn a_user_outside_the_service_accounts_group_is_refused() {
+    let got = authorizer().authorize(&caller("not-in-group", None)).await;
+    assert!(matches!(got, Err(CaError::Unauthenticated(m)) if m.contains("system:serviceaccounts")));
 }

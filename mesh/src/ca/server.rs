@@ -23,7 +23,19 @@ use super::proto::{
     IstioCertificateRequest, IstioCertificateResponse, IstioCertificateService, IstioCertificateServiceServer,
 };
 use super::{CaError, IMPERSONATED_IDENTITY};
+use crate::limits::{AcceptBackoff, ConnLimit, LimitMetrics, PeerRateLimit};
 use crate::parse::Identity;
+
+#[cfg(test)]
+mod tests;
+
+/// TLS handshakes in progress at once on the CA port; the excess is closed at once.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
+/// Requests one peer address may make at once, then per second. An agent asks once per
+/// workload of its node (110 pods by default) at start and at half-life after that.
+pub const DEFAULT_RATE_BURST: u32 = 200;
+pub const DEFAULT_RATE_PER_SECOND: f64 = 10.0;
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What the server knows about a caller.
 #[derive(Debug, Clone)]
@@ -87,11 +99,33 @@ pub struct CaServer<A> {
     authorizer: A,
     /// Lifetime when the request asks for none.
     default_lifetime: Duration,
+    /// Checked before the authorizer, so a flood costs the API server no TokenReviews.
+    rate: PeerRateLimit,
+    max_handshakes: usize,
 }
 
 impl<A: CaAuthorizer> CaServer<A> {
     pub fn new(ca: Arc<EmbeddedCa>, authorizer: A) -> Self {
-        Self { ca, authorizer, default_lifetime: super::embedded::DEFAULT_MAX_LIFETIME }
+        Self {
+            ca,
+            authorizer,
+            default_lifetime: super::embedded::DEFAULT_MAX_LIFETIME,
+            rate: PeerRateLimit::new(DEFAULT_RATE_BURST, DEFAULT_RATE_PER_SECOND),
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+        }
+    }
+
+    /// Requests per peer address: `burst` at once, refilled at `per_second`; the excess gets
+    /// RESOURCE_EXHAUSTED.
+    pub fn rate_limit(mut self, burst: u32, per_second: f64) -> Self {
+        self.rate = PeerRateLimit::new(burst, per_second);
+        self
+    }
+
+    /// TLS handshakes in progress at once ([`CaServer::serve_tls`]).
+    pub fn max_handshakes(mut self, max: usize) -> Self {
+        self.max_handshakes = max;
+        self
     }
 
     pub fn into_service(self) -> IstioCertificateServiceServer<Self> {
@@ -133,14 +167,25 @@ impl<A: CaAuthorizer> CaServer<A> {
             .map_err(|e| CaError::CaMaterial(e.to_string()))?;
         config.alpn_protocols = vec![b"h2".to_vec()];
         let acceptor = TlsAcceptor::from(Arc::new(config));
-        // Handshakes run in their own tasks so one slow client cannot stall accepting.
+        // Handshakes run in their own tasks so one slow client cannot stall accepting, and at
+        // most `max_handshakes` at once: they are unauthenticated work.
+        let handshakes =
+            ConnLimit::new("ca_handshakes", endpoint.clone(), self.max_handshakes, &LimitMetrics::default());
         let (tx, rx) = mpsc::channel(64);
         let accept_loop = tokio::spawn(async move {
-            while let Ok((tcp, peer)) = listener.accept().await {
+            let mut backoff = AcceptBackoff::new("ca");
+            loop {
+                let (tcp, peer) = backoff.accept(&listener).await;
+                let Some(slot) = handshakes.try_acquire() else {
+                    drop(tcp);
+                    continue;
+                };
                 let (acceptor, tx) = (acceptor.clone(), tx.clone());
                 tokio::spawn(async move {
-                    let handshake = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp));
-                    match handshake.await {
+                    let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                    let done = handshake.await;
+                    drop(slot);
+                    match done {
                         Ok(Ok(tls)) => {
                             let _ = tx.send(Ok::<_, std::io::Error>(tls)).await;
                         }
@@ -203,6 +248,10 @@ impl<A: CaAuthorizer> IstioCertificateService for CaServer<A> {
             }
         };
         let caller = caller_info(&request, impersonated);
+        if !self.rate.admit(caller.peer.map(|p| p.ip())) {
+            tracing::debug!(peer = ?caller.peer, "CA request over the per-peer rate limit");
+            return Err(Status::resource_exhausted("too many certificate requests from this address; retry later"));
+        }
         let identity = self.authorizer.authorize(&caller).await.map_err(to_status)?;
         let req = request.into_inner();
         let lifetime = match u64::try_from(req.validity_duration) {
