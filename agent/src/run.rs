@@ -70,7 +70,7 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
     let cert_metrics = CertMetrics::register(&mut registry_metrics);
     let config_metrics = ConfigMetrics::register(&mut registry_metrics);
     let limit_metrics = mesh::limits::LimitMetrics::register(&mut registry_metrics);
-    HttpServer::from_listener(reuse_listener(args.readiness_addr)?, ReadinessEndpoint::new(readiness.clone()))
+    HttpServer::from_listener(reuse_listener(args.readiness_addr)?, ReadinessEndpoint::new(readiness.clone()))?
         .spawn(stop.clone());
 
     raise_nofile();
@@ -143,7 +143,7 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
     readiness.set("pods", true);
 
     let metrics = Arc::new(registry_metrics);
-    HttpServer::from_listener(reuse_listener(args.metrics_addr)?, MetricsEndpoint::new(metrics)).spawn(stop.clone());
+    HttpServer::from_listener(reuse_listener(args.metrics_addr)?, MetricsEndpoint::new(metrics))?.spawn(stop.clone());
     let dump_mesh = mesh.clone();
     let dump = move || {
         let certificates: Vec<CertSummary> = dump_mesh
@@ -155,7 +155,7 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
             .collect();
         serde_json::json!({ "node": dump_mesh.node, "model": &*dump_mesh.snapshot(), "certificates": certificates })
     };
-    HttpServer::from_listener(reuse_listener(args.admin_addr)?, AdminEndpoint::new(dump, logs)).spawn(stop.clone());
+    HttpServer::from_listener(reuse_listener(args.admin_addr)?, AdminEndpoint::new(dump, logs))?.spawn(stop.clone());
 
     let api_path = args.node.api_socket();
     let listener = api::bind(&api_path).with_context(|| format!("binding the API socket {}", api_path.display()))?;

@@ -72,13 +72,22 @@ impl HttpServer {
             return Err(TelemetryError::NotLoopback { server: endpoint.name(), addr });
         }
         let listener = TcpListener::bind(addr).await.map_err(|source| TelemetryError::Bind { addr, source })?;
-        Ok(Self::from_listener(listener, endpoint))
+        Self::from_listener(listener, endpoint)
     }
 
-    /// Serves on a listener the caller opened (e.g. inside another network namespace). The
-    /// caller answers for its address: the loopback check of [`HttpServer::bind`] is not repeated.
-    pub fn from_listener(listener: TcpListener, endpoint: impl Endpoint) -> Self {
-        Self { listener, endpoint: Arc::new(endpoint) }
+    /// Serves on a listener the caller opened (e.g. with `SO_REUSEPORT`, or inside another
+    /// network namespace). The loopback check of [`HttpServer::bind`] applies here too, on the
+    /// address the listener is bound to: every way to build a server goes through it.
+    pub fn from_listener(listener: TcpListener, endpoint: impl Endpoint) -> Result<Self, TelemetryError> {
+        if endpoint.loopback_only() {
+            let addr = listener
+                .local_addr()
+                .map_err(|source| TelemetryError::Bind { addr: SocketAddr::from(([0, 0, 0, 0], 0)), source })?;
+            if !addr.ip().is_loopback() {
+                return Err(TelemetryError::NotLoopback { server: endpoint.name(), addr });
+            }
+        }
+        Ok(Self { listener, endpoint: Arc::new(endpoint) })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

@@ -349,3 +349,20 @@ fn at_the_cap_the_oldest_idle_connection_goes_before_a_busy_one() {
     let (_newer, evicted) = table.admit();
     assert!(evicted && busy_old.evict_requested());
 }
+
+/// L5: the admin server refuses a wildcard listener however it is built; the agent builds
+/// it from its own `SO_REUSEPORT` listener, which used to skip the check.
+#[tokio::test]
+async fn admin_refuses_a_non_loopback_listener_too() {
+    let (endpoint, _, _d) = admin(|| serde_json::json!({}));
+    let listener = TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let Err(err) = HttpServer::from_listener(listener, endpoint) else {
+        panic!("admin served on a wildcard listener");
+    };
+    assert!(matches!(err, TelemetryError::NotLoopback { server: "admin", .. }), "{err}");
+    assert!(err.to_string().contains("use 127.0.0.1"), "{err}");
+    let (endpoint, _, _d) = admin(|| serde_json::json!({}));
+    assert!(HttpServer::from_listener(TcpListener::bind("127.0.0.1:0").await.unwrap(), endpoint).is_ok());
+    let metrics = MetricsEndpoint::new(Arc::new(Registry::default()));
+    assert!(HttpServer::from_listener(TcpListener::bind("0.0.0.0:0").await.unwrap(), metrics).is_ok());
+}
