@@ -49,21 +49,40 @@ fn object(kind: &str, deleting: bool) -> (u16, Value) {
     (200, json!({"apiVersion": api, "kind": kind, "metadata": meta}))
 }
 
+fn unknown(v: &Verdict) -> bool {
+    matches!(v, Verdict::Unknown(_))
+}
+
 #[tokio::test]
 async fn each_answer_gets_its_verdict() {
     let ns = object("Namespace", false);
+    let ns_deleting = object("Namespace", true);
     assert_eq!(verdict(object("DaemonSet", false), ns.clone()).await, Verdict::Staying, "a rolling update");
-    assert!(verdict(object("DaemonSet", true), ns.clone()).await.uninstalling());
-    assert!(verdict(status(404), ns.clone()).await.uninstalling());
-    assert!(verdict(status(401), ns.clone()).await.uninstalling(), "the ServiceAccount went with the install");
-    // 403: the Role is gone; the namespace decides.
-    assert!(verdict(status(403), object("Namespace", true)).await.uninstalling());
+    // Two different objects say so: uninstall.
+    assert!(verdict(object("DaemonSet", true), ns_deleting.clone()).await.uninstalling());
+    assert!(verdict(status(404), status(404)).await.uninstalling(), "DaemonSet and namespace gone");
+    assert!(verdict(status(404), ns_deleting.clone()).await.uninstalling());
+    assert!(verdict(status(404), status(403)).await.uninstalling(), "DaemonSet gone, the ClusterRole too");
+    assert!(verdict(status(403), ns_deleting.clone()).await.uninstalling(), "the Role gone, namespace terminating");
     assert!(verdict(status(403), status(404)).await.uninstalling());
-    assert!(verdict(status(403), status(403)).await.uninstalling(), "every role gone");
-    assert!(
-        matches!(verdict(status(403), ns.clone()).await, Verdict::Unknown(_)),
-        "a broken Role alone is not an uninstall"
-    );
+    // One sign alone is not enough.
+    assert!(unknown(&verdict(object("DaemonSet", true), ns.clone()).await), "DaemonSet re-created, namespace kept");
+    assert!(unknown(&verdict(status(404), ns.clone()).await));
+    assert!(unknown(&verdict(status(403), ns.clone()).await), "a broken Role alone is not an uninstall");
+    assert!(unknown(&verdict(status(403), status(403)).await), "one RBAC failure seen twice is one sign");
     // The API server unreachable or failing: keep everything.
-    assert!(matches!(verdict(status(500), ns).await, Verdict::Unknown(_)));
+    assert!(unknown(&verdict(status(500), ns_deleting.clone()).await));
+    assert!(unknown(&verdict(status(404), status(500)).await));
+}
+
+/// L1: a single 401 (a token refresh failure, a service account key rotation) used to
+/// mean "uninstalling", and the next SIGTERM unpinned capture for the whole node.
+#[tokio::test]
+async fn a_single_401_is_not_an_uninstall() {
+    let v = verdict(status(401), object("Namespace", false)).await;
+    assert!(unknown(&v), "{v:?}");
+    let v = verdict(status(401), status(401)).await;
+    assert!(!v.uninstalling(), "{v:?}");
+    let v = verdict(status(404), status(401)).await;
+    assert!(!v.uninstalling(), "the DaemonSet gone plus a 401 is still one sign: {v:?}");
 }
