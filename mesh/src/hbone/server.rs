@@ -170,8 +170,10 @@ pub struct HboneServer<R, H, D> {
     /// Bound on dialling the upstream; past it the client gets 503.
     upstream_timeout: Duration,
     default_baggage: String,
-    /// Verifier for the last trust bundle seen; rebuilt only when the bundle changes.
-    verifier: Mutex<Option<(TrustBundle, Arc<SvidClientVerifier>)>>,
+    /// Peers' trust domains accepted besides the presented certificate's own (federation).
+    extra_trust_domains: Vec<String>,
+    /// Verifier for the last trust bundle and trust domains seen; rebuilt only on a change.
+    verifier: Mutex<Option<(TrustBundle, Vec<String>, Arc<SvidClientVerifier>)>>,
 }
 
 pub struct HboneServerBuilder<R, H, D> {
@@ -205,6 +207,13 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServerBuilde
     /// stream limit).
     pub fn tunnel_limit(mut self, limit: ConnLimit) -> Self {
         self.server.tunnels = Some(limit);
+        self
+    }
+
+    /// Also accept peers of these trust domains (default: only the trust domain of the
+    /// certificate this server presents).
+    pub fn allowed_trust_domains(mut self, domains: impl IntoIterator<Item = String>) -> Self {
+        self.server.extra_trust_domains = domains.into_iter().collect();
         self
     }
 
@@ -257,6 +266,7 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
                 upstream_timeout: DEFAULT_CONNECT_TIMEOUT,
                 default_baggage: String::new(),
+                extra_trust_domains: Vec::new(),
                 verifier: Mutex::default(),
             },
         }
@@ -302,7 +312,7 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
         let handshake_slot = self.handshakes.try_acquire().ok_or(HboneError::Overloaded(peer, "handshakes"))?;
         let handshake = async {
             let cert = self.resolver.resolve(local).await?;
-            let tls_config = config::server_config_with(&cert, self.verifier_for(cert.trust_bundle())?)?;
+            let tls_config = config::server_config_with(&cert, self.verifier_for(&cert)?)?;
             let tls = TlsAcceptor::from(Arc::new(tls_config))
                 .accept(io)
                 .await
@@ -379,15 +389,21 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
         }
     }
 
-    fn verifier_for(&self, bundle: &TrustBundle) -> Result<Arc<SvidClientVerifier>, HboneError> {
+    fn verifier_for(&self, cert: &WorkloadCert) -> Result<Arc<SvidClientVerifier>, HboneError> {
+        let bundle = cert.trust_bundle();
+        let own = cert.identity().trust_domain().to_owned();
+        let domains: Vec<String> = std::iter::once(own.clone())
+            .chain(self.extra_trust_domains.iter().filter(|d| **d != own).cloned())
+            .collect();
         let mut cached = self.verifier.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((b, v)) = cached.as_ref()
+        if let Some((b, d, v)) = cached.as_ref()
             && b == bundle
+            && *d == domains
         {
             return Ok(v.clone());
         }
-        let v = Arc::new(SvidClientVerifier::new(bundle, self.clock.clone())?);
-        *cached = Some((bundle.clone(), v.clone()));
+        let v = Arc::new(SvidClientVerifier::new(bundle, domains.clone(), self.clock.clone())?);
+        *cached = Some((bundle.clone(), domains, v.clone()));
         Ok(v)
     }
 }

@@ -16,7 +16,8 @@ use crate::parse::Identity;
 
 /// Server config presenting `cert` and requiring a client SVID from `cert`'s trust bundle.
 pub fn server_config(cert: &WorkloadCert, clock: SharedClock) -> Result<ServerConfig, TlsError> {
-    let verifier = SvidClientVerifier::new(cert.trust_bundle(), clock)?;
+    let verifier =
+        SvidClientVerifier::new(cert.trust_bundle(), vec![cert.identity().trust_domain().to_owned()], clock)?;
     server_config_with(cert, Arc::new(verifier))
 }
 

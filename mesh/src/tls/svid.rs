@@ -21,6 +21,11 @@ pub enum SvidError {
     LeafIsCa,
     #[error("certificate identity {got} is not the expected {expected}: wrong workload or stale endpoint")]
     WrongIdentity { expected: String, got: String },
+    #[error(
+        "peer identity {got} is in a trust domain this workload does not accept (accepted: {accepted}); \
+         add it to the allowed trust domains if that mesh is federated on purpose"
+    )]
+    ForeignTrustDomain { got: String, accepted: String },
 }
 
 /// Facts read from a leaf that Pillion uses after validation.

@@ -25,20 +25,26 @@ fn svid_failure(e: SvidError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(e))))
 }
 
-/// Server side: requires a client certificate and checks it is a valid SVID from the bundle.
+/// Server side: requires a client certificate and checks it is a valid SVID from the bundle,
+/// in one of the accepted trust domains. A bundle may hold another mesh's root (federated
+/// roots, `extra_roots`); chaining to it must not make that mesh's `ns/shop/sa/x` pass for
+/// ours, since policies name namespaces and service accounts without a trust domain.
 /// The peer's identity is read afterwards from the connection's peer certificates.
 #[derive(Debug)]
 pub struct SvidClientVerifier {
     inner: Arc<dyn ClientCertVerifier>,
+    /// Our own trust domain first, then any explicitly allowed ones.
+    trust_domains: Vec<String>,
     clock: SharedClock,
 }
 
 impl SvidClientVerifier {
-    pub fn new(bundle: &TrustBundle, clock: SharedClock) -> Result<Self, TlsError> {
+    /// `trust_domains`: the peers' accepted trust domains (normally just our own).
+    pub fn new(bundle: &TrustBundle, trust_domains: Vec<String>, clock: SharedClock) -> Result<Self, TlsError> {
         let inner = WebPkiClientVerifier::builder_with_provider(bundle.root_store(), provider())
             .build()
             .map_err(|e| TlsError::BadRoot(e.to_string()))?;
-        Ok(Self { inner, clock })
+        Ok(Self { inner, trust_domains, clock })
     }
 }
 
@@ -58,7 +64,13 @@ impl ClientCertVerifier for SvidClientVerifier {
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         self.inner.verify_client_cert(end_entity, intermediates, unix_now(&self.clock))?;
-        svid::identity_of(end_entity).map_err(svid_failure)?;
+        let peer = svid::identity_of(end_entity).map_err(svid_failure)?;
+        if !self.trust_domains.iter().any(|td| td == peer.trust_domain()) {
+            return Err(svid_failure(SvidError::ForeignTrustDomain {
+                got: peer.to_string(),
+                accepted: self.trust_domains.join(", "),
+            }));
+        }
         Ok(ClientCertVerified::assertion())
     }
 

@@ -193,3 +193,43 @@ async fn tls12_only_client_is_refused() {
     let err = result.expect_err("TLS 1.2 must be refused");
     assert!(err.contains("tls"), "refused during the handshake: {err}");
 }
+
+/// L3: a second mesh's root in our bundle (federated roots, `extra_roots`) must not let that
+/// mesh's `spiffe://other.td/ns/shop/sa/x` in: policies name `shop` without a trust domain.
+/// Accepted only when the server lists `other.td` explicitly.
+#[tokio::test]
+async fn a_peer_from_another_trust_domain_is_refused_unless_allowed() {
+    let pki = Pki::new();
+    let (other_ca, _) = mesh::ca::EmbeddedCa::generate("other.td", pki.shared_clock()).unwrap();
+    let both = pki.bundle().merged(&TrustBundle::new(other_ca.roots().to_vec()).unwrap()).unwrap();
+    let server_id = id("default", "server");
+    // Our server's certificate, with both roots in its bundle.
+    let server_cert = || {
+        let csr = mesh::ca::generate_csr(&server_id).unwrap();
+        let chain = pki.ca.sign_csr(&server_id, &csr.csr_pem, DAY).unwrap().chain;
+        mesh::tls::WorkloadCert::new(chain, csr.key, both.clone()).unwrap()
+    };
+    let foreign = Identity::new("other.td", "shop", "x").unwrap();
+    let csr = mesh::ca::generate_csr(&foreign).unwrap();
+    let chain = other_ca.sign_csr(&foreign, &csr.csr_pem, DAY).unwrap().chain;
+    let client =
+        || config_with(Some((chain.clone(), csr.key.clone_key())), pki.bundle(), server_id.clone(), pki.shared_clock());
+
+    let server = start_server(server_cert(), pki.shared_clock(), RecordingHook::default()).await;
+    let result = within(10, try_connect(server.addr, client())).await;
+    assert!(result.is_err(), "a foreign trust domain got in: {result:?}");
+    assert!(server.hook.seen.lock().unwrap().is_empty());
+
+    let hook = Arc::new(RecordingHook::default());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let federated = mesh::hbone::HboneServer::builder(server_cert(), hook.clone(), Arc::new(EchoDialer::default()))
+        .clock(pki.shared_clock())
+        .allowed_trust_domains(["other.td".to_owned()])
+        .build();
+    tokio::spawn(federated.serve(listener, stop.clone()));
+    assert_eq!(within(10, try_connect(addr, client())).await, Ok(200), "explicitly allowed");
+    assert_eq!(hook.seen.lock().unwrap()[0].peer_identity, foreign);
+    stop.cancel();
+}
