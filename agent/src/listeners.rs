@@ -30,8 +30,9 @@ impl PodListeners {
     /// new agent bind beside a running one; `tcp_migrate_req` makes the kernel
     /// hand the old listener's queued connections to the new one when the old
     /// closes, so a handoff resets nothing.
-    /// `proc_root`: a writable procfs when `/proc/sys` is read-only, as in a container
-    /// (net sysctls resolve to the opening thread's netns, so either mount works).
+    /// `proc_root`: where to try when `/proc/sys` is read-only, as in a container; the
+    /// DaemonSet mounts host `/proc` read-only with only `sys/net` writable over it (net
+    /// sysctls resolve to the opening thread's netns, so either mount works).
     pub fn bind(netns: &Netns, proc_root: &std::path::Path) -> io::Result<PodListeners> {
         let fallback = proc_root.join("sys/net/ipv4/tcp_migrate_req");
         netns.run_on_thread(move || {

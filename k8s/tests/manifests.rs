@@ -66,6 +66,23 @@ fn the_daemonset_keeps_its_promises() {
     assert_eq!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxSurge"], 1);
     let agent = &spec["containers"][0];
     assert_eq!(agent["securityContext"]["privileged"], false, "capabilities, not privileged");
+    // L4: only the capabilities docs/security.md justifies; host /proc read-only except net sysctls.
+    assert_eq!(agent["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(agent["securityContext"]["capabilities"]["drop"], serde_json::json!(["ALL"]));
+    assert_eq!(
+        agent["securityContext"]["capabilities"]["add"],
+        serde_json::json!(["BPF", "PERFMON", "SYS_ADMIN", "NET_ADMIN", "SYS_PTRACE"])
+    );
+    for m in agent["volumeMounts"].as_array().unwrap() {
+        let path = m["mountPath"].as_str().unwrap();
+        if path == "/host/proc" {
+            assert_eq!(m["readOnly"], true, "a writable host /proc: {m}");
+        }
+    }
+    assert!(
+        agent["volumeMounts"].as_array().unwrap().iter().any(|m| m["mountPath"] == "/host/proc/sys/net"),
+        "tcp_migrate_req is written through the net sysctls mount"
+    );
     assert_eq!(agent["readinessProbe"]["httpGet"]["port"], 15021);
     assert!(agent["livenessProbe"]["httpGet"].is_null(), "not ready is not dead: {}", agent["livenessProbe"]);
     let mounts: Vec<&str> =
