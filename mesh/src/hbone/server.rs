@@ -151,6 +151,9 @@ impl<T: ConnectHook> ConnectHook for Arc<T> {
     }
 }
 
+/// A client verifier and what it was built from (bundle, accepted trust domains).
+type CachedVerifier = (TrustBundle, Vec<String>, Arc<SvidClientVerifier>);
+
 pub struct HboneServer<R, H, D> {
     resolver: R,
     hook: H,
@@ -173,7 +176,7 @@ pub struct HboneServer<R, H, D> {
     /// Peers' trust domains accepted besides the presented certificate's own (federation).
     extra_trust_domains: Vec<String>,
     /// Verifier for the last trust bundle and trust domains seen; rebuilt only on a change.
-    verifier: Mutex<Option<(TrustBundle, Vec<String>, Arc<SvidClientVerifier>)>>,
+    verifier: Mutex<Option<CachedVerifier>>,
 }
 
 pub struct HboneServerBuilder<R, H, D> {
