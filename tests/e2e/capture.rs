@@ -156,3 +156,34 @@ fn a_refused_upstream_reaches_the_client_as_a_reset_not_a_hang() {
     });
     assert_eq!(counter(&t.agent, &t.client, "upstream_failed"), 1);
 }
+
+/// M6: past the pod's connection cap a new connection is reset at once and counted in
+/// `pillion_limit_refusals_total`, and the slots come back when connections end. Before,
+/// nothing bounded the connections one pod could make the agent hold.
+#[test]
+fn past_the_pod_connection_cap_new_connections_are_reset_and_counted() {
+    let topo = pillion_e2e::Topology::new();
+    let node = topo.add_node("node");
+    let client = topo.add_pod(&node, "client");
+    let server = topo.add_pod(&node, "server");
+    let opts = pillion_e2e::AgentOptions {
+        extra_args: vec!["--max-pod-connections".into(), "3".into()],
+        ..Default::default()
+    };
+    let agent = pillion_e2e::Agent::start_with(&topo, &node, &opts);
+    agent.enrol(&client).expect("enrol client");
+    let _echo = server.echo_server("[::]:8080".parse().unwrap(), None);
+    let target = server.addr4(8080).to_string();
+    let mut held = client.spawn(&["hold", &target, "5"]);
+    let v = held.wait_event("held", Duration::from_secs(30));
+    assert_eq!((&v["held"], &v["errors"]), (&json!(3), &json!(2)), "{v}");
+    let (_, metrics) = topo.http_get(&node, "127.0.0.1:15020", "/metrics");
+    let line = r#"pillion_limit_refusals_total{limit="pod_connections"} 2"#;
+    assert!(metrics.lines().any(|l| l == line), "no `{line}` in:\n{metrics}");
+    // Let go: the relays end and their slots come back.
+    held.write_line("");
+    held.wait(Duration::from_secs(10));
+    let ok = (0..20).any(|_| client.client(server.addr4(8080), 1024, &[])["ok"] == json!(true));
+    assert!(ok, "slots must come back when connections end");
+    drop(agent);
+}
