@@ -113,7 +113,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Server limits. Handshakes are unauthenticated work anyone who can reach the port can
 /// start, so they get the tightest cap.
 pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
-pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+/// Each source pod of the cluster keeps its own pooled connection to a destination, so a
+/// popular workload (or a waypoint) legitimately holds thousands.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Twice the client pool's idle release (60 s), so a client normally closes first and never
 /// races a server-side close with a new stream.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
