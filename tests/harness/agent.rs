@@ -59,6 +59,8 @@ impl Agent {
             .arg(opts.cgroup_root.as_ref().unwrap_or(&node.cgroup_root))
             .arg("--agent-cgroup")
             .arg(&node.agent_cgroup)
+            .arg("--probe-cgroup")
+            .arg(&node.kubelet_cgroup)
             // The harness runs in the machine's root netns; pid 1 may not be readable.
             .arg("--host-netns")
             .arg(format!("/proc/{}/ns/net", std::process::id()))
