@@ -144,6 +144,7 @@ mod tests {
 
     #[test]
     fn probe_sources_are_istios() {
+        use std::string::ToString;
         let v4 = std::net::Ipv4Addr::from(PROBE_SOURCE4);
         let v6 = std::net::Ipv6Addr::from(PROBE_SOURCE6);
         assert_eq!(v4.to_string(), "169.254.7.127");
