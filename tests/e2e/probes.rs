@@ -2,8 +2,18 @@
 //! from the probe source; every other host-network client meets STRICT,
 //! policy and the access log (H4 of reviews/security-2026-12).
 
-use std::net::SocketAddr;
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::Path,
+};
 
+use aya::{
+    maps::HashMap,
+    programs::{SkLookup, links::FdLink},
+};
+use pillion_agent::kernel::addr::ip_key;
+use pillion_common::{IpKey, names};
+use pillion_e2e::Agent;
 use serde_json::json;
 
 use crate::{assert_ok, counter, kernel_stat, mesh::TwoNodes, one_node};
@@ -87,4 +97,63 @@ fn a_host_process_cannot_bind_the_probe_source() {
         assert_eq!(r["error_kind"], json!("denied"), "{r}");
     }
     assert!(kernel_stat(&t.agent, "bind_to_probe_source_refused") >= refused + 2);
+}
+
+/// An agent of this version on pins an older one left (node addresses exempt
+/// through `NODE_ADDRS`, no bind guard, pods' sk_lookup links running an
+/// older program) upgrades them in place: no reset, and no pod left exempt.
+#[test]
+fn an_agent_upgrades_pins_that_exempted_node_addresses() {
+    let t = one_node();
+    t.agent.enrol(&t.server).expect("enrol server");
+    let mut agent = t.agent;
+    agent.terminate();
+    let pins = Path::new("/sys/fs/bpf/pillion").join(&t.node.full);
+
+    // What the older agent left: no bind-guard link (so the pins are not
+    // complete), a NODE_ADDRS map holding the node's address, and the pod's
+    // sk_lookup link running another program (a second load of the object).
+    std::fs::remove_file(pins.join("links/bind4")).expect("unpin bind4");
+    let scratch = pins.join("legacy");
+    std::fs::create_dir_all(&scratch).expect("scratch pin dir");
+    let mut old = pillion_agent::kernel::load_detached(&scratch).expect("load a second copy");
+    {
+        let mut map: HashMap<_, IpKey, u32> = old.map_mut(names::MAP_POD_ADDRS).unwrap().try_into().unwrap();
+        map.insert(ip_key(IpAddr::V4(t.server.gw4)), 1, 0).unwrap();
+    }
+    std::fs::rename(scratch.join(names::MAP_POD_ADDRS), pins.join("maps").join(names::MAP_NODE_ADDRS_LEGACY))
+        .expect("pin the legacy map");
+    let prog: &mut SkLookup = old.program_mut(names::PROG_SK_LOOKUP).unwrap().try_into().unwrap();
+    prog.load().unwrap();
+    let netns = std::fs::File::open(t.server.netns_path()).unwrap();
+    let id = prog.attach(&netns).unwrap();
+    let link: FdLink = prog.take_link(id).unwrap().into();
+    let old_link = link.info().unwrap().id();
+    let pod_pin = pins.join("pods/default_server");
+    std::fs::remove_file(&pod_pin).expect("unpin the pod's link");
+    let _pinned = link.pin(&pod_pin).expect("pin the older link");
+
+    let agent = Agent::start(&t.topo, &t.node);
+    let status = agent.status();
+    assert_eq!(status["origin"], json!("installed"), "{status}");
+    assert!(!pins.join("maps").join(names::MAP_NODE_ADDRS_LEGACY).exists(), "the legacy map is still pinned");
+    {
+        let map: HashMap<_, IpKey, u32> = old.map(names::MAP_POD_ADDRS).unwrap().try_into().unwrap();
+        assert_eq!(map.keys().count(), 0, "the legacy map was not emptied");
+    }
+    assert_ne!(status["links"]["pod/default_server"], json!(old_link), "the pod still runs the older program");
+
+    // The upgraded pod: a host client is captured, the kubelet's probe passes.
+    let _app = t.server.echo_server("[::]:9090".parse().unwrap(), Some("app"));
+    let before = counter(&agent, &t.server, "inbound_accepted");
+    let host = t.topo.run_on_node(&t.node, &["client", &t.server.addr4(9090).to_string(), "10"]);
+    assert_ok(&host, "a host client after the upgrade");
+    assert_eq!(counter(&agent, &t.server, "inbound_accepted"), before + 1, "not captured: {host}");
+    let probe = t.topo.run_as_kubelet(&t.node, &["client", &t.server.addr4(9090).to_string(), "10"]);
+    assert!(probe["banner"].as_str().unwrap_or_default().starts_with("app 169.254.7.127:"), "{probe}");
+    drop(old);
+    for entry in std::fs::read_dir(&scratch).into_iter().flatten().flatten() {
+        let _ = std::fs::remove_file(entry.path());
+    }
+    let _ = std::fs::remove_dir(&scratch);
 }
