@@ -157,3 +157,26 @@ fn an_agent_upgrades_pins_that_exempted_node_addresses() {
     }
     let _ = std::fs::remove_dir(&scratch);
 }
+
+fn lo_addresses(netns: &str) -> String {
+    let out = std::process::Command::new("ip").args(["-n", netns, "-o", "addr", "show", "dev", "lo"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn reset_in_the_node_netns_removes_the_probe_source_and_the_probe_links() {
+    let mut t = one_node();
+    let pins = Path::new("/sys/fs/bpf/pillion").join(&t.node.full);
+    let lo = lo_addresses(&t.node.netns);
+    assert!(lo.contains(&format!("{PROBE_SOURCE4}/32")) && lo.contains(&format!("{PROBE_SOURCE6}/128")), "{lo}");
+    assert_eq!(std::fs::read_dir(pins.join("probes")).unwrap().count(), 2, "one link per family");
+    assert!(t.agent.terminate().success());
+    let mut reset = std::process::Command::new(pillion_e2e::locate_binary("pillion-agent", "PILLION_AGENT_BIN"));
+    reset.args(["reset", "--node", &t.node.full, "--state-root"]).arg(t.topo.state_root());
+    pillion_e2e::enter(&mut reset, &t.node.netns_path(), None);
+    let out = reset.output().unwrap();
+    assert!(out.status.success(), "reset: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!pins.exists(), "pins left behind");
+    let lo = lo_addresses(&t.node.netns);
+    assert!(!lo.contains(PROBE_SOURCE4) && !lo.contains(PROBE_SOURCE6), "probe source left on lo: {lo}");
+}
