@@ -218,7 +218,8 @@ impl Kernel {
         self.pins.pod_link(pin_name).exists()
     }
 
-    /// Link ids of the cgroup attachments and every pod's sk_lookup link.
+    /// Link ids of the cgroup attachments, every pod's sk_lookup link and
+    /// the probe links (`probe/<cgroup id>_<4|6>`).
     pub fn link_ids(&self) -> BTreeMap<String, u32> {
         let mut out = BTreeMap::new();
         for name in pins::CGROUP_LINKS {
@@ -226,10 +227,10 @@ impl Kernel {
                 out.insert(name.to_string(), id);
             }
         }
-        if let Ok(entries) = std::fs::read_dir(self.pins.pods_dir()) {
-            for entry in entries.flatten() {
+        for (dir, prefix) in [(self.pins.pods_dir(), "pod"), (self.pins.probes_dir(), "probe")] {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 if let Some(id) = link_id(&entry.path()) {
-                    out.insert(format!("pod/{}", entry.file_name().to_string_lossy()), id);
+                    out.insert(format!("{prefix}/{}", entry.file_name().to_string_lossy()), id);
                 }
             }
         }

@@ -17,7 +17,7 @@ use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
-    sync::Arc,
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -39,6 +39,9 @@ pub fn sources() -> [IpAddr; 2] {
 pub struct Probes {
     kernel: Arc<Kernel>,
     cgroups: Vec<PathBuf>,
+    /// Problems already logged: a lasting one (IPv6 disabled, a wrong path)
+    /// is said once, not every 10 s.
+    failing: Mutex<BTreeSet<String>>,
 }
 
 impl Probes {
@@ -46,7 +49,7 @@ impl Probes {
     /// production, so `system.slice/kubelet.service` works as written).
     pub fn new(kernel: Arc<Kernel>, cgroups: &[PathBuf], cgroup_root: &Path) -> Self {
         let cgroups = cgroups.iter().map(|c| if c.is_absolute() { c.clone() } else { cgroup_root.join(c) }).collect();
-        Self { kernel, cgroups }
+        Self { kernel, cgroups, failing: Mutex::new(BTreeSet::new()) }
     }
 
     /// Puts the probe sources on `lo` and the probe programs on each kubelet
@@ -58,32 +61,47 @@ impl Probes {
                 continue;
             }
             match netlink::add_to_lo(ip) {
-                Ok(()) => tracing::info!(%ip, "probe source added to lo"),
-                Err(e) => {
+                Ok(()) => {
+                    self.recovered(&ip.to_string());
+                    tracing::info!(%ip, "probe source added to lo");
+                }
+                Err(e) if self.first_failure(&ip.to_string()) => {
                     tracing::warn!(%ip, error = %e, "cannot add the probe source to lo; probes from this family will be captured")
                 }
-            }
-        }
-        let mut attached = BTreeSet::new();
-        for cgroup in &self.cgroups {
-            match self.kernel.attach_probes(cgroup) {
-                Ok(id) => {
-                    attached.insert(id);
-                }
-                Err(e) => tracing::warn!(
-                    cgroup = %cgroup.display(),
-                    error = %e,
-                    "cannot attach the probe programs; probes from this cgroup will be captured (check --probe-cgroup names the kubelet's cgroup)"
-                ),
+                Err(_) => {}
             }
         }
         let before = self.kernel.probe_cgroups();
+        let mut attached = BTreeSet::new();
+        for cgroup in &self.cgroups {
+            let key = cgroup.display().to_string();
+            match self.kernel.attach_probes(cgroup) {
+                Ok(id) => {
+                    self.recovered(&key);
+                    attached.insert(id);
+                }
+                Err(e) if self.first_failure(&key) => tracing::warn!(
+                    cgroup = %key,
+                    error = %e,
+                    "cannot attach the probe programs; probes from this cgroup will be captured (check --probe-cgroup names the kubelet's cgroup)"
+                ),
+                Err(_) => {}
+            }
+        }
         if let Err(e) = self.kernel.retain_probes(&attached) {
             tracing::warn!(error = %e, "cannot detach the probe programs from old kubelet cgroups");
         }
         if before != attached {
-            tracing::info!(cgroups = ?attached, "probe programs attached");
+            tracing::info!(cgroups = ?attached, "probe programs attached to the kubelet's cgroups (by id)");
         }
+    }
+
+    fn first_failure(&self, what: &str) -> bool {
+        self.failing.lock().expect("probe lock").insert(what.to_string())
+    }
+
+    fn recovered(&self, what: &str) {
+        self.failing.lock().expect("probe lock").remove(what);
     }
 
     /// Reconciles every [`RECONCILE_EVERY`] until `stop` (call
