@@ -80,6 +80,14 @@ pub struct RunArgs {
     /// Admin (`/config_dump`, `/logging`); loopback only.
     #[arg(long, env = "PILLION_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
     pub admin_addr: std::net::SocketAddr,
+    /// The kubelet's cgroup v2 directory (repeat for several; relative paths
+    /// are under `--cgroup-root`, e.g. `system.slice/kubelet.service` or
+    /// `kubelet.slice`). Only its connects to enrolled pods skip capture, as
+    /// probes from 169.254.7.127 / fd16:9254:7127:1337:ffff:ffff:ffff:ffff.
+    /// Without it probes are captured like any other client (they fail
+    /// under STRICT).
+    #[arg(long = "probe-cgroup", env = "PILLION_PROBE_CGROUPS", value_delimiter = ',')]
+    pub probe_cgroups: Vec<PathBuf>,
     /// Use the kernel programs pinned for this node name instead of `--node`
     /// (per-pod "sidecar" agents share one loaded set of programs).
     #[arg(long, env = "PILLION_PINS_NODE")]

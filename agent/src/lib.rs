@@ -19,6 +19,7 @@ pub mod listeners;
 pub mod meshctx;
 pub mod netns;
 pub mod pod;
+pub mod probe;
 pub mod proxy;
 pub mod route;
 pub mod run;

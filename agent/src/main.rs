@@ -117,7 +117,12 @@ fn reset(node: &NodeArgs) -> anyhow::Result<()> {
     }
     run::init_logging(LogFormat::Text)?;
     let pins = PinLayout::new(&node.bpffs, &node.node);
+    let had_probes = std::fs::read_dir(pins.probes_dir()).is_ok_and(|mut d| d.next().is_some());
     kernel::unpin_all(&pins)?;
+    if had_probes {
+        // Run reset in the node's (host) netns, where the agent put them.
+        pillion_agent::probe::remove_sources();
+    }
     match std::fs::remove_dir_all(node.state_dir()) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
         _ => {}

@@ -29,6 +29,7 @@ use crate::{
     kernel::{Kernel, PinLayout, mounts},
     meshctx::MeshCtx,
     netns::Netns,
+    probe::Probes,
     state::StateDir,
     stats::Counters,
 };
@@ -79,6 +80,13 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
     let cgroup_id = mounts::own_cgroup_id().context("finding the agent's cgroup id")?;
     kernel.exempt_cgroup(cgroup_id)?;
     spawn_kernel_logs(kernel.log_program_id());
+    // A per-pod agent shares the node agent's programs: probes are the node agent's.
+    let probes = (!args.probe_cgroups.is_empty() && args.pins_node.is_none())
+        .then(|| Arc::new(Probes::new(kernel.clone(), &args.probe_cgroups, &args.cgroup_root)));
+    if let Some(probes) = &probes {
+        probes.reconcile();
+        probes.clone().spawn(stop.clone());
+    }
     readiness.set("kernel", true);
 
     // The model: from Kubernetes, the config file (watched), or empty.
@@ -175,6 +183,9 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
         // Uninstall: leave no pod unable to open connections.
         let pods = registry.unenrol_all();
         crate::kernel::unpin_all(kernel.pins())?;
+        if probes.is_some() {
+            crate::probe::remove_sources();
+        }
         let _ = std::fs::remove_dir_all(args.node.state_dir());
         tracing::info!(pods, "Pillion is being uninstalled: pods unenrolled, programs unpinned");
     }

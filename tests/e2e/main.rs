@@ -8,6 +8,7 @@ mod errors;
 mod kubernetes;
 mod lifecycle;
 mod mesh;
+mod probes;
 mod progtest;
 mod waypoint;
 

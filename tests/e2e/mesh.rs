@@ -235,7 +235,7 @@ fn authorization_policy_by_namespace_principal_and_port_with_live_reevaluation()
 }
 
 #[test]
-fn strict_refuses_plaintext_from_outside_the_mesh_but_node_probes_still_reach_the_pod() {
+fn strict_refuses_plaintext_from_outside_the_mesh_but_kubelet_probes_still_reach_the_pod() {
     let t = TwoNodes::new("");
     let _srv = t.server.echo_server("[::]:8080".parse().unwrap(), None);
     // PERMISSIVE (the default): a client outside the mesh gets through in plaintext.
@@ -247,10 +247,10 @@ fn strict_refuses_plaintext_from_outside_the_mesh_but_node_probes_still_reach_th
     let r = t.outsider.client(t.server.addr4(8080), 1000, &["--timeout-ms", "3000"]);
     assert_eq!(r["ok"], json!(false), "plaintext accepted under STRICT: {r}");
     t.b.wait_access_log("STRICT refusal", |v| v["error"].as_str().is_some_and(|e| e.contains("STRICT")));
-    // Mesh clients still get through (over HBONE), and so does a probe from the node.
+    // Mesh clients still get through (over HBONE), and so does the kubelet's probe.
     assert_ok(&t.client.client(t.server.addr4(8080), 1000, &[]), "mTLS under STRICT");
-    let probe = t.topo.run_on_node(&t.node_b, &["client", &t.server.addr4(8080).to_string(), "100"]);
-    assert_ok(&probe, "kubelet-style probe under STRICT");
+    let probe = t.topo.run_as_kubelet(&t.node_b, &["client", &t.server.addr4(8080).to_string(), "100"]);
+    assert_ok(&probe, "kubelet probe under STRICT");
 }
 
 #[test]

@@ -65,6 +65,9 @@ impl Agent {
             .args(opts.config.iter().flat_map(|c| [std::ffi::OsStr::new("--config"), c.as_os_str()]))
             .args(opts.ca_dir.iter().flat_map(|c| [std::ffi::OsStr::new("--ca-dir"), c.as_os_str()]))
             .args(&opts.extra_args)
+            // `--probe-cgroup` as env, which an older agent binary
+            // (PILLION_AGENT_BIN) ignores: the suite can run against one.
+            .env("PILLION_PROBE_CGROUPS", &node.kubelet_cgroup)
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .env("PILLION_LOG", "info")
             .stdin(Stdio::null())

@@ -215,9 +215,14 @@ pub fn demo() -> anyhow::Result<()> {
     let r = connect(&scene.legacy, scene.api.addr4(8080));
     show_result("STRICT: legacy → api", &r);
     ensure!(r["ok"] == Value::Bool(false), "plaintext accepted under STRICT: {r}");
-    let probe = scene.topo.run_on_node(&scene.node_b, &["client", &scene.api.addr4(8080).to_string(), "64"]);
-    show_result("STRICT: a probe from node b (kubelet) → api", &probe);
+    // Only the kubelet's cgroup gets the probe source; other host processes are captured.
+    let probe = scene.topo.run_as_kubelet(&scene.node_b, &["client", &scene.api.addr4(8080).to_string(), "64"]);
+    show_result("STRICT: a probe from node b's kubelet (from 169.254.7.127) → api", &probe);
     ensure!(probe["ok"] == Value::Bool(true), "the node probe failed: {probe}");
+    let api = scene.api.addr4(8080).to_string();
+    let host = scene.topo.run_on_node(&scene.node_b, &["client", &api, "64", "--timeout-ms", "3000"]);
+    show_result("STRICT: any other process on node b (from the node's address) → api", &host);
+    ensure!(host["ok"] == Value::Bool(false), "a host-network client bypassed STRICT: {host}");
     checkpoint()?;
 
     say("metrics on node b's :15020/metrics (Istio names and labels)");

@@ -59,6 +59,15 @@ const PARAMS: &[Param] = &[
         value: Some(("logLevel", "RUST_LOG filter of the agent and the CA")),
     },
     Param {
+        name: "PROBE_CGROUPS",
+        default: "system.slice/kubelet.service",
+        helm: "{{ .Values.probeCgroups }}",
+        value: Some((
+            "probeCgroups",
+            "The kubelet's cgroup v2 directories under the cgroup2 mount, comma-separated; only their connects to pods skip capture, as probes (docs/security.md, \"Probes\")",
+        )),
+    },
+    Param {
         name: "CNI_BIN_DIR",
         default: "/opt/cni/bin",
         helm: "{{ .Values.cni.binDir }}",
