@@ -18,8 +18,6 @@ mod tests;
 mod traffic;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
 
 pub use duration::parse_duration;
 pub use objects::from_objects;
@@ -89,11 +87,4 @@ impl L7Config {
 /// Parses the L7 objects of `text` (the contents of `file`, named in errors).
 pub fn parse(text: &str, file: &str) -> Result<L7Config, L7ConfigError> {
     document::parse(text).map_err(|p| p.into_error(file))
-}
-
-pub fn load_file(path: &Path) -> Result<L7Config, L7ConfigError> {
-    let file = path.display().to_string();
-    let text =
-        std::fs::read_to_string(path).map_err(|e| L7ConfigError::Read { file: file.clone(), source: Arc::new(e) })?;
-    parse(&text, &file)
 }
