@@ -9,6 +9,7 @@ mod kubernetes;
 mod lifecycle;
 mod mesh;
 mod progtest;
+mod unknown_pods;
 mod waypoint;
 
 use pillion_e2e::{Agent, Node, Pod, Topology};
