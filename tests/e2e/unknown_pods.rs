@@ -37,7 +37,7 @@ impl Fixture {
         let opts = AgentOptions {
             config: Some(config.clone()),
             ca_dir: Some(topo.ca_dir()),
-            extra_args: vec!["--unknown-pod-wait-ms".into(), wait.as_millis().to_string()],
+            env: vec![("PILLION_UNKNOWN_POD_WAIT_MS".into(), wait.as_millis().to_string())],
             ..Default::default()
         };
         let agent = Agent::start_with(&topo, &node, &opts);
