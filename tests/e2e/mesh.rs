@@ -68,7 +68,7 @@ impl TwoNodes {
         }
         a.enrol_as(&peer, "other", "peer").expect("enrol peer");
         if !outsider_name.is_empty() {
-            b.enrol(&outsider).expect("enrol outsider");
+            b.enrol_as(&outsider, "default", outsider_name).expect("enrol outsider");
         }
         TwoNodes { a, b, client, peer, server, outsider, node_a, node_b, config, topo }
     }
