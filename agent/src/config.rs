@@ -8,6 +8,7 @@ pub const DEFAULT_STATE_ROOT: &str = "/var/run/pillion";
 pub const DEFAULT_HOST_NETNS: &str = "/proc/1/ns/net";
 pub const DEFAULT_DRAIN_SECS: u64 = 10;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_UNKNOWN_POD_WAIT_MS: u64 = 5000;
 
 /// Where a node's agent keeps things. Several agents (one per simulated node)
 /// may share one kernel: everything is keyed by the node name.
@@ -53,8 +54,8 @@ pub struct RunArgs {
     #[arg(long, env = "PILLION_HOST_NETNS", default_value = DEFAULT_HOST_NETNS)]
     pub host_netns: PathBuf,
     /// The local configuration file (workloads, services, policies), reloaded
-    /// on change. Without it the model is empty: every connection is
-    /// passthrough.
+    /// on change. Without it (and without `--kubernetes`) there is no mesh:
+    /// enrolled pods' connections are captured and relayed in plaintext.
     #[arg(long, env = "PILLION_CONFIG")]
     pub config: Option<PathBuf>,
     /// Take the model from the Kubernetes API (in-cluster configuration or
@@ -105,6 +106,11 @@ pub struct RunArgs {
     /// Upstream connect timeout.
     #[arg(long, env = "PILLION_CONNECT_TIMEOUT_SECS", default_value_t = DEFAULT_CONNECT_TIMEOUT_SECS)]
     pub connect_timeout_secs: u64,
+    /// How long a connection of an enrolled pod that the model does not list
+    /// (yet) waits for it before being refused (a CNI-enrolled pod is often a
+    /// moment ahead of the model).
+    #[arg(long, env = "PILLION_UNKNOWN_POD_WAIT_MS", default_value_t = DEFAULT_UNKNOWN_POD_WAIT_MS)]
+    pub unknown_pod_wait_ms: u64,
 }
 
 impl RunArgs {
@@ -113,6 +119,15 @@ impl RunArgs {
     }
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+    /// Refuse pods the model does not attribute, unless there is no model
+    /// source at all (then there is no mesh to refuse on behalf of).
+    pub fn unknown_pods(&self) -> crate::attribution::UnknownPods {
+        if self.kubernetes || self.config.is_some() {
+            crate::attribution::UnknownPods::Refuse { wait: Duration::from_millis(self.unknown_pod_wait_ms) }
+        } else {
+            crate::attribution::UnknownPods::Passthrough
+        }
     }
 }
 

@@ -263,6 +263,7 @@ impl Registry {
             mesh: self.mesh.clone(),
             pool,
             hbone_pooling: self.hbone_pooling,
+            attribution: Default::default(),
         });
         serve(&pod, listeners).map_err(EnrolError::InPod)?;
         Ok(pod)

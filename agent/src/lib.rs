@@ -8,6 +8,7 @@
 
 pub mod accesslog;
 pub mod api;
+pub mod attribution;
 pub mod config;
 pub mod conntrack;
 pub mod drain;

@@ -39,6 +39,9 @@ enum Command {
         /// The pod's cgroup v2 directory (checked to be under the capture root).
         #[arg(long)]
         cgroup: Option<PathBuf>,
+        /// The pod's uid, checked against the model's when it has one.
+        #[arg(long)]
+        uid: Option<String>,
     },
     /// Stop capturing a pod.
     Unenrol {
@@ -85,8 +88,8 @@ fn main() -> ExitCode {
             runtime.block_on(run::run(*args, logs))
         }),
         Command::CaInit { dir, trust_domain } => ca_init(&dir, &trust_domain),
-        Command::Enrol { node, name, namespace, netns, ips, cgroup } => {
-            let pod = PodSpec { name, namespace, netns, ips, cgroup };
+        Command::Enrol { node, name, namespace, netns, ips, cgroup, uid } => {
+            let pod = PodSpec { name, namespace, netns, ips, cgroup, uid };
             call(&node, &Request::Enrol { pod })
         }
         Command::Unenrol { node, name, namespace } => call(&node, &Request::Unenrol { namespace, name, netns: None }),

@@ -111,7 +111,13 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
     let certs = CertManager::new(source, CertManagerConfig::default(), cert_metrics);
     // A per-pod agent serves workloads of the node whose programs it shares.
     let mesh_node = args.pins_node.clone().unwrap_or_else(|| args.node.node.clone());
-    let mesh = Arc::new(MeshCtx::new(mesh_node, model_rx, certs.clone(), tcp));
+    let unknown_pods = args.unknown_pods();
+    if !unknown_pods.refuses() {
+        tracing::warn!(
+            "no --config and no --kubernetes: no mesh model, enrolled pods are captured and relayed in plaintext"
+        );
+    }
+    let mesh = Arc::new(MeshCtx::new(mesh_node, model_rx, certs.clone(), tcp, unknown_pods));
     spawn_reevaluation(mesh.clone(), agent_metrics.clone());
 
     let (trigger, drain) = drain::new();

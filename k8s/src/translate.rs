@@ -100,6 +100,7 @@ pub fn build(cache: &Cache, mesh: &MeshSettings, node: Option<&str>, version: u6
         w.ips = pod.ips.clone();
         w.node = pod.node.clone();
         w.labels = checked(("Pod", ns, name), ns, &pod.labels, &waypoints, &mut skipped);
+        w.uid = pod.uid.clone();
         for ip in &pod.ips {
             ips_taken.insert(ip.to_canonical(), who.clone());
         }

@@ -10,6 +10,7 @@ mod lifecycle;
 mod mesh;
 mod probes;
 mod progtest;
+mod unknown_pods;
 mod waypoint;
 
 use pillion_e2e::{Agent, Node, Pod, Topology};

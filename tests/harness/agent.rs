@@ -160,9 +160,17 @@ impl Agent {
         reply["result"].clone()
     }
 
-    /// Enrols through the CLI, as an operator would. `Err` carries stderr.
+    /// Enrols through the CLI, as an operator would, as `default/<pod name>`.
+    /// `Err` carries stderr.
     pub fn enrol(&self, pod: &Pod) -> Result<Value, String> {
-        let mut args: Vec<String> = vec!["enrol".into(), "--name".into(), pod.name.clone()];
+        self.enrol_as(pod, "default", &pod.name)
+    }
+
+    /// Enrols `pod` as the model's `namespace/name`: the agent serves a pod as
+    /// the workload of its own name, never as whatever owns its address.
+    pub fn enrol_as(&self, pod: &Pod, namespace: &str, name: &str) -> Result<Value, String> {
+        let mut args: Vec<String> =
+            vec!["enrol".into(), "--namespace".into(), namespace.into(), "--name".into(), name.into()];
         args.extend(["--netns".into(), pod.netns_path().display().to_string()]);
         for ip in pod.ips() {
             args.extend(["--ip".into(), ip.to_string()]);
