@@ -8,6 +8,7 @@ pub const DEFAULT_STATE_ROOT: &str = "/var/run/pillion";
 pub const DEFAULT_HOST_NETNS: &str = "/proc/1/ns/net";
 pub const DEFAULT_DRAIN_SECS: u64 = 10;
 pub const DEFAULT_CONNECT_TIMEOUT_SECS: u64 = 10;
+pub const DEFAULT_UNKNOWN_POD_WAIT_MS: u64 = 5000;
 
 /// Where a node's agent keeps things. Several agents (one per simulated node)
 /// may share one kernel: everything is keyed by the node name.
@@ -53,8 +54,8 @@ pub struct RunArgs {
     #[arg(long, env = "PILLION_HOST_NETNS", default_value = DEFAULT_HOST_NETNS)]
     pub host_netns: PathBuf,
     /// The local configuration file (workloads, services, policies), reloaded
-    /// on change. Without it the model is empty: every connection is
-    /// passthrough.
+    /// on change. Without it (and without `--kubernetes`) there is no mesh:
+    /// enrolled pods' connections are captured and relayed in plaintext.
     #[arg(long, env = "PILLION_CONFIG")]
     pub config: Option<PathBuf>,
     /// Take the model from the Kubernetes API (in-cluster configuration or
@@ -80,6 +81,14 @@ pub struct RunArgs {
     /// Admin (`/config_dump`, `/logging`); loopback only.
     #[arg(long, env = "PILLION_ADMIN_ADDR", default_value = "127.0.0.1:15000")]
     pub admin_addr: std::net::SocketAddr,
+    /// The kubelet's cgroup v2 directory (repeat for several; relative paths
+    /// are under `--cgroup-root`, e.g. `system.slice/kubelet.service` or
+    /// `kubelet.slice`). Only its connects to enrolled pods skip capture, as
+    /// probes from 169.254.7.127 / fd16:9254:7127:1337:ffff:ffff:ffff:ffff.
+    /// Without it probes are captured like any other client (they fail
+    /// under STRICT).
+    #[arg(long = "probe-cgroup", env = "PILLION_PROBE_CGROUPS", value_delimiter = ',')]
+    pub probe_cgroups: Vec<PathBuf>,
     /// Use the kernel programs pinned for this node name instead of `--node`
     /// (per-pod "sidecar" agents share one loaded set of programs).
     #[arg(long, env = "PILLION_PINS_NODE")]
@@ -100,6 +109,11 @@ pub struct RunArgs {
     /// Per-pod connection caps and the HBONE idle timeout.
     #[command(flatten)]
     pub limits: crate::proxy::limits::LimitArgs,
+    /// How long a connection of an enrolled pod that the model does not list
+    /// (yet) waits for it before being refused (a CNI-enrolled pod is often a
+    /// moment ahead of the model).
+    #[arg(long, env = "PILLION_UNKNOWN_POD_WAIT_MS", default_value_t = DEFAULT_UNKNOWN_POD_WAIT_MS)]
+    pub unknown_pod_wait_ms: u64,
 }
 
 impl RunArgs {
@@ -108,6 +122,15 @@ impl RunArgs {
     }
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.connect_timeout_secs)
+    }
+    /// Refuse pods the model does not attribute, unless there is no model
+    /// source at all (then there is no mesh to refuse on behalf of).
+    pub fn unknown_pods(&self) -> crate::attribution::UnknownPods {
+        if self.kubernetes || self.config.is_some() {
+            crate::attribution::UnknownPods::Refuse { wait: Duration::from_millis(self.unknown_pod_wait_ms) }
+        } else {
+            crate::attribution::UnknownPods::Passthrough
+        }
     }
 }
 

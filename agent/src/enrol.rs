@@ -217,7 +217,6 @@ impl Registry {
     /// outbound capture (the `ENROLLED` entry) last.
     fn attach(&self, spec: PodSpec, netns: Netns, cookie: u64) -> Result<Arc<PodContext>, EnrolError> {
         let listeners = PodListeners::bind(&netns, &self.proc_root).map_err(EnrolError::InPod)?;
-        self.refresh_node_addrs();
         let mut added: Vec<IpAddr> = Vec::new();
         let undo = |added: &[IpAddr]| added.iter().for_each(|ip| self.kernel.remove_inbound(*ip));
         for ip in &spec.ips {
@@ -274,6 +273,7 @@ impl Registry {
             pool,
             hbone_pooling: self.hbone_pooling,
             limits,
+            attribution: Default::default(),
         });
         serve(&pod, listeners).map_err(EnrolError::InPod)?;
         Ok(pod)
@@ -292,28 +292,6 @@ impl Registry {
             self.kernel.remove_inbound(*ip);
         }
         pod.cancel.cancel();
-    }
-
-    /// The node's own addresses are the agent's netns addresses; inbound from
-    /// them (kubelet probes) bypasses capture.
-    fn refresh_node_addrs(&self) {
-        let addrs: Vec<IpAddr> = match nix::ifaddrs::getifaddrs() {
-            Ok(list) => list
-                .filter_map(|ifa| ifa.address)
-                .filter_map(|a| {
-                    a.as_sockaddr_in()
-                        .map(|v4| IpAddr::V4(v4.ip()))
-                        .or_else(|| a.as_sockaddr_in6().map(|v6| IpAddr::V6(v6.ip())))
-                })
-                .collect(),
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot list the node's addresses; probes from the node will be captured");
-                return;
-            }
-        };
-        if let Err(e) = self.kernel.set_node_addrs(&addrs) {
-            tracing::warn!(error = %e, "cannot update the node address map");
-        }
     }
 }
 

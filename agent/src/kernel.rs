@@ -9,6 +9,8 @@
 pub mod addr;
 pub mod mounts;
 mod pins;
+mod probes;
+mod upgrade;
 
 use std::{
     collections::BTreeMap,
@@ -53,7 +55,7 @@ pub struct Kernel {
     enrolled: Mutex<HashMap<MapData, u64, PodConfig>>,
     exempt: Mutex<HashMap<MapData, u64, u32>>,
     orig_dst: Mutex<HashMap<MapData, OrigDstKey, SockAddr>>,
-    node_addrs: Mutex<HashMap<MapData, IpKey, u32>>,
+    pod_addrs: Mutex<HashMap<MapData, IpKey, u32>>,
     inbound: Mutex<SockHash<MapData, IpKey>>,
     stats: PerCpuArray<MapData, u64>,
     program_id: u32,
@@ -107,9 +109,7 @@ impl Kernel {
                 open_map(names::MAP_EXEMPT_CGROUPS)?.try_into().map_err(map_err(names::MAP_EXEMPT_CGROUPS))?,
             ),
             orig_dst: Mutex::new(open_map(names::MAP_ORIG_DST)?.try_into().map_err(map_err(names::MAP_ORIG_DST))?),
-            node_addrs: Mutex::new(
-                open_map(names::MAP_NODE_ADDRS)?.try_into().map_err(map_err(names::MAP_NODE_ADDRS))?,
-            ),
+            pod_addrs: Mutex::new(open_map(names::MAP_POD_ADDRS)?.try_into().map_err(map_err(names::MAP_POD_ADDRS))?),
             inbound: Mutex::new(open_map(names::MAP_INBOUND)?.try_into().map_err(map_err(names::MAP_INBOUND))?),
             stats: open_map(names::MAP_STATS)?.try_into().map_err(map_err(names::MAP_STATS))?,
             pins,
@@ -161,44 +161,51 @@ impl Kernel {
         Some(value)
     }
 
-    /// Replaces the node's own addresses (inbound from them is not captured).
-    pub fn set_node_addrs(&self, addrs: &[IpAddr]) -> Result<(), KernelError> {
-        let mut map = self.node_addrs.lock().expect("map lock");
-        let wanted: Vec<IpKey> = addrs.iter().map(|ip| addr::ip_key(*ip)).collect();
-        let stale: Vec<IpKey> = map.keys().filter_map(Result::ok).filter(|k| !wanted.contains(k)).collect();
-        for key in stale {
-            let _ = map.remove(&key);
-        }
-        for key in wanted {
-            map.insert(key, 1, 0).map_err(map_err(names::MAP_NODE_ADDRS))?;
-        }
-        Ok(())
-    }
-
-    /// Points inbound traffic for `ip` at `listener` (the pod's 15006).
+    /// Points inbound traffic for `ip` at `listener` (the pod's 15006), and
+    /// makes `ip` a target of the kubelet's probes (`POD_ADDRS`).
     pub fn set_inbound(&self, ip: IpAddr, listener: &impl AsRawFd) -> Result<(), KernelError> {
+        let key = addr::ip_key(ip);
         let mut map = self.inbound.lock().expect("map lock");
-        map.insert(addr::ip_key(ip), listener.as_raw_fd(), 0).map_err(map_err(names::MAP_INBOUND))
+        map.insert(key, listener.as_raw_fd(), 0).map_err(map_err(names::MAP_INBOUND))?;
+        self.pod_addrs.lock().expect("map lock").insert(key, 1, 0).map_err(map_err(names::MAP_POD_ADDRS))
     }
 
     pub fn remove_inbound(&self, ip: IpAddr) {
-        let _ = self.inbound.lock().expect("map lock").remove(&addr::ip_key(ip));
+        let key = addr::ip_key(ip);
+        let _ = self.pod_addrs.lock().expect("map lock").remove(&key);
+        let _ = self.inbound.lock().expect("map lock").remove(&key);
     }
 
     /// Attaches sk_lookup to a pod's netns and pins the link as `pods/<name>`.
-    /// An existing pin is kept (adoption after a restart).
+    /// An existing pin running this program is kept (adoption after a
+    /// restart); one running an older program (an upgrade) is replaced
+    /// without a moment uncaptured: the new link is attached beside it first
+    /// (sk_lookup keeps the socket an earlier program chose), then the old
+    /// pin is dropped and the new one takes its name.
     pub fn attach_sk_lookup(&self, netns: &Netns, pin_name: &str) -> Result<u32, KernelError> {
         let path = self.pins.pod_link(pin_name);
-        if let Some(id) = link_id(&path) {
+        let current = link_info(&path);
+        if let Some((id, _)) = current.filter(|(_, prog)| *prog == self.program_id) {
             return Ok(id);
         }
+        let target = if current.is_some() { self.pins.swap_link(pin_name) } else { path.clone() };
         let mut prog = self.sk_lookup.lock().expect("program lock");
         let file =
             File::open(netns.path()).map_err(|source| KernelError::Open { path: netns.path().into(), source })?;
         let id = prog.attach(&file).map_err(prog_err(names::PROG_SK_LOOKUP))?;
         let link: FdLink = prog.take_link(id).map_err(prog_err(names::PROG_SK_LOOKUP))?.into();
         let link_id = link.info().map(|i| i.id()).unwrap_or_default();
-        link.pin(&path).map_err(|e| KernelError::Pin { path: path.clone(), message: e.to_string() })?;
+        let pin_err = |p: &Path| {
+            let p = p.to_path_buf();
+            move |message: String| KernelError::Pin { path: p, message }
+        };
+        remove_pin(&target)?;
+        link.pin(&target).map_err(|e| pin_err(&target)(e.to_string()))?;
+        if target != path {
+            tracing::info!(pod = pin_name, "sk_lookup link upgraded to this agent's program");
+            remove_pin(&path)?;
+            std::fs::rename(&target, &path).map_err(|e| pin_err(&path)(e.to_string()))?;
+        }
         Ok(link_id)
     }
 
@@ -211,7 +218,8 @@ impl Kernel {
         self.pins.pod_link(pin_name).exists()
     }
 
-    /// Link ids of the cgroup attachments and every pod's sk_lookup link.
+    /// Link ids of the cgroup attachments, every pod's sk_lookup link and
+    /// the probe links (`probe/<cgroup id>_<4|6>`).
     pub fn link_ids(&self) -> BTreeMap<String, u32> {
         let mut out = BTreeMap::new();
         for name in pins::CGROUP_LINKS {
@@ -219,10 +227,10 @@ impl Kernel {
                 out.insert(name.to_string(), id);
             }
         }
-        if let Ok(entries) = std::fs::read_dir(self.pins.pods_dir()) {
-            for entry in entries.flatten() {
+        for (dir, prefix) in [(self.pins.pods_dir(), "pod"), (self.pins.probes_dir(), "probe")] {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
                 if let Some(id) = link_id(&entry.path()) {
-                    out.insert(format!("pod/{}", entry.file_name().to_string_lossy()), id);
+                    out.insert(format!("{prefix}/{}", entry.file_name().to_string_lossy()), id);
                 }
             }
         }
@@ -238,6 +246,9 @@ impl Kernel {
             (stat::INBOUND_STEERED, "inbound_steered"),
             (stat::INBOUND_DROPPED, "inbound_dropped"),
             (stat::INBOUND_PROBE_PASSED, "inbound_probe_passed"),
+            (stat::PROBE_SOURCE_BOUND, "probe_source_bound"),
+            (stat::PROBE_SOURCE_BIND_FAILED, "probe_source_bind_failed"),
+            (stat::BIND_TO_PROBE_SOURCE_REFUSED, "bind_to_probe_source_refused"),
         ];
         names.into_iter().map(|(i, n)| (n, self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))).collect()
     }
@@ -247,6 +258,7 @@ impl Kernel {
 /// link pins from a half-finished earlier install are replaced; pinned maps
 /// (and so the enrolled pods) are reused.
 fn install(pins: &PinLayout, cgroup_root: &Path) -> Result<(), KernelError> {
+    upgrade::retire_stale_maps(pins)?;
     let mut ebpf =
         EbpfLoader::new().default_map_pin_directory(pins.maps_dir()).load(OBJECT).map_err(KernelError::Load)?;
     for name in pins::PROGRAMS {
@@ -259,7 +271,12 @@ fn install(pins: &PinLayout, cgroup_root: &Path) -> Result<(), KernelError> {
     let pin_err =
         |path: PathBuf| move |e: aya::pin::PinError| KernelError::Pin { path: path.clone(), message: e.to_string() };
 
-    for (prog_name, link_name) in [(names::PROG_CONNECT4, "connect4"), (names::PROG_CONNECT6, "connect6")] {
+    for (prog_name, link_name) in [
+        (names::PROG_CONNECT4, "connect4"),
+        (names::PROG_CONNECT6, "connect6"),
+        (names::PROG_BIND4, "bind4"),
+        (names::PROG_BIND6, "bind6"),
+    ] {
         let prog: &mut CgroupSockAddr = program(&mut ebpf, prog_name)?;
         prog.load().map_err(prog_err(prog_name))?;
         prog.pin(pins.prog(prog_name)).map_err(pin_err(pins.prog(prog_name)))?;
@@ -281,6 +298,13 @@ fn install(pins: &PinLayout, cgroup_root: &Path) -> Result<(), KernelError> {
             KernelError::Program { name: names::PROG_SOCKOPS.into(), message: e.to_string() }
         })?;
     link.pin(pins.link("sockops")).map_err(pin_err(pins.link("sockops")))?;
+
+    // Loaded and pinned only: `probes.rs` attaches them to the kubelet's cgroups.
+    for prog_name in [names::PROG_PROBE4, names::PROG_PROBE6] {
+        let prog: &mut CgroupSockAddr = program(&mut ebpf, prog_name)?;
+        prog.load().map_err(prog_err(prog_name))?;
+        prog.pin(pins.prog(prog_name)).map_err(pin_err(pins.prog(prog_name)))?;
+    }
 
     let prog: &mut SkLookup = program(&mut ebpf, names::PROG_SK_LOOKUP)?;
     prog.load().map_err(prog_err(names::PROG_SK_LOOKUP))?;
@@ -315,9 +339,14 @@ fn remove_pin(path: &Path) -> Result<(), KernelError> {
 
 /// The kernel id of a pinned link, if the pin exists.
 pub fn link_id(path: &Path) -> Option<u32> {
+    link_info(path).map(|(id, _)| id)
+}
+
+/// A pinned link's id and the id of the program it runs.
+fn link_info(path: &Path) -> Option<(u32, u32)> {
     let link = PinnedLink::from_pin(path).ok()?;
     let fd: FdLink = link.into();
-    fd.info().ok().map(|i| i.id())
+    fd.info().ok().map(|i| (i.id(), i.program_id()))
 }
 
 /// Removes every pin of a node (detaching its programs) — the explicit reset.
@@ -327,7 +356,9 @@ pub fn unpin_all(pins: &PinLayout) -> Result<(), KernelError> {
     if !pins.root().exists() {
         return Ok(());
     }
-    for dir in [pins.pods_dir(), pins.links_dir(), pins.progs_dir(), pins.maps_dir()] {
+    for dir in
+        [pins.pods_dir(), pins.swap_dir(), pins.probes_dir(), pins.links_dir(), pins.progs_dir(), pins.maps_dir()]
+    {
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.flatten() {
                 remove_pin(&entry.path())?;

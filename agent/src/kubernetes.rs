@@ -88,6 +88,7 @@ fn reconcile(registry: &Registry, desired: &[LocalPod], model: &Model, node: &st
             netns: process.netns,
             ips: pod.ips.clone(),
             cgroup: None,
+            uid: Some(uid.clone()),
         };
         match registry.enrol(spec) {
             Ok(_) => tracing::info!(pod = %key, "enrolled a running pod"),

@@ -8,6 +8,7 @@
 
 pub mod accesslog;
 pub mod api;
+pub mod attribution;
 pub mod config;
 pub mod conntrack;
 pub mod drain;
@@ -19,6 +20,7 @@ pub mod listeners;
 pub mod meshctx;
 pub mod netns;
 pub mod pod;
+pub mod probe;
 pub mod proxy;
 pub mod route;
 pub mod run;

@@ -39,6 +39,9 @@ enum Command {
         /// The pod's cgroup v2 directory (checked to be under the capture root).
         #[arg(long)]
         cgroup: Option<PathBuf>,
+        /// The pod's uid, checked against the model's when it has one.
+        #[arg(long)]
+        uid: Option<String>,
     },
     /// Stop capturing a pod.
     Unenrol {
@@ -85,8 +88,8 @@ fn main() -> ExitCode {
             runtime.block_on(run::run(*args, logs))
         }),
         Command::CaInit { dir, trust_domain } => ca_init(&dir, &trust_domain),
-        Command::Enrol { node, name, namespace, netns, ips, cgroup } => {
-            let pod = PodSpec { name, namespace, netns, ips, cgroup };
+        Command::Enrol { node, name, namespace, netns, ips, cgroup, uid } => {
+            let pod = PodSpec { name, namespace, netns, ips, cgroup, uid };
             call(&node, &Request::Enrol { pod })
         }
         Command::Unenrol { node, name, namespace } => call(&node, &Request::Unenrol { namespace, name, netns: None }),
@@ -117,7 +120,12 @@ fn reset(node: &NodeArgs) -> anyhow::Result<()> {
     }
     run::init_logging(LogFormat::Text)?;
     let pins = PinLayout::new(&node.bpffs, &node.node);
+    let had_probes = std::fs::read_dir(pins.probes_dir()).is_ok_and(|mut d| d.next().is_some());
     kernel::unpin_all(&pins)?;
+    if had_probes {
+        // Run reset in the node's (host) netns, where the agent put them.
+        pillion_agent::probe::remove_sources();
+    }
     match std::fs::remove_dir_all(node.state_dir()) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
         _ => {}

@@ -18,7 +18,12 @@ use mesh::{
 };
 use tokio::sync::watch;
 
-use crate::{conntrack::Tracker, route::required_waypoint_identities};
+use crate::{
+    attribution::{Unattributed, UnknownPods, attribute, wait_for_pod},
+    conntrack::Tracker,
+    pod::PodSpec,
+    route::required_waypoint_identities,
+};
 
 /// What policy needs to judge a live inbound connection again.
 #[derive(Debug, Clone)]
@@ -38,6 +43,8 @@ pub struct MeshCtx {
     pub certs: CertManager,
     pub tcp: ConnectionMetrics,
     pub tracker: Arc<Tracker<TrackedConn>>,
+    /// What happens to an enrolled pod the model does not attribute.
+    pub unknown_pods: UnknownPods,
     round_robin: AtomicUsize,
 }
 
@@ -50,8 +57,14 @@ pub enum Admission {
 }
 
 impl MeshCtx {
-    pub fn new(node: String, model: watch::Receiver<Arc<Model>>, certs: CertManager, tcp: ConnectionMetrics) -> Self {
-        Self { node, model, certs, tcp, tracker: Arc::default(), round_robin: AtomicUsize::new(0) }
+    pub fn new(
+        node: String,
+        model: watch::Receiver<Arc<Model>>,
+        certs: CertManager,
+        tcp: ConnectionMetrics,
+        unknown_pods: UnknownPods,
+    ) -> Self {
+        Self { node, model, certs, tcp, tracker: Arc::default(), unknown_pods, round_robin: AtomicUsize::new(0) }
     }
 
     /// The current snapshot (cheap: an `Arc` clone).
@@ -63,10 +76,20 @@ impl MeshCtx {
         self.round_robin.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The in-mesh workload on this node owning one of `ips` (an enrolled
-    /// pod's addresses), if the model has one.
-    pub fn local_workload<'m>(&self, model: &'m Model, ips: &[IpAddr]) -> Option<&'m Workload> {
-        ips.iter().find_map(|ip| model.workload_by_ip(*ip)).filter(|w| w.node == self.node)
+    /// A snapshot in which `pod` is attributed, waiting for one up to the
+    /// configured bound (a CNI-enrolled pod is often ahead of the model by a
+    /// moment); after that, the latest snapshot, which the caller refuses on.
+    /// Woken by the model's change notification, never by polling.
+    pub async fn model_for(&self, pod: &PodSpec) -> Arc<Model> {
+        match self.unknown_pods {
+            UnknownPods::Refuse { wait } => wait_for_pod(&self.model, &self.node, pod, wait).await,
+            UnknownPods::Passthrough => self.snapshot(),
+        }
+    }
+
+    /// `pod`'s workload in `model`, or why there is none.
+    pub fn pod_workload<'m>(&self, model: &'m Model, pod: &PodSpec) -> Result<&'m Workload, Unattributed> {
+        attribute(model, &self.node, pod)
     }
 
     /// The destination-side checks for a connection to `conn.dst` on a

@@ -19,6 +19,11 @@ pub struct PodSpec {
     /// capture root so a pod that could never be captured is refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup: Option<PathBuf>,
+    /// The pod's uid, when the enroller knows it (the CNI plugin, the
+    /// Kubernetes reconciler): checked against the model's, so a re-created
+    /// pod of the same name is not taken for the old one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 impl PodSpec {
@@ -74,6 +79,7 @@ mod tests {
             netns: "/var/run/netns/x".into(),
             ips: vec!["10.1.0.2".parse().unwrap()],
             cgroup: None,
+            uid: None,
         }
     }
 

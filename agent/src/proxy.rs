@@ -66,6 +66,8 @@ pub struct PodContext {
     /// `false`: a fresh HBONE connection per tunnel (benchmarks).
     pub hbone_pooling: bool,
     pub limits: limits::PodLimits,
+    /// Logs changes of the pod's attribution to a model workload.
+    pub attribution: crate::attribution::ChangeLog,
 }
 
 impl PodContext {
@@ -74,6 +76,19 @@ impl PodContext {
     pub fn pod_ip_like(&self, like: SocketAddr) -> std::net::IpAddr {
         let want_v6 = crate::kernel::addr::canonical(like.ip()).is_ipv6();
         self.spec.ips.iter().copied().find(|ip| ip.is_ipv6() == want_v6).unwrap_or(self.spec.ips[0])
+    }
+
+    /// The pod's workload in `model`, or why there is none (logged once per
+    /// change, when such pods are refused).
+    pub fn workload_in<'m>(
+        &self,
+        model: &'m mesh::model::Model,
+    ) -> Result<&'m mesh::model::Workload, crate::attribution::Unattributed> {
+        let found = self.mesh.pod_workload(model, &self.spec);
+        if self.mesh.unknown_pods.refuses() {
+            self.attribution.note(&self.spec.key(), found.as_ref().err());
+        }
+        found
     }
 
     pub(crate) fn bump(&self, pick: impl Fn(&crate::stats::Counters) -> &std::sync::atomic::AtomicU64) {

@@ -29,6 +29,7 @@ use crate::{
     kernel::{Kernel, PinLayout, mounts},
     meshctx::MeshCtx,
     netns::Netns,
+    probe::Probes,
     state::StateDir,
     stats::Counters,
 };
@@ -80,6 +81,13 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
     let cgroup_id = mounts::own_cgroup_id().context("finding the agent's cgroup id")?;
     kernel.exempt_cgroup(cgroup_id)?;
     spawn_kernel_logs(kernel.log_program_id());
+    // A per-pod agent shares the node agent's programs: probes are the node agent's.
+    let probes = (!args.probe_cgroups.is_empty() && args.pins_node.is_none())
+        .then(|| Arc::new(Probes::new(kernel.clone(), &args.probe_cgroups, &args.cgroup_root)));
+    if let Some(probes) = &probes {
+        probes.reconcile();
+        probes.clone().spawn(stop.clone());
+    }
     readiness.set("kernel", true);
 
     // The model: from Kubernetes, the config file (watched), or empty.
@@ -104,7 +112,13 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
     let certs = CertManager::new(source, CertManagerConfig::default(), cert_metrics);
     // A per-pod agent serves workloads of the node whose programs it shares.
     let mesh_node = args.pins_node.clone().unwrap_or_else(|| args.node.node.clone());
-    let mesh = Arc::new(MeshCtx::new(mesh_node, model_rx, certs.clone(), tcp));
+    let unknown_pods = args.unknown_pods();
+    if !unknown_pods.refuses() {
+        tracing::warn!(
+            "no --config and no --kubernetes: no mesh model, enrolled pods are captured and relayed in plaintext"
+        );
+    }
+    let mesh = Arc::new(MeshCtx::new(mesh_node, model_rx, certs.clone(), tcp, unknown_pods));
     spawn_reevaluation(mesh.clone(), agent_metrics.clone());
 
     let (trigger, drain) = drain::new();
@@ -179,6 +193,9 @@ pub async fn run(args: RunArgs, logs: LogControl) -> anyhow::Result<()> {
         // Uninstall: leave no pod unable to open connections.
         let pods = registry.unenrol_all();
         crate::kernel::unpin_all(kernel.pins())?;
+        if probes.is_some() {
+            crate::probe::remove_sources();
+        }
         let _ = std::fs::remove_dir_all(args.node.state_dir());
         tracing::info!(pods, "Pillion is being uninstalled: pods unenrolled, programs unpinned");
     }

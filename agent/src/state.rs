@@ -88,6 +88,7 @@ mod tests {
                 netns: "/var/run/netns/p".into(),
                 ips: vec!["10.0.0.1".parse().unwrap(), "fd00::1".parse().unwrap()],
                 cgroup: None,
+                uid: None,
             },
             netns_cookie: 42,
             netns_inode: 7,

@@ -55,6 +55,7 @@ fn cluster(pods: usize) -> Cache {
                     port: 80,
                     target: TargetPort::Number(8080),
                     protocol: PortProtocol::Tcp,
+                    app_protocol: None,
                 }],
             };
             c.apply(Change::Service(Ev::Apply((ns.clone(), app.clone()), Some(svc))));

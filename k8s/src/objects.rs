@@ -101,6 +101,7 @@ pub struct ServicePortInfo {
     pub port: u16,
     pub target: TargetPort,
     pub protocol: PortProtocol,
+    pub app_protocol: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -148,7 +149,13 @@ impl ServiceInfo {
                     Some("SCTP") => PortProtocol::Sctp,
                     _ => PortProtocol::Tcp,
                 };
-                Some(ServicePortInfo { name: p.name.clone().unwrap_or_default(), port, target, protocol })
+                Some(ServicePortInfo {
+                    name: p.name.clone().unwrap_or_default(),
+                    port,
+                    target,
+                    protocol,
+                    app_protocol: p.app_protocol.clone(),
+                })
             })
             .collect();
         Some(Self { labels: svc.labels().clone(), vips, ports })
@@ -309,15 +316,18 @@ pub enum L7Kind {
     DestinationRule,
     BackendTrafficPolicy,
     FaultInjection,
+    /// Consent for cross-namespace `backendRefs` and mirrors of HTTPRoutes.
+    ReferenceGrant,
 }
 
 impl L7Kind {
-    pub const ALL: [L7Kind; 5] = [
+    pub const ALL: [L7Kind; 6] = [
         Self::HttpRoute,
         Self::AuthorizationPolicy,
         Self::DestinationRule,
         Self::BackendTrafficPolicy,
         Self::FaultInjection,
+        Self::ReferenceGrant,
     ];
 
     pub fn name(self) -> &'static str {
@@ -334,6 +344,7 @@ impl L7Kind {
                 ("gateway.networking.x-k8s.io", "v1alpha1", "XBackendTrafficPolicy", "xbackendtrafficpolicies")
             }
             Self::FaultInjection => ("pillion.dev", "v1alpha1", "FaultInjection", "faultinjections"),
+            Self::ReferenceGrant => ("gateway.networking.k8s.io", "v1beta1", "ReferenceGrant", "referencegrants"),
         }
     }
 

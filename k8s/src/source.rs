@@ -39,7 +39,8 @@ pub struct Options {
     pub node: Option<String>,
     pub mesh: MeshSettings,
     /// Watch the kinds the waypoint interprets ([`L7Kind`]: HTTPRoute, the L7 side of
-    /// AuthorizationPolicy, DestinationRule, XBackendTrafficPolicy, FaultInjection).
+    /// AuthorizationPolicy, DestinationRule, XBackendTrafficPolicy, FaultInjection,
+    /// ReferenceGrant).
     /// Agents do not need them.
     pub watch_l7: bool,
     /// Quiet time after an event before rebuilding, so a burst (a Deployment rollout,
@@ -165,6 +166,7 @@ const OPTIONAL_KINDS: &[&str] = &[
     "DestinationRule",
     "XBackendTrafficPolicy",
     "FaultInjection",
+    "ReferenceGrant",
 ];
 
 /// One kind's watch: events converted one object at a time, failures tagged with the kind.
@@ -225,6 +227,7 @@ fn streams(client: &Client, o: &Options) -> Vec<Merged> {
                 L7Kind::DestinationRule => |e| Change::L7(L7Kind::DestinationRule, e),
                 L7Kind::BackendTrafficPolicy => |e| Change::L7(L7Kind::BackendTrafficPolicy, e),
                 L7Kind::FaultInjection => |e| Change::L7(L7Kind::FaultInjection, e),
+                L7Kind::ReferenceGrant => |e| Change::L7(L7Kind::ReferenceGrant, e),
             };
             v.push(dynamic(c(), &kind.api_resource(), kind.name(), backoff(), objects::dynamic_l7(kind), wrap));
         }

@@ -100,6 +100,7 @@ pub fn build(cache: &Cache, mesh: &MeshSettings, node: Option<&str>, version: u6
         w.ips = pod.ips.clone();
         w.node = pod.node.clone();
         w.labels = checked(("Pod", ns, name), ns, &pod.labels, &waypoints, &mut skipped);
+        w.uid = pod.uid.clone();
         for ip in &pod.ips {
             ips_taken.insert(ip.to_canonical(), who.clone());
         }
@@ -132,9 +133,13 @@ pub fn build(cache: &Cache, mesh: &MeshSettings, node: Option<&str>, version: u6
                 }
             };
             match target {
-                Some(target_port) => {
-                    ports.push(ServicePort { name: p.name.clone(), port: p.port, target_port, protocol: p.protocol })
-                }
+                Some(target_port) => ports.push(ServicePort {
+                    name: p.name.clone(),
+                    port: p.port,
+                    target_port,
+                    protocol: p.protocol,
+                    app_protocol: p.app_protocol.clone(),
+                }),
                 // No ready endpoint resolved the name yet: nothing to send to anyway.
                 None => skipped.push(format!(
                     "{who}: port {} has a named targetPort no EndpointSlice resolves yet; port left out",

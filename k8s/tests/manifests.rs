@@ -181,3 +181,33 @@ fn waypoints_may_read_what_they_watch_and_the_controller_binds_only_them() {
         assert!(names == &[BINDING] || names == &["pillion-waypoint"], "{r}");
     }
 }
+
+/// Whoever may create a Gateway must not get a waypoint (and its cluster-wide read) in a
+/// namespace the admin has not opened (security review M7): the shipped admission policy
+/// is bound, denies, and judges exactly the `pillion-waypoint` class by a namespace label.
+#[test]
+fn waypoint_gateways_are_admitted_only_in_namespaces_an_admin_opened() {
+    let install = manifests::render().into_iter().find(|(p, _)| p.ends_with("install.yaml")).unwrap().1;
+    let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&install).unwrap();
+    let policy = docs
+        .iter()
+        .find(|d| d["kind"] == "ValidatingAdmissionPolicy" && d["metadata"]["name"] == "pillion-waypoint-namespaces")
+        .expect("the admission policy ships");
+    let binding = docs
+        .iter()
+        .find(|d| d["kind"] == "ValidatingAdmissionPolicyBinding")
+        .expect("and is bound (an unbound policy does nothing)");
+    assert_eq!(binding["spec"]["policyName"], "pillion-waypoint-namespaces");
+    assert_eq!(binding["spec"]["validationActions"], serde_json::json!(["Deny"]));
+    assert_eq!(policy["spec"]["failurePolicy"], "Fail");
+    let rule = &policy["spec"]["matchConstraints"]["resourceRules"][0];
+    assert_eq!(
+        (rule["apiGroups"][0].as_str(), rule["resources"][0].as_str()),
+        (Some("gateway.networking.k8s.io"), Some("gateways"))
+    );
+    let expr = policy["spec"]["validations"][0]["expression"].as_str().unwrap();
+    assert!(
+        expr.contains("'pillion-waypoint'") && expr.contains("'pillion.dev/waypoints'") && expr.contains("'allowed'"),
+        "{expr}"
+    );
+}

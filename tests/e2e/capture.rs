@@ -43,7 +43,7 @@ fn outbound_capture_keeps_the_destination_and_relays_exactly_over_v4_v6_and_mapp
 }
 
 #[test]
-fn inbound_capture_reaches_the_app_at_the_pod_ip_and_node_probes_bypass_it() {
+fn inbound_capture_reaches_the_app_at_the_pod_ip_and_only_kubelet_probes_bypass_it() {
     let t = one_node();
     t.agent.enrol(&t.server).expect("enrol server");
     let _app = t.server.echo_server("[::]:9090".parse().unwrap(), Some("app"));
@@ -63,15 +63,22 @@ fn inbound_capture_reaches_the_app_at_the_pod_ip_and_node_probes_bypass_it() {
         assert_eq!(counter(&t.agent, &t.server, "inbound_accepted"), before + 1);
     }
 
-    // A probe from the node's own address reaches the app directly.
+    // A kubelet probe (by cgroup) reaches the app directly, from the probe source.
     let before = counter(&t.agent, &t.server, "inbound_accepted");
     let probes_before = kernel_stat(&t.agent, "inbound_probe_passed");
-    let probe = t.topo.run_on_node(&t.node, &["client", &t.server.addr4(9090).to_string(), "100"]);
-    assert_ok(&probe, "probe from the node");
+    let probe = t.topo.run_as_kubelet(&t.node, &["client", &t.server.addr4(9090).to_string(), "100"]);
+    assert_ok(&probe, "probe from the kubelet");
     let banner = probe["banner"].as_str().unwrap();
-    assert!(banner.starts_with(&format!("app {}:", t.server.gw4)), "probe seen as {banner:?}");
+    assert!(banner.starts_with("app 169.254.7.127:"), "probe seen as {banner:?}");
     assert_eq!(counter(&t.agent, &t.server, "inbound_accepted"), before);
     assert!(kernel_stat(&t.agent, "inbound_probe_passed") > probes_before);
+
+    // Any other process of the node comes from a node address and is captured.
+    let host = t.topo.run_on_node(&t.node, &["client", &t.server.addr4(9090).to_string(), "100"]);
+    assert_ok(&host, "a host-network client (PERMISSIVE)");
+    let banner = host["banner"].as_str().unwrap();
+    assert!(banner.starts_with(&format!("app {}:", t.server.ip4)), "host client seen as {banner:?}");
+    assert_eq!(counter(&t.agent, &t.server, "inbound_accepted"), before + 1);
 }
 
 #[test]

@@ -47,9 +47,9 @@ fn agents_and_waypoint_follow_the_cluster_through_the_api() {
     let a = Agent::start_with(&topo, &na, &opts);
     let b = Agent::start_with(&topo, &nb, &opts);
     // What the CNI plugin does in a cluster (tested on its own in `cni`).
-    a.enrol(&client).expect("enrol client");
-    for p in [&v1, &v2] {
-        b.enrol(p).expect("enrol backend");
+    a.enrol_as(&client, "web", "client-0").expect("enrol client");
+    for (p, name) in [(&v1, "reviews-v1-0"), (&v2, "reviews-v2-0")] {
+        b.enrol_as(p, "shop", name).expect("enrol backend");
     }
     let mut backends = Vec::new();
     for (pod, name) in [(&v1, "v1"), (&v2, "v2")] {

@@ -18,6 +18,8 @@ fn a_killed_agent_fails_closed_and_a_restarted_one_adopts_pins_and_pods() {
     assert_ok(&t.client.client(t.server.addr4(8080), 1000, &[]), "before the kill");
     let links = t.agent.status()["links"].clone();
     assert!(links["connect4"].is_u64() && links["pod/default_client"].is_u64(), "links: {links}");
+    // The kubelet's probe links too: a restart keeps them (compared below).
+    assert!(links.as_object().unwrap().keys().any(|k| k.starts_with("probe/")), "links: {links}");
 
     t.agent.kill();
     let out = t.client.client(t.server.addr4(8080), 1000, &["--timeout-ms", "1000"]);

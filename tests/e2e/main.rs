@@ -8,7 +8,9 @@ mod errors;
 mod kubernetes;
 mod lifecycle;
 mod mesh;
+mod probes;
 mod progtest;
+mod unknown_pods;
 mod waypoint;
 
 use pillion_e2e::{Agent, Node, Pod, Topology};

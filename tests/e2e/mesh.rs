@@ -14,7 +14,9 @@ use crate::{assert_ok, counter};
 const MARKER: &str = "PILLION-PLAINTEXT-MARKER";
 
 /// Two connected nodes: `client` and `peer` (same node) on A, `server` on B,
-/// an `outsider` on B that is not in the mesh, agents with a shared CA.
+/// an `outsider` on B that is not in the mesh (neither in the model nor
+/// enrolled: an enrolled pod the model lacks is refused), agents with a
+/// shared CA.
 pub struct TwoNodes {
     pub a: Agent,
     pub b: Agent,
@@ -36,7 +38,7 @@ impl TwoNodes {
     }
 
     /// Like `new`, but when `outsider_name` is not empty the `outsider` pod is
-    /// in the model as that workload (namespace default, node B).
+    /// in the model as that workload (namespace default, node B), and enrolled.
     pub fn with_outsider_as(outsider_name: &str, extra_yaml: &str) -> TwoNodes {
         let topo = Topology::new();
         let node_a = topo.add_node("a");
@@ -61,8 +63,12 @@ impl TwoNodes {
         let opts = AgentOptions { config: Some(config.clone()), ca_dir: Some(topo.ca_dir()), ..Default::default() };
         let a = Agent::start_with(&topo, &node_a, &opts);
         let b = Agent::start_with(&topo, &node_b, &opts);
-        for (agent, pod) in [(&a, &client), (&a, &peer), (&b, &server), (&b, &outsider)] {
+        for (agent, pod) in [(&a, &client), (&b, &server)] {
             agent.enrol(pod).expect("enrol");
+        }
+        a.enrol_as(&peer, "other", "peer").expect("enrol peer");
+        if !outsider_name.is_empty() {
+            b.enrol_as(&outsider, "default", outsider_name).expect("enrol outsider");
         }
         TwoNodes { a, b, client, peer, server, outsider, node_a, node_b, config, topo }
     }
@@ -235,7 +241,7 @@ fn authorization_policy_by_namespace_principal_and_port_with_live_reevaluation()
 }
 
 #[test]
-fn strict_refuses_plaintext_from_outside_the_mesh_but_node_probes_still_reach_the_pod() {
+fn strict_refuses_plaintext_from_outside_the_mesh_but_kubelet_probes_still_reach_the_pod() {
     let t = TwoNodes::new("");
     let _srv = t.server.echo_server("[::]:8080".parse().unwrap(), None);
     // PERMISSIVE (the default): a client outside the mesh gets through in plaintext.
@@ -247,10 +253,10 @@ fn strict_refuses_plaintext_from_outside_the_mesh_but_node_probes_still_reach_th
     let r = t.outsider.client(t.server.addr4(8080), 1000, &["--timeout-ms", "3000"]);
     assert_eq!(r["ok"], json!(false), "plaintext accepted under STRICT: {r}");
     t.b.wait_access_log("STRICT refusal", |v| v["error"].as_str().is_some_and(|e| e.contains("STRICT")));
-    // Mesh clients still get through (over HBONE), and so does a probe from the node.
+    // Mesh clients still get through (over HBONE), and so does the kubelet's probe.
     assert_ok(&t.client.client(t.server.addr4(8080), 1000, &[]), "mTLS under STRICT");
-    let probe = t.topo.run_on_node(&t.node_b, &["client", &t.server.addr4(8080).to_string(), "100"]);
-    assert_ok(&probe, "kubelet-style probe under STRICT");
+    let probe = t.topo.run_as_kubelet(&t.node_b, &["client", &t.server.addr4(8080).to_string(), "100"]);
+    assert_ok(&probe, "kubelet probe under STRICT");
 }
 
 #[test]
@@ -299,7 +305,7 @@ fn traffic_that_skips_the_waypoint_is_rejected() {
 fn hot_reload_adds_a_workload_and_a_bad_file_keeps_the_old_config() {
     let t = TwoNodes::new("");
     let _srv = t.outsider.echo_server("[::]:8080".parse().unwrap(), None);
-    // outsider is not in the model: plaintext passthrough, no identity.
+    // outsider is not in the mesh: plaintext passthrough, no identity.
     assert_ok(&t.client.client(t.outsider.addr4(8080), 1000, &[]), "to a pod outside the mesh");
     t.a.wait_access_log("passthrough", |v| {
         v["dst.addr"] == json!(t.outsider.addr4(8080).to_string()) && v["dst.hbone_addr"] == json!("")
@@ -307,6 +313,7 @@ fn hot_reload_adds_a_workload_and_a_bad_file_keeps_the_old_config() {
     // Add it to the mesh without restarting anything: now HBONE.
     let added = workload("outsider", "outsider", "default", &t.outsider, &t.node_b, "app: outsider");
     t.reconfigure(&added);
+    t.b.enrol(&t.outsider).expect("enrol the added workload");
     assert_ok(&t.client.client(t.outsider.addr4(8080), 1000, &[]), "to the newly added workload");
     t.b.wait_access_log("HBONE to the added workload", |v| {
         v["direction"] == "inbound"
@@ -337,7 +344,7 @@ fn after_an_agent_restart_new_connections_succeed_without_re_enrolment() {
     t.b.kill();
     let opts = AgentOptions { config: Some(t.config.clone()), ca_dir: Some(t.topo.ca_dir()), ..Default::default() };
     t.b = Agent::start_with(&t.topo, &t.node_b, &opts);
-    assert_eq!(t.b.status()["pods"].as_array().map(Vec::len), Some(2), "pods not adopted");
+    assert_eq!(t.b.status()["pods"].as_array().map(Vec::len), Some(1), "pods not adopted");
     assert_ok(&t.client.client(t.server.addr4(8080), 1000, &["--timeout-ms", "5000"]), "after restart");
     t.b.wait_access_log("after restart", |v| v["src.identity"] == json!(sa("client", "default")));
 }

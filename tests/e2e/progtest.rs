@@ -6,11 +6,8 @@ use std::{
     os::fd::{AsFd, AsRawFd},
 };
 
-use aya::{
-    maps::{HashMap, SockHash},
-    programs::SkLookup,
-};
-use pillion_common::{IpKey, names};
+use aya::{maps::SockHash, programs::SkLookup};
+use pillion_common::{IpKey, PROBE_SOURCE4, names};
 
 const SK_DROP: u32 = 0;
 const SK_PASS: u32 = 1;
@@ -131,15 +128,14 @@ fn sk_lookup_verdicts_under_prog_test_run() {
         let mut inbound: SockHash<_, IpKey> = ebpf.map_mut(names::MAP_INBOUND).unwrap().try_into().unwrap();
         inbound.insert(key(pod), listener.as_raw_fd(), 0).unwrap();
     }
-    {
-        let mut node_addrs: HashMap<_, IpKey, u32> = ebpf.map_mut(names::MAP_NODE_ADDRS).unwrap().try_into().unwrap();
-        node_addrs.insert(key(node), 1, 0).unwrap();
-    }
     let prog: &SkLookup = ebpf.program(names::PROG_SK_LOOKUP).unwrap().try_into().unwrap();
     // Steered to the agent's listener, the original destination untouched.
     assert_eq!(run(prog, lookup(true, peer, pod, 80)), (SK_PASS, socket_cookie(&listener)));
-    // From the node's own address (a probe): passed to the app.
-    assert_eq!(run(prog, lookup(true, node, pod, 80)), (SK_PASS, 0));
+    // From the node's own address (a host-network client, a masqueraded
+    // NodePort client): steered to the agent like any other source.
+    assert_eq!(run(prog, lookup(true, node, pod, 80)), (SK_PASS, socket_cookie(&listener)));
+    // From the probe source (the kubelet, bound to it by cgroup): passed to the app.
+    assert_eq!(run(prog, lookup(true, Ipv4Addr::from(PROBE_SOURCE4), pod, 80)), (SK_PASS, 0));
     drop(listener);
     // Listener gone (agent dead): the kernel dropped the entry, so we drop.
     assert_eq!(run(prog, lookup(true, peer, pod, 80)), (SK_DROP, 0));

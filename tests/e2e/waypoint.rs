@@ -34,10 +34,10 @@ fn scene() -> Scene {
     let opts = AgentOptions { config: Some(cfg.clone()), ca_dir: Some(topo.ca_dir()), ..Default::default() };
     let a = Agent::start_with(&topo, &na, &opts);
     let b = Agent::start_with(&topo, &nb, &opts);
-    a.enrol(&client).expect("enrol client");
+    a.enrol_as(&client, "web", "client").expect("enrol client");
     // The waypoint pod is not captured (istio.io/dataplane-mode=none in Kubernetes terms).
-    for p in [&v1, &v2, &flaky] {
-        b.enrol(p).expect("enrol backend");
+    for (p, name) in [(&v1, "reviews-v1-0"), (&v2, "reviews-v2-0"), (&flaky, "flaky-0")] {
+        b.enrol_as(p, "shop", name).expect("enrol backend");
     }
     let mut backends = Vec::new();
     for (pod, name, extra) in [

@@ -65,6 +65,9 @@ impl Agent {
             .args(opts.config.iter().flat_map(|c| [std::ffi::OsStr::new("--config"), c.as_os_str()]))
             .args(opts.ca_dir.iter().flat_map(|c| [std::ffi::OsStr::new("--ca-dir"), c.as_os_str()]))
             .args(&opts.extra_args)
+            // `--probe-cgroup` as env, which an older agent binary
+            // (PILLION_AGENT_BIN) ignores: the suite can run against one.
+            .env("PILLION_PROBE_CGROUPS", &node.kubelet_cgroup)
             .envs(opts.env.iter().map(|(k, v)| (k, v)))
             .env("PILLION_LOG", "info")
             .stdin(Stdio::null())
@@ -157,9 +160,17 @@ impl Agent {
         reply["result"].clone()
     }
 
-    /// Enrols through the CLI, as an operator would. `Err` carries stderr.
+    /// Enrols through the CLI, as an operator would, as `default/<pod name>`.
+    /// `Err` carries stderr.
     pub fn enrol(&self, pod: &Pod) -> Result<Value, String> {
-        let mut args: Vec<String> = vec!["enrol".into(), "--name".into(), pod.name.clone()];
+        self.enrol_as(pod, "default", &pod.name)
+    }
+
+    /// Enrols `pod` as the model's `namespace/name`: the agent serves a pod as
+    /// the workload of its own name, never as whatever owns its address.
+    pub fn enrol_as(&self, pod: &Pod, namespace: &str, name: &str) -> Result<Value, String> {
+        let mut args: Vec<String> =
+            vec!["enrol".into(), "--namespace".into(), namespace.into(), "--name".into(), name.into()];
         args.extend(["--netns".into(), pod.netns_path().display().to_string()]);
         for ip in pod.ips() {
             args.extend(["--ip".into(), ip.to_string()]);

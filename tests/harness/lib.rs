@@ -17,7 +17,7 @@ mod waypoint;
 
 pub use agent::{Agent, AgentOptions};
 pub use kube::FakeApiServer;
-pub use process::{Spawned, Workload};
+pub use process::{Spawned, Workload, enter};
 pub use sweep::sweep_leftovers;
 pub use sys::{is_root, locate_binary};
 pub use topology::{Node, Pod, Topology};

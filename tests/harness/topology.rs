@@ -38,6 +38,9 @@ pub struct Node {
     pub index: u8,
     pub cgroup_root: PathBuf,
     pub agent_cgroup: PathBuf,
+    /// The node's "kubelet": the agent's `--probe-cgroup`. Only connects
+    /// from here reach pods as probes (from the probe source, uncaptured).
+    pub kubelet_cgroup: PathBuf,
     pub link4: Ipv4Addr,
     pub link6: Ipv6Addr,
 }
@@ -55,7 +58,7 @@ pub struct Pod {
     pub node: String,
     pub ip4: Ipv4Addr,
     pub ip6: Ipv6Addr,
-    /// The node's address on this pod's link (what kubelet probes come from).
+    /// The node's address on this pod's link (what host-network clients come from).
     pub gw4: Ipv4Addr,
     pub cgroup: PathBuf,
 }
@@ -192,12 +195,15 @@ impl Topology {
         let index = nodes.len() as u8 + 1;
         let cgroup_root = self.cgroup_base.join(name);
         std::fs::create_dir_all(&cgroup_root).expect("create node cgroup");
+        let kubelet_cgroup = self.cgroup_base.join(format!("{name}-kubelet"));
+        std::fs::create_dir_all(&kubelet_cgroup).expect("create the node's kubelet cgroup");
         let node = Node {
             name: name.into(),
             netns: full.clone(),
             full,
             index,
             agent_cgroup: self.cgroup_base.join(format!("{name}-agent")),
+            kubelet_cgroup,
             cgroup_root,
             link4: Ipv4Addr::new(10, 254, 0, index),
             link6: Ipv6Addr::new(0xfd00, 0xfe, 0, 0, 0, 0, 0, u16::from(index)),
@@ -255,6 +261,7 @@ impl Topology {
             index: node.index,
             cgroup_root: node.cgroup_root.clone(),
             agent_cgroup: self.cgroup_base.join(format!("{}-{name}-agent", node.name)),
+            kubelet_cgroup: node.kubelet_cgroup.clone(),
             link4: node.link4,
             link6: node.link6,
         }
@@ -288,9 +295,24 @@ impl Topology {
         cmd
     }
 
-    /// Runs a one-shot workload in a node's netns (no pod cgroup): a probe.
+    /// Runs a one-shot workload in a node's netns, outside the kubelet's
+    /// cgroup: a host-network client, captured like any other.
     pub fn run_on_node(&self, node: &Node, args: &[&str]) -> Value {
         run_json(Self::node_tool(node, args))
+    }
+
+    /// Runs a one-shot workload in a node's netns and its kubelet cgroup: a
+    /// kubelet probe, which reaches the pod from the probe source.
+    pub fn run_as_kubelet(&self, node: &Node, args: &[&str]) -> Value {
+        self.run_on_node_in(node, &node.kubelet_cgroup, args)
+    }
+
+    /// Runs a one-shot workload in a node's netns and the given cgroup.
+    pub fn run_on_node_in(&self, node: &Node, cgroup: &Path, args: &[&str]) -> Value {
+        let mut cmd = Command::new(Workload::tool());
+        cmd.args(args);
+        enter(&mut cmd, &node.netns_path(), Some(&cgroup.join("cgroup.procs")));
+        run_json(cmd)
     }
 
     /// `GET http://<addr><path>` from inside a node's netns: (status, body).
@@ -345,8 +367,13 @@ impl Drop for Topology {
         let agent = std::env::var_os("PILLION_AGENT_BIN").map(PathBuf::from);
         for node in self.nodes.lock().unwrap().iter() {
             let bin = agent.clone().unwrap_or_else(|| crate::locate_binary("pillion-agent", "PILLION_AGENT_BIN"));
-            let _ =
-                Command::new(bin).args(["reset", "--node", &node.full, "--state-root"]).arg(self.state_root()).output();
+            // In the node's netns: reset removes the probe source from its `lo`.
+            let mut reset = Command::new(bin);
+            reset.args(["reset", "--node", &node.full, "--state-root"]).arg(self.state_root());
+            if node.netns_path().exists() {
+                enter(&mut reset, &node.netns_path(), None);
+            }
+            let _ = reset.output();
             remove_pin_tree(&Path::new(PIN_DIR).join(&node.full));
         }
         for name in self.netns.lock().unwrap().drain(..).rev() {

@@ -21,6 +21,9 @@ pub enum PolicyTarget {
     /// `kind: Gateway` with the waypoint's name: every request through the waypoint.
     Waypoint(String),
     Service(String),
+    /// Every waypoint and Service of the policy's namespace: where a policy whose
+    /// `targetRef(s)` cannot be read is enforced as deny-all (it may have meant any of them).
+    Namespace,
 }
 
 #[derive(Debug, Clone)]
@@ -122,7 +125,66 @@ fn strings_ok(m: &Matcher<StringMatch>, v: Option<&str>) -> bool {
     }
 }
 
+/// A tunnel the waypoint relays at L4, as policy sees it: only what a certificate and a
+/// port tell (no method, path, host or header).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnAttrs<'a> {
+    /// Istio form, without `spiffe://`.
+    pub principal: Option<&'a str>,
+    pub source_namespace: Option<&'a str>,
+    pub port: u16,
+}
+
+impl L7Operation {
+    /// Whether it names anything only an HTTP request has.
+    fn http_only(&self) -> bool {
+        !(self.hosts.is_empty() && self.methods.is_empty() && self.paths.is_empty())
+    }
+}
+
+impl ConditionKey {
+    fn http_only(&self) -> bool {
+        matches!(self, Self::Header(_) | Self::RequestMethod | Self::RequestPath)
+    }
+}
+
+/// A header condition against every copy of the header, one by one and joined as Envoy
+/// joins them: a value matches if any of these does, a `not` value excludes if any does, so
+/// a second copy of a header can never hide the first from a DENY.
+fn header_ok(m: &Matcher<StringMatch>, headers: &http::HeaderMap, name: &HeaderName) -> bool {
+    let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    if values.is_empty() {
+        return strings_ok(m, None);
+    }
+    let joined = values.join(",");
+    let candidates: Vec<&str> = values.iter().copied().chain((values.len() > 1).then_some(joined.as_str())).collect();
+    matcher_ok(m, |s| candidates.iter().any(|v| s.matches(v)))
+}
+
 impl L7Rule {
+    /// The rule against an L4 connection, as Istio's waypoint judges TCP traffic: a rule that
+    /// names HTTP-only attributes never matches in an ALLOW policy, and in a DENY policy those
+    /// attributes are taken as matching. Both fail closed.
+    fn matches_conn(&self, c: &ConnAttrs<'_>, deny: bool) -> bool {
+        let http_only = self.to.iter().any(L7Operation::http_only) || self.when.iter().any(|w| w.key.http_only());
+        if http_only && !deny {
+            return false;
+        }
+        let from = self.from.is_empty()
+            || self
+                .from
+                .iter()
+                .any(|s| strings_ok(&s.principals, c.principal) && strings_ok(&s.namespaces, c.source_namespace));
+        let to = self.to.is_empty() || self.to.iter().any(|o| matcher_ok(&o.ports, |p| *p == c.port));
+        let when = self.when.iter().all(|w| match &w.key {
+            ConditionKey::SourcePrincipal => strings_ok(&w.values, c.principal),
+            ConditionKey::SourceNamespace => strings_ok(&w.values, c.source_namespace),
+            // Only reached in a DENY policy: taken as matching.
+            ConditionKey::Header(_) | ConditionKey::RequestMethod | ConditionKey::RequestPath => true,
+        });
+        from && to && when
+    }
+
     fn matches(&self, r: &RequestAttrs<'_>) -> bool {
         let from = self.from.is_empty()
             || self
@@ -138,7 +200,7 @@ impl L7Rule {
             });
         let when = self.when.iter().all(|c| {
             let value = match &c.key {
-                ConditionKey::Header(h) => r.headers.get(h).and_then(|v| v.to_str().ok()),
+                ConditionKey::Header(h) => return header_ok(&c.values, r.headers, h),
                 ConditionKey::SourcePrincipal => r.principal,
                 ConditionKey::SourceNamespace => r.source_namespace,
                 ConditionKey::RequestMethod => Some(r.method),
@@ -157,9 +219,22 @@ impl L7Policy {
 
     /// Whether the policy binds to requests for `service` through waypoint `waypoint`.
     pub fn applies(&self, waypoint: &ServiceKey, service: &ServiceKey) -> bool {
+        self.binds_to_waypoint(waypoint) || self.binds_to_service(service)
+    }
+
+    fn binds_to_waypoint(&self, waypoint: &ServiceKey) -> bool {
         self.targets.iter().any(|t| match t {
             PolicyTarget::Waypoint(name) => self.namespace == waypoint.namespace && *name == waypoint.name,
+            PolicyTarget::Namespace => self.namespace == waypoint.namespace,
+            PolicyTarget::Service(_) => false,
+        })
+    }
+
+    fn binds_to_service(&self, service: &ServiceKey) -> bool {
+        self.targets.iter().any(|t| match t {
             PolicyTarget::Service(name) => self.namespace == service.namespace && *name == service.name,
+            PolicyTarget::Namespace => self.namespace == service.namespace,
+            PolicyTarget::Waypoint(_) => false,
         })
     }
 
@@ -170,9 +245,27 @@ impl L7Policy {
 
 /// Evaluates every policy that applies, DENY first.
 pub fn authorize(policies: &[L7Policy], waypoint: &ServiceKey, service: &ServiceKey, r: &RequestAttrs<'_>) -> Decision {
-    let applicable = || policies.iter().filter(|p| p.applies(waypoint, service));
-    for p in applicable().filter(|p| p.action == Action::Deny) {
-        if p.matches(r) {
+    decide(policies.iter().filter(|p| p.applies(waypoint, service)), |p, _| p.matches(r))
+}
+
+/// Evaluates, for a tunnel relayed at L4, every policy that binds to the waypoint or to one
+/// of `services` (those the destination belongs to), DENY first.
+pub fn authorize_conn(
+    policies: &[L7Policy],
+    waypoint: &ServiceKey,
+    services: &[ServiceKey],
+    c: &ConnAttrs<'_>,
+) -> Decision {
+    let binds = |p: &&L7Policy| p.binds_to_waypoint(waypoint) || services.iter().any(|s| p.binds_to_service(s));
+    decide(policies.iter().filter(binds), |p, deny| p.rules.iter().any(|r| r.matches_conn(c, deny)))
+}
+
+fn decide<'a>(
+    applicable: impl Iterator<Item = &'a L7Policy> + Clone,
+    matches: impl Fn(&L7Policy, bool) -> bool,
+) -> Decision {
+    for p in applicable.clone().filter(|p| p.action == Action::Deny) {
+        if matches(p, true) {
             if p.dry_run {
                 tracing::info!(policy = %p.key(), "dry-run DENY policy would deny this request");
                 continue;
@@ -180,8 +273,8 @@ pub fn authorize(policies: &[L7Policy], waypoint: &ServiceKey, service: &Service
             return Decision::Denied(p.key());
         }
     }
-    let allows: Vec<&L7Policy> = applicable().filter(|p| p.action == Action::Allow && !p.dry_run).collect();
-    if allows.is_empty() || allows.iter().any(|p| p.matches(r)) { Decision::Allow } else { Decision::NotAllowed }
+    let allows: Vec<&L7Policy> = applicable.filter(|p| p.action == Action::Allow && !p.dry_run).collect();
+    if allows.is_empty() || allows.iter().any(|p| matches(p, false)) { Decision::Allow } else { Decision::NotAllowed }
 }
 
 /// Whether any policy binds to `service` (then the waypoint must see its requests at L7).

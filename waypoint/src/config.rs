@@ -10,6 +10,7 @@ mod authz;
 mod document;
 mod duration;
 mod gateway;
+mod grant;
 mod istio;
 mod objects;
 #[cfg(test)]
@@ -17,8 +18,6 @@ mod tests;
 mod traffic;
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::Arc;
 
 pub use duration::parse_duration;
 pub use objects::from_objects;
@@ -56,27 +55,36 @@ impl Problem {
 #[derive(Debug, Clone, Default)]
 pub struct L7Config {
     pub routes: RouteTable,
-    /// Per backend Service, merged from DestinationRule and XBackendTrafficPolicy.
+    /// Per backend Service, merged from DestinationRule and XBackendTrafficPolicy of the
+    /// Service's own namespace: for every client.
     pub backend_policies: HashMap<ServiceKey, BackendPolicy>,
+    /// Per (client namespace, backend Service): a DestinationRule written in another
+    /// namespace than its Service's, which Istio applies to that namespace's clients only.
+    pub consumer_policies: HashMap<(String, ServiceKey), BackendPolicy>,
     pub authz: Vec<L7Policy>,
     pub faults: HashMap<ServiceKey, FaultInjection>,
 }
 
 impl L7Config {
-    /// The policy for a backend: configured values, built-in defaults for the rest.
-    pub fn backend_policy(&self, service: &ServiceKey) -> BackendPolicy {
-        self.backend_policies.get(service).cloned().unwrap_or_default()
+    /// The policy for a backend as a client of namespace `client` gets it: its namespace's
+    /// own DestinationRule first, then the Service's; built-in defaults for the rest.
+    pub fn backend_policy(&self, service: &ServiceKey, client: Option<&str>) -> BackendPolicy {
+        self.scoped_backend_policy(service, client).0
+    }
+
+    /// The policy, and the client namespace it is scoped to (`None`: shared by all clients),
+    /// so that breaker and ejection state is kept per scope.
+    pub fn scoped_backend_policy(&self, service: &ServiceKey, client: Option<&str>) -> (BackendPolicy, Option<String>) {
+        if let Some(c) = client.filter(|c| *c != service.namespace)
+            && let Some(p) = self.consumer_policies.get(&(c.to_owned(), service.clone()))
+        {
+            return (p.clone(), Some(c.to_owned()));
+        }
+        (self.backend_policies.get(service).cloned().unwrap_or_default(), None)
     }
 }
 
 /// Parses the L7 objects of `text` (the contents of `file`, named in errors).
 pub fn parse(text: &str, file: &str) -> Result<L7Config, L7ConfigError> {
     document::parse(text).map_err(|p| p.into_error(file))
-}
-
-pub fn load_file(path: &Path) -> Result<L7Config, L7ConfigError> {
-    let file = path.display().to_string();
-    let text =
-        std::fs::read_to_string(path).map_err(|e| L7ConfigError::Read { file: file.clone(), source: Arc::new(e) })?;
-    parse(&text, &file)
 }

@@ -2,7 +2,9 @@
 //! connects them to ([`WaypointDialer`]) — the HTTP proxy through an in-memory pipe when the
 //! Service has routes or L7 policy, otherwise straight to an endpoint (L4 pass-through).
 //! Tunnels addressed to a workload (`podIP:port`, as agents send pod-direct traffic for a
-//! waypoint-guarded workload) are relayed at L4 to that workload.
+//! waypoint-guarded workload) are relayed at L4 to that workload. Every tunnel relayed at L4
+//! is first judged by the policies bound to the waypoint and to the destination's Services,
+//! read at L4 as Istio's waypoint reads them for TCP (`authz::authorize_conn`).
 
 use std::io;
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
+use crate::authz;
 use crate::proxy::{Downstream, EndpointInfo, Proxy, ServeLimits, Snapshot, serve_http};
 use crate::route::ServiceKey;
 use crate::telemetry::{TcpGuard, TcpMetrics, tcp_labels};
@@ -71,7 +74,59 @@ fn destination(proxy: &Proxy, snapshot: &Snapshot, target: &Authority) -> Result
     Err(Refusal::BadTarget(format!("{target} is neither a service nor a workload this waypoint knows")))
 }
 
-/// Accepts tunnels only for Services and workloads that use this waypoint.
+/// How a tunnel is served: by the HTTP proxy (judged per request), or relayed at L4 once
+/// the L4 reading of the policies allowed it (nothing is relayed unjudged).
+enum Plan {
+    Http,
+    L4 { to: Box<EndpointInfo>, service: Option<ServiceKey> },
+}
+
+/// Where the tunnel goes and how, with the policy verdict for L4 relays taken.
+fn plan(proxy: &Proxy, snapshot: &Snapshot, request: &ConnectRequest) -> Result<Plan, Refusal> {
+    let source_ns = request.peer_identity.namespace();
+    let (to, service, port) = match destination(proxy, snapshot, &request.target)? {
+        Destination::Service(service, port) => {
+            if proxy.needs_l7(snapshot, &service, port, Some(source_ns)) {
+                return Ok(Plan::Http);
+            }
+            let ep = proxy
+                .pick_endpoint(snapshot, &service, port, Some(source_ns))
+                .ok_or_else(|| Refusal::Unavailable(format!("service {service} has no endpoints")))?;
+            (Box::new(ep), Some(service), port)
+        }
+        Destination::Workload(ep) => {
+            let port = ep.addr.port();
+            (ep, None, port)
+        }
+    };
+    // Policies bound to a Service apply to its workloads addressed directly too.
+    let services: Vec<ServiceKey> = match &service {
+        Some(s) => vec![s.clone()],
+        None => snapshot
+            .model
+            .workload_by_ip(to.addr.ip())
+            .map(|w| {
+                snapshot
+                    .model
+                    .services()
+                    .iter()
+                    .filter(|s| s.selects(w))
+                    .map(|s| ServiceKey::new(&s.namespace, &s.name))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    let principal = request.peer_identity.as_str().trim_start_matches("spiffe://");
+    let conn = authz::ConnAttrs { principal: Some(principal), source_namespace: Some(source_ns), port };
+    match authz::authorize_conn(&snapshot.l7.authz, &proxy.config().waypoint, &services, &conn) {
+        authz::Decision::Allow => Ok(Plan::L4 { to, service }),
+        authz::Decision::Denied(p) => Err(Refusal::Denied(format!("denied by policy {p}"))),
+        authz::Decision::NotAllowed => Err(Refusal::Denied("no ALLOW policy matched".into())),
+    }
+}
+
+/// Accepts tunnels only for Services and workloads that use this waypoint, and tunnels
+/// relayed at L4 only when policy allows them.
 pub struct WaypointHook {
     pub proxy: Arc<Proxy>,
 }
@@ -79,7 +134,7 @@ pub struct WaypointHook {
 #[async_trait]
 impl ConnectHook for WaypointHook {
     async fn authorize(&self, request: &ConnectRequest) -> Result<Accepted, Refusal> {
-        destination(&self.proxy, &self.proxy.snapshot(), &request.target)?;
+        plan(&self.proxy, &self.proxy.snapshot(), request)?;
         Ok(Accepted::default())
     }
 }
@@ -143,31 +198,25 @@ impl UpstreamDialer for WaypointDialer {
     type Stream = Tracked<Either<DuplexStream, Either<Tunnel, TcpStream>>>;
 
     async fn dial(&self, request: &ConnectRequest) -> io::Result<Self::Stream> {
+        // Judged again on the configuration in force now: it may have changed since the hook.
         let snapshot = self.proxy.snapshot();
-        let refused = |r: Refusal| io::Error::new(io::ErrorKind::NotFound, r.to_string());
-        let (service, port) = match destination(&self.proxy, &snapshot, &request.target).map_err(refused)? {
-            Destination::Service(service, port) => (service, port),
-            Destination::Workload(ep) => {
-                let stream = self.upstream.connect(&self.l4_target(request, &ep, None)).await?;
-                return Ok(self.relay(Either::Right(stream), request, &snapshot, &ep, None));
+        let refused = |r: Refusal| io::Error::new(io::ErrorKind::PermissionDenied, r.to_string());
+        match plan(&self.proxy, &snapshot, request).map_err(refused)? {
+            Plan::Http => {
+                let (near, far) = tokio::io::duplex(PIPE_BUFFER);
+                let down = Downstream {
+                    peer_identity: Some(request.peer_identity.clone()),
+                    peer_addr: request.peer_addr,
+                    target: request.target.clone(),
+                };
+                tokio::spawn(serve_http(self.proxy.clone(), far, down, self.limits));
+                Ok(self.track(Either::Left(near)))
             }
-        };
-        if self.proxy.needs_l7(&snapshot, &service, port) {
-            let (near, far) = tokio::io::duplex(PIPE_BUFFER);
-            let down = Downstream {
-                peer_identity: Some(request.peer_identity.clone()),
-                peer_addr: request.peer_addr,
-                target: request.target.clone(),
-            };
-            tokio::spawn(serve_http(self.proxy.clone(), far, down, self.limits));
-            return Ok(self.track(Either::Left(near)));
+            Plan::L4 { to, service } => {
+                let stream = self.upstream.connect(&self.l4_target(request, &to, service.as_ref())).await?;
+                Ok(self.relay(Either::Right(stream), request, &snapshot, &to, service.as_ref()))
+            }
         }
-        let ep = self
-            .proxy
-            .pick_endpoint(&snapshot, &service, port)
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("service {service} has no endpoints")))?;
-        let stream = self.upstream.connect(&self.l4_target(request, &ep, Some(&service))).await?;
-        Ok(self.relay(Either::Right(stream), request, &snapshot, &ep, Some(&service)))
     }
 }
 

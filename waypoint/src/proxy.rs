@@ -3,6 +3,7 @@
 //! ejection. It talks to endpoints only through [`Upstream`], so tests script the backends
 //! and run without TLS.
 
+pub mod budget;
 mod deadline;
 mod filters;
 mod forward;
@@ -16,12 +17,13 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use mesh::model::Model;
 use mesh::parse::Host;
 use mesh::{Authority, Identity};
 use tokio::time::Instant;
 
+pub use budget::{BodyBudget, Exhausted};
 pub use respond::ResponseFlags;
 pub use serve::{ServeLimits, serve_http};
 
@@ -36,6 +38,9 @@ use crate::upstream::{BoxError, ResponseBody, Upstream};
 /// Request bodies are buffered (so any attempt can be retried or mirrored) up to this size;
 /// larger ones get 413.
 pub const DEFAULT_MAX_REQUEST_BODY: usize = 4 * 1024 * 1024;
+/// Time for a client to send a whole request body when its route sets no request timeout:
+/// a slow sender must not hold buffer memory for ever.
+pub const DEFAULT_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Istio's cluster domain.
 pub const DEFAULT_DOMAIN: &str = "cluster.local";
 
@@ -52,12 +57,22 @@ pub struct ProxyConfig {
     /// `Gateway` of this name bind here.
     pub waypoint: ServiceKey,
     pub max_request_body: usize,
+    /// Bounds the bytes of buffered bodies in all and per client identity.
+    pub body_budget: Arc<BodyBudget>,
+    /// Deadline for receiving a body when the route has no request timeout.
+    pub body_deadline: std::time::Duration,
     pub domain: String,
 }
 
 impl ProxyConfig {
     pub fn new(waypoint: ServiceKey) -> Self {
-        Self { waypoint, max_request_body: DEFAULT_MAX_REQUEST_BODY, domain: DEFAULT_DOMAIN.into() }
+        Self {
+            waypoint,
+            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            body_budget: BodyBudget::new(budget::DEFAULT_TOTAL, budget::DEFAULT_PER_PEER),
+            body_deadline: DEFAULT_BODY_DEADLINE,
+            domain: DEFAULT_DOMAIN.into(),
+        }
     }
 }
 
@@ -135,19 +150,20 @@ impl Proxy {
         }
     }
 
-    /// Whether a tunnel for `service:port` needs the HTTP proxy: HTTPRoutes attach to it, or
-    /// L7 policy binds to it and the port is named as HTTP by Istio's convention (`http`,
-    /// `http-*`, `http2*`, `grpc*`, `h2c*`). Anything else is relayed at L4, so non-HTTP
-    /// protocols keep working through a waypoint that has policies.
-    pub fn needs_l7(&self, snapshot: &Snapshot, service: &ServiceKey, port: u16) -> bool {
-        if snapshot.l7.routes.has_routes(service, port) {
+    /// Whether a tunnel from a client of namespace `client` for `service:port` needs the
+    /// HTTP proxy: HTTPRoutes for that client attach to it, or L7 policy binds to it and the
+    /// port is HTTP ([`is_http_port`]). Anything else is relayed at L4 (after the L4 reading
+    /// of the same policies, in `hbone`), so non-HTTP protocols keep working through a
+    /// waypoint that has policies.
+    pub fn needs_l7(&self, snapshot: &Snapshot, service: &ServiceKey, port: u16, client: Option<&str>) -> bool {
+        if snapshot.l7.routes.has_routes(service, port, client) {
             return true;
         }
         let http_port = snapshot
             .model
             .service(&service.namespace, &service.name)
             .and_then(|s| s.port(port))
-            .is_some_and(|p| is_http_port_name(&p.name));
+            .is_some_and(is_http_port);
         http_port && authz::any_applies(&snapshot.l7.authz, &self.config.waypoint, service)
     }
 
@@ -161,18 +177,26 @@ impl Proxy {
         let snapshot = self.snapshot();
         let (mut parts, body) = request.into_parts();
         let trace = crate::telemetry::next_hop(&mut parts.headers, &self.rng);
+        // Policy, routes and the backend see one spelling of the path (see `normalize`).
+        let normalized = normalize_uri(&mut parts.uri);
         let mut ctx = respond::Context::new(self, &snapshot, down, &parts, start, trace);
+        if let Err(e) = normalized {
+            tracing::debug!(error = %e, "request path refused");
+            return ctx.local(StatusCode::BAD_REQUEST, ResponseFlags::NONE, "malformed request path");
+        }
         let Some((service, port)) = self.resolve_service(&snapshot, &down.target) else {
             return ctx.local(StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::NO_ROUTE, "no such service");
         };
         ctx.set_service(&self.config.domain, &service);
+        let client = ctx.client_namespace.clone();
         let principal = down.peer_identity.as_ref().map(|i| i.as_str().trim_start_matches("spiffe://").to_owned());
         let source_ns = down.peer_identity.as_ref().map(|i| i.namespace().to_owned());
         let host = parts
             .uri
             .authority()
-            .map(|a| a.as_str().to_owned())
-            .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()).map(str::to_owned));
+            .map(|a| a.as_str())
+            .or_else(|| parts.headers.get(http::header::HOST).and_then(|h| h.to_str().ok()))
+            .map(crate::normalize::host);
         let attrs = RequestAttrs {
             principal: principal.as_deref(),
             source_namespace: source_ns.as_deref(),
@@ -194,8 +218,8 @@ impl Proxy {
         }
 
         let default_rule;
-        let (rule, matched) = if snapshot.l7.routes.has_routes(&service, port) {
-            match snapshot.l7.routes.select(&service, port, &parts) {
+        let (rule, matched) = if snapshot.l7.routes.has_routes(&service, port, client.as_deref()) {
+            match snapshot.l7.routes.select(&service, port, client.as_deref(), &parts) {
                 Some(s) => (s.rule, s.matched),
                 None => return ctx.local(StatusCode::NOT_FOUND, ResponseFlags::NO_ROUTE, "no route matched"),
             }
@@ -205,23 +229,43 @@ impl Proxy {
         };
         ctx.route = rule.route.clone();
 
-        // The body is read only for a request that is allowed and routed, and within the
-        // route's request timeout (which covers the whole exchange).
+        // The backend is chosen before the body is read so that its breaker is consulted
+        // first: a request that would overflow it is not buffered at all.
+        let chosen = forward::pick_backend(&rule.backends, &self.rng);
+        if let Some(c) = chosen {
+            let scoped = snapshot.l7.scoped_backend_policy(&c.backend.service, client.as_deref());
+            if self.backends.get(&c.backend, &scoped).breaker.would_overflow() {
+                return ctx.local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ResponseFlags::UPSTREAM_OVERFLOW,
+                    "upstream overflow",
+                );
+            }
+        }
+        // The body is read only for a request that is allowed and routed, within the route's
+        // request timeout (which covers the whole exchange) or else the default body deadline,
+        // and within the buffer budgets.
         let deadline = rule.timeouts.request.map(|t| start + t);
-        let collect = Limited::new(body, self.config.max_request_body).collect();
-        let collected = match deadline {
-            Some(d) => tokio::time::timeout_at(d, collect).await,
-            None => Ok(collect.await),
-        };
-        let body = match collected {
-            Ok(Ok(b)) => b.to_bytes(),
-            Ok(Err(e)) => {
-                let too_large = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
-                return if too_large {
-                    ctx.local(StatusCode::PAYLOAD_TOO_LARGE, ResponseFlags::NONE, "request body too large")
-                } else {
-                    ctx.local(StatusCode::BAD_REQUEST, ResponseFlags::DOWNSTREAM_RESET, "request body aborted")
-                };
+        let peer =
+            down.peer_identity.as_ref().map_or_else(|| down.peer_addr.ip().to_string(), |i| i.as_str().to_owned());
+        let mut reservation = self.config.body_budget.reservation(&peer);
+        let collect = read_body(body, self.config.max_request_body, &mut reservation);
+        let body_deadline = deadline.unwrap_or(start + self.config.body_deadline);
+        let body = match tokio::time::timeout_at(body_deadline, collect).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(BodyError::TooLarge)) => {
+                return ctx.local(StatusCode::PAYLOAD_TOO_LARGE, ResponseFlags::NONE, "request body too large");
+            }
+            Ok(Err(BodyError::Budget(e))) => {
+                tracing::debug!(error = %e, "request refused: buffer budget");
+                return ctx.local(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ResponseFlags::UPSTREAM_OVERFLOW,
+                    "request buffer budget exhausted",
+                );
+            }
+            Ok(Err(BodyError::Aborted)) => {
+                return ctx.local(StatusCode::BAD_REQUEST, ResponseFlags::DOWNSTREAM_RESET, "request body aborted");
             }
             Err(_) => return ctx.local(StatusCode::REQUEST_TIMEOUT, ResponseFlags::NONE, "request body timeout"),
         };
@@ -231,7 +275,7 @@ impl Proxy {
         if let Some(done) = self.request_filters(&mut ctx, &filters, &mut parts, matched, &body, port).await {
             return done;
         }
-        let Some(chosen) = forward::pick_backend(&rule.backends, &self.rng) else {
+        let Some(chosen) = chosen else {
             return ctx.local(StatusCode::INTERNAL_SERVER_ERROR, ResponseFlags::NO_ROUTE, "route has no backend");
         };
         let backend_filters: Vec<&Filter> = chosen.filters.iter().collect();
@@ -249,8 +293,70 @@ impl Proxy {
                 m.apply(response.headers_mut());
             }
         }
+        // The body's bytes stay reserved until the response head is here (retries are over).
+        drop(reservation);
         ctx.finish_with_flags(response, flags)
     }
+}
+
+enum BodyError {
+    TooLarge,
+    Budget(Exhausted),
+    Aborted,
+}
+
+/// Reads a whole request body, frame by frame, taking each frame's bytes from the budget
+/// before keeping them.
+async fn read_body<B>(body: B, max: usize, reservation: &mut budget::Reservation) -> Result<Bytes, BodyError>
+where
+    B: hyper::body::Body<Data = Bytes>,
+{
+    let mut body = std::pin::pin!(body);
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| BodyError::Aborted)?;
+        let Ok(data) = frame.into_data() else { continue };
+        if buf.len() + data.len() > max {
+            return Err(BodyError::TooLarge);
+        }
+        reservation.grow(data.len()).map_err(BodyError::Budget)?;
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
+}
+
+/// Replaces the URI's path by its normalised form, keeping the query.
+fn normalize_uri(uri: &mut http::Uri) -> Result<(), crate::normalize::PathError> {
+    if uri.path().is_empty() {
+        // Authority-form (CONNECT): no path to judge.
+        return Ok(());
+    }
+    let path = crate::normalize::path(uri.path())?;
+    if path == uri.path() {
+        return Ok(());
+    }
+    let path_and_query = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(path_and_query.parse().map_err(|_| crate::normalize::PathError::BadEscape)?);
+    *uri = http::Uri::from_parts(parts).map_err(|_| crate::normalize::PathError::BadEscape)?;
+    Ok(())
+}
+
+/// Whether a Service port carries HTTP, as Istio decides before sniffing: `appProtocol`
+/// when set (`http`, `http2`, `grpc`, `grpc-web`, `h2c`, `kubernetes.io/h2c`, …), otherwise
+/// the port name's prefix.
+pub fn is_http_port(port: &mesh::model::ServicePort) -> bool {
+    match &port.app_protocol {
+        Some(p) => is_http_protocol(p.strip_prefix("kubernetes.io/").unwrap_or(p)),
+        None => is_http_port_name(&port.name),
+    }
+}
+
+fn is_http_protocol(p: &str) -> bool {
+    ["http", "http2", "grpc", "grpc-web", "h2c", "ws"].iter().any(|h| p.eq_ignore_ascii_case(h))
 }
 
 /// Istio's protocol selection by port name.
@@ -273,13 +379,19 @@ pub(crate) use forward::{EndpointInfo, endpoints};
 
 impl Proxy {
     /// An endpoint for an L4 pass-through tunnel: random among those not ejected.
-    pub(crate) fn pick_endpoint(&self, snapshot: &Snapshot, service: &ServiceKey, port: u16) -> Option<EndpointInfo> {
+    pub(crate) fn pick_endpoint(
+        &self,
+        snapshot: &Snapshot,
+        service: &ServiceKey,
+        port: u16,
+        client: Option<&str>,
+    ) -> Option<EndpointInfo> {
         let backend = crate::route::BackendRef { service: service.clone(), port: None };
         let all = endpoints(snapshot, &backend, port);
         if all.is_empty() {
             return None;
         }
-        let state = self.backends.get(&backend, &snapshot.l7.backend_policy(service));
+        let state = self.backends.get(&backend, &snapshot.l7.scoped_backend_policy(service, client));
         let addrs: Vec<SocketAddr> = all.iter().map(|e| e.addr).collect();
         let available = state.outlier.available(&addrs);
         let addr = available[self.rng.below(available.len() as u64) as usize];

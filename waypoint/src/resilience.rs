@@ -89,17 +89,24 @@ impl BackendState {
 /// so a config edit elsewhere does not forget which endpoints are ejected.
 #[derive(Debug, Default)]
 pub struct Backends {
-    states: Mutex<HashMap<BackendRef, Arc<BackendState>>>,
+    /// Keyed by backend and the client namespace its policy is scoped to (`None`: shared),
+    /// so that one namespace's DestinationRule never trips another's breaker.
+    states: Mutex<HashMap<ScopedBackend, Arc<BackendState>>>,
 }
 
+/// A backend and the client namespace its policy is scoped to.
+type ScopedBackend = (BackendRef, Option<String>);
+
 impl Backends {
-    pub fn get(&self, backend: &BackendRef, policy: &BackendPolicy) -> Arc<BackendState> {
+    pub fn get(&self, backend: &BackendRef, scoped: &(BackendPolicy, Option<String>)) -> Arc<BackendState> {
+        let (policy, scope) = scoped;
+        let key = (backend.clone(), scope.clone());
         let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
-        match states.get(backend) {
+        match states.get(&key) {
             Some(s) if &s.policy == policy => s.clone(),
             _ => {
                 let s = Arc::new(BackendState::new(policy.clone()));
-                states.insert(backend.clone(), s.clone());
+                states.insert(key, s.clone());
                 s
             }
         }

@@ -78,8 +78,18 @@ pub struct RouteRule {
 #[derive(Debug, Clone)]
 struct Attached {
     port: Option<u16>,
+    /// `Some(ns)`: a consumer route (GAMMA), written in namespace `ns` for a Service of
+    /// another namespace. It applies only to clients of namespace `ns`; `None`: a producer
+    /// route, from the Service's own namespace, for every client.
+    consumer: Option<String>,
     rule: usize,
     matcher: usize,
+}
+
+impl Attached {
+    fn serves(&self, port: u16, consumer: Option<&str>) -> bool {
+        self.port.is_none_or(|p| p == port) && self.consumer.as_deref() == consumer
+    }
 }
 
 /// Every rule, ordered per Service by precedence.
@@ -97,16 +107,30 @@ pub struct Selected<'a> {
 }
 
 impl RouteTable {
-    /// Adds a rule attached to `parents` (Service, optional port).
-    pub fn add(&mut self, rule: RouteRule, parents: &[(ServiceKey, Option<u16>)]) {
+    /// Adds a rule of a route in namespace `route_namespace` attached to `parents` (Service,
+    /// optional port). A parent in another namespace makes it a consumer route there.
+    pub fn add(&mut self, rule: RouteRule, route_namespace: &str, parents: &[(ServiceKey, Option<u16>)]) {
         let i = self.rules.len();
         let n = rule.matches.len().max(1);
         self.rules.push(rule);
         for (service, port) in parents {
+            let consumer = (service.namespace != route_namespace).then(|| route_namespace.to_owned());
             let list = self.by_service.entry(service.clone()).or_default();
             for m in 0..n {
-                list.push(Attached { port: *port, rule: i, matcher: m });
+                list.push(Attached { port: *port, consumer: consumer.clone(), rule: i, matcher: m });
             }
+        }
+    }
+
+    /// Whose routes a client of namespace `client` gets for `service:port`: its own
+    /// namespace's consumer routes when it has any (they take precedence, as GAMMA says),
+    /// otherwise the producer routes.
+    fn scope<'a>(&self, service: &ServiceKey, port: u16, client: Option<&'a str>) -> Option<Option<&'a str>> {
+        let list = self.by_service.get(service)?;
+        let consumer = client.filter(|c| *c != service.namespace && list.iter().any(|a| a.serves(port, Some(c))));
+        match consumer {
+            Some(c) => Some(Some(c)),
+            None => list.iter().any(|a| a.serves(port, None)).then_some(None),
         }
     }
 
@@ -127,15 +151,24 @@ impl RouteTable {
         }
     }
 
-    /// Whether any rule is attached to this Service port (otherwise it is passed through at L4).
-    pub fn has_routes(&self, service: &ServiceKey, port: u16) -> bool {
-        self.by_service.get(service).is_some_and(|l| l.iter().any(|a| a.port.is_none_or(|p| p == port)))
+    /// Whether any rule for a client of namespace `client` is attached to this Service port
+    /// (otherwise it is passed through at L4).
+    pub fn has_routes(&self, service: &ServiceKey, port: u16, client: Option<&str>) -> bool {
+        self.scope(service, port, client).is_some()
     }
 
-    /// The first rule, in precedence order, whose match accepts the request.
-    pub fn select<'a>(&'a self, service: &ServiceKey, port: u16, req: &http::request::Parts) -> Option<Selected<'a>> {
+    /// The first rule, in precedence order, whose match accepts the request of a client of
+    /// namespace `client` (its verified identity's).
+    pub fn select<'a>(
+        &'a self,
+        service: &ServiceKey,
+        port: u16,
+        client: Option<&str>,
+        req: &http::request::Parts,
+    ) -> Option<Selected<'a>> {
+        let scope = self.scope(service, port, client)?;
         let list = self.by_service.get(service)?;
-        list.iter().filter(|a| a.port.is_none_or(|p| p == port)).find_map(|a| {
+        list.iter().filter(|a| a.serves(port, scope)).find_map(|a| {
             let rule = &self.rules[a.rule];
             match rule.matches.get(a.matcher) {
                 None => Some(Selected { rule, matched: None }),

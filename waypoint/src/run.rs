@@ -66,6 +66,16 @@ pub struct RunArgs {
     /// The endpoints' HBONE port (only tests change it).
     #[arg(long, default_value_t = mesh::hbone::HBONE_PORT)]
     pub hbone_port: u16,
+    /// Bytes of request bodies buffered at once (for retries and mirrors), in all; beyond
+    /// it a request gets 503 (flag UO) instead of growing the waypoint.
+    #[arg(long, env = "PILLION_MAX_BUFFERED_BYTES", default_value_t = crate::proxy::budget::DEFAULT_TOTAL)]
+    pub max_buffered_bytes: usize,
+    /// The same bound for one client identity.
+    #[arg(long, env = "PILLION_MAX_BUFFERED_BYTES_PER_PEER", default_value_t = crate::proxy::budget::DEFAULT_PER_PEER)]
+    pub max_buffered_bytes_per_peer: usize,
+    /// Time for a client to send a whole request body when its route sets no timeout.
+    #[arg(long, default_value = "60s", value_parser = crate::config::parse_duration)]
+    pub body_deadline: Duration,
 }
 
 /// The waypoint's own Service: named, or the one whose endpoints include the workload.
@@ -139,6 +149,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     upstream.hbone_port = args.hbone_port;
     let mut config = ProxyConfig::new(waypoint);
     config.domain = args.cluster_domain.clone();
+    config.body_budget = crate::proxy::BodyBudget::new(args.max_buffered_bytes, args.max_buffered_bytes_per_peer);
+    config.body_deadline = args.body_deadline;
     let proxy = Arc::new(Proxy::new(config, snapshot, Arc::new(upstream.clone())).with_metrics(metrics));
     let hook = WaypointHook { proxy: proxy.clone() };
     let mut dialer = WaypointDialer::new(proxy.clone(), upstream);

@@ -26,8 +26,15 @@ pub const SELF_WAIT: Duration = Duration::from_secs(120);
 
 /// Reads both views of the file; either failing rejects the whole file.
 pub fn load(path: &Path, version: u64) -> anyhow::Result<Snapshot> {
-    let model = mesh::config::load_file(path, version)?;
-    let l7 = crate::config::load_file(path)?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse(&text, &path.display().to_string(), version)
+}
+
+/// Both views of one text, so that a model and an L7 configuration always come from the
+/// same version of the file (reading it twice could mix a file being written).
+pub fn parse(text: &str, file: &str, version: u64) -> anyhow::Result<Snapshot> {
+    let model = mesh::config::parse(text, file, version)?;
+    let l7 = crate::config::parse(text, file)?;
     Ok(Snapshot { model: Arc::new(model), l7: Arc::new(l7) })
 }
 
@@ -58,20 +65,25 @@ pub struct KubeFollow {
 /// Polls the file; a changed, valid file replaces the configuration, an invalid one is
 /// logged and the last good one stays.
 pub async fn follow_file(path: PathBuf, proxy: Arc<Proxy>, stop: CancellationToken) {
-    let mut last = std::fs::read(&path).ok();
+    let mut last = std::fs::read_to_string(&path).ok();
     let mut version = 1;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(RELOAD_INTERVAL) => {}
         }
-        let now = std::fs::read(&path).ok();
+        // One read per change: what is compared is what is parsed.
+        let now = std::fs::read_to_string(&path).ok();
         if now == last {
             continue;
         }
         last = now;
+        let Some(text) = &last else {
+            tracing::warn!(file = %path.display(), "configuration file unreadable; keeping the last good one");
+            continue;
+        };
         version += 1;
-        match load(&path, version) {
+        match parse(text, &path.display().to_string(), version) {
             Ok(s) => {
                 proxy.update(s);
                 tracing::info!(version, "configuration applied");

@@ -169,8 +169,13 @@ pub fn demo() -> anyhow::Result<()> {
     say("starting one agent per node (programs loaded, attached and pinned) and enrolling the pods");
     let a = Agent::start_with(&topo, &node_a, &opts);
     let b = Agent::start_with(&topo, &node_b, &opts);
-    for (agent, pod) in [(&a, &web), (&a, &legacy), (&b, &api), (&b, &db)] {
-        agent.enrol(pod).map_err(anyhow::Error::msg).with_context(|| format!("enrol {}", pod.name))?;
+    // As the model names them; legacy stays unenrolled: an enrolled pod the
+    // model does not list is refused, and legacy is outside the mesh.
+    for (agent, pod) in [(&a, &web), (&b, &api), (&b, &db)] {
+        agent
+            .enrol_as(pod, "shop", &pod.name)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("enrol {}", pod.name))?;
     }
     let scene = Scene { a, b, web, api, db, legacy, node_a, node_b, topo };
     scene.apply(&scene.config("\"cluster.local/ns/shop/sa/api\"", false))?;
@@ -215,9 +220,14 @@ pub fn demo() -> anyhow::Result<()> {
     let r = connect(&scene.legacy, scene.api.addr4(8080));
     show_result("STRICT: legacy → api", &r);
     ensure!(r["ok"] == Value::Bool(false), "plaintext accepted under STRICT: {r}");
-    let probe = scene.topo.run_on_node(&scene.node_b, &["client", &scene.api.addr4(8080).to_string(), "64"]);
-    show_result("STRICT: a probe from node b (kubelet) → api", &probe);
+    // Only the kubelet's cgroup gets the probe source; other host processes are captured.
+    let probe = scene.topo.run_as_kubelet(&scene.node_b, &["client", &scene.api.addr4(8080).to_string(), "64"]);
+    show_result("STRICT: a probe from node b's kubelet (from 169.254.7.127) → api", &probe);
     ensure!(probe["ok"] == Value::Bool(true), "the node probe failed: {probe}");
+    let api = scene.api.addr4(8080).to_string();
+    let host = scene.topo.run_on_node(&scene.node_b, &["client", &api, "64", "--timeout-ms", "3000"]);
+    show_result("STRICT: any other process on node b (from the node's address) → api", &host);
+    ensure!(host["ok"] == Value::Bool(false), "a host-network client bypassed STRICT: {host}");
     checkpoint()?;
 
     say("metrics on node b's :15020/metrics (Istio names and labels)");
@@ -269,9 +279,9 @@ fn waypoint_scene() -> anyhow::Result<()> {
     let opts = AgentOptions { config: Some(cfg.clone()), ca_dir: Some(topo.ca_dir()), ..Default::default() };
     let a = Agent::start_with(&topo, &na, &opts);
     let b = Agent::start_with(&topo, &nb, &opts);
-    a.enrol(&client).map_err(anyhow::Error::msg)?;
-    for p in [&v1, &v2, &flaky] {
-        b.enrol(p).map_err(anyhow::Error::msg)?;
+    a.enrol_as(&client, "web", "client").map_err(anyhow::Error::msg)?;
+    for (p, name) in [(&v1, "reviews-v1-0"), (&v2, "reviews-v2-0"), (&flaky, "flaky-0")] {
+        b.enrol_as(p, "shop", name).map_err(anyhow::Error::msg)?;
     }
     let mut backends = Vec::new();
     for (pod, name, extra) in [

@@ -6,9 +6,19 @@ use pillion_common::names;
 
 use crate::error::KernelError;
 
-pub const PROGRAMS: [&str; 4] =
-    [names::PROG_CONNECT4, names::PROG_CONNECT6, names::PROG_SOCKOPS, names::PROG_SK_LOOKUP];
-pub const CGROUP_LINKS: [&str; 3] = ["connect4", "connect6", "sockops"];
+pub const PROGRAMS: [&str; 8] = [
+    names::PROG_CONNECT4,
+    names::PROG_CONNECT6,
+    names::PROG_SOCKOPS,
+    names::PROG_SK_LOOKUP,
+    names::PROG_PROBE4,
+    names::PROG_PROBE6,
+    names::PROG_BIND4,
+    names::PROG_BIND6,
+];
+/// Links at the capture root. Pins of an older agent that lack one of these
+/// are incomplete, so a new agent installs (upgrades) rather than adopts.
+pub const CGROUP_LINKS: [&str; 5] = ["connect4", "connect6", "sockops", "bind4", "bind6"];
 
 #[derive(Debug, Clone)]
 pub struct PinLayout {
@@ -40,6 +50,15 @@ impl PinLayout {
     pub fn pods_dir(&self) -> PathBuf {
         self.root.join("pods")
     }
+    /// Where a pod's replacement sk_lookup link is pinned for a moment
+    /// during an upgrade, before it takes the old pin's name.
+    pub fn swap_dir(&self) -> PathBuf {
+        self.root.join("swap")
+    }
+    /// The probe programs' links, one per kubelet cgroup and family.
+    pub fn probes_dir(&self) -> PathBuf {
+        self.root.join("probes")
+    }
     pub fn map(&self, name: &str) -> PathBuf {
         self.maps_dir().join(name)
     }
@@ -52,9 +71,14 @@ impl PinLayout {
     pub fn pod_link(&self, pin_name: &str) -> PathBuf {
         self.pods_dir().join(pin_name)
     }
+    pub fn swap_link(&self, pin_name: &str) -> PathBuf {
+        self.swap_dir().join(pin_name)
+    }
 
     pub fn create_dirs(&self) -> Result<(), KernelError> {
-        for dir in [self.maps_dir(), self.progs_dir(), self.links_dir(), self.pods_dir()] {
+        for dir in
+            [self.maps_dir(), self.progs_dir(), self.links_dir(), self.pods_dir(), self.swap_dir(), self.probes_dir()]
+        {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| KernelError::Pin { path: dir.clone(), message: e.to_string() })?;
         }

@@ -25,22 +25,35 @@ use crate::{
     stats::bump,
 };
 
-/// The pod's certificate: whichever mesh workload of this node owns the
-/// address the client dialled, looked up in the live model.
+/// The pod's certificate: that of the model workload the enrolled pod *is*
+/// (by namespace, name and uid), never of whichever workload the model lists
+/// at the dialled address. Without one there is no identity to present, so
+/// the handshake is refused (there is no HBONE status before TLS).
 pub struct PodCertResolver(pub Arc<PodContext>);
 
 #[async_trait]
 impl ServerCertResolver for PodCertResolver {
     async fn resolve(&self, local: SocketAddr) -> Result<WorkloadCert, CertError> {
-        let model = self.0.mesh.snapshot();
-        let identity = self
-            .0
-            .mesh
-            .local_workload(&model, &[canonical(local.ip())])
-            .filter(|w| w.in_mesh())
-            .map(|w| w.identity().clone())
-            .ok_or(CertError::UnknownLocalAddress(local))?;
-        self.0.mesh.certs.fetch(&identity).await
+        let pod = &self.0;
+        let model = pod.mesh.model_for(&pod.spec).await;
+        let identity = match pod.workload_in(&model) {
+            Ok(w) if w.in_mesh() => w.identity().clone(),
+            Err(why) if pod.mesh.unknown_pods.refuses() => {
+                pod.bump(|c| &c.denied);
+                crate::accesslog::log(&ConnRecord {
+                    direction: Some(Direction::Inbound),
+                    dst_hbone: Some(local),
+                    dst_workload: pod.spec.name.clone(),
+                    dst_namespace: pod.spec.namespace.clone(),
+                    error: Some(format!("HBONE handshake refused: {why}")),
+                    ..Default::default()
+                });
+                return Err(CertError::UnknownLocalAddress(local));
+            }
+            // Outside the mesh, or no model source at all: nothing to present.
+            _ => return Err(CertError::UnknownLocalAddress(local)),
+        };
+        pod.mesh.certs.fetch(&identity).await
     }
 }
 
@@ -60,11 +73,11 @@ fn tracked(pod: &PodContext, model: &Model, req: &ConnectRequest) -> Result<Trac
     if [HBONE_PORT, OUTBOUND_PORT, INBOUND_PORT].contains(&target.port()) {
         return Err(Refusal::Unavailable(format!("port {} is the agent's own; refusing the loop", target.port())));
     }
-    let w = pod
-        .mesh
-        .local_workload(model, &[target.ip()])
-        .filter(|w| w.in_mesh())
-        .ok_or_else(|| Refusal::Unavailable(format!("no mesh workload at {target} on this node")))?;
+    let w = match pod.workload_in(model) {
+        Ok(w) if w.in_mesh() => w,
+        Ok(_) => return Err(Refusal::Unavailable(format!("{target} is a workload outside the mesh"))),
+        Err(why) => return Err(Refusal::Unavailable(why.to_string())),
+    };
     Ok(TrackedConn {
         src_identity: Some(req.peer_identity.clone()),
         // The outer TCP peer: agents dial from the source pod's netns, so this

@@ -1,7 +1,8 @@
 //! Inbound plaintext: sk_lookup hands a connection for the pod to 15006 with
 //! its original destination as the local address. For a mesh workload the
 //! destination-side checks apply (STRICT refuses plaintext, waypoint,
-//! policy); then dial the app at the pod IP.
+//! policy); then dial the app at the pod IP. A pod the model does not
+//! attribute is refused: none of those checks could be made for it.
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
@@ -38,8 +39,20 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
         accesslog::log(&record);
         return;
     };
-    let model = pod.mesh.snapshot();
-    let dst_w = pod.mesh.local_workload(&model, &[dst.ip()]);
+    let model = pod.mesh.model_for(&pod.spec).await;
+    let dst_w = match pod.workload_in(&model) {
+        Ok(w) => Some(w),
+        Err(why) if pod.mesh.unknown_pods.refuses() => {
+            pod.bump(|c| &c.denied);
+            reset(client);
+            record.duration = started.elapsed();
+            record.error = Some(why.to_string());
+            accesslog::log(&record);
+            return;
+        }
+        // No model source at all: capture and relay only.
+        Err(_) => None,
+    };
     let src_w = model.workload_by_ip(peer.ip());
     record.src_workload = src_w.map(|w| w.name().to_owned()).unwrap_or_default();
     record.src_namespace = src_w.map(|w| w.namespace().to_owned()).unwrap_or_default();
@@ -65,7 +78,7 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
             }
             Some(registration)
         }
-        // Not a workload of the mesh model: plain passthrough.
+        // No model source (see above): plain passthrough.
         None => None,
     };
     let upstream = match dial_in(&pod.netns, dst, pod.connect_timeout).await {

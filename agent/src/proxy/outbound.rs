@@ -1,6 +1,8 @@
 //! Outbound: a pod's captured connect arrives on 15001; recover where it was
 //! going, decide the route from the model (HBONE, a service endpoint, the
-//! service's waypoint, or passthrough) and carry it there.
+//! service's waypoint, or passthrough) and carry it there. A pod the model
+//! does not attribute gets no route at all: its traffic would leave either
+//! in plaintext or under some other workload's identity.
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
@@ -41,18 +43,16 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     let _active = ActiveGuard::new(&pod);
     let side = client.local_addr().map(side_of).unwrap_or(SIDE_V4);
     let key = OrigDstKey { netns_cookie: pod.cookie, side, client_port: u32::from(peer.port()) };
-    let model = pod.mesh.snapshot();
-    let src_w = pod.mesh.local_workload(&model, &pod.spec.ips);
     let mut record = ConnRecord {
         direction: Some(Direction::Outbound),
         src: Some(SocketAddr::new(pod.pod_ip_like(peer), peer.port())),
         src_workload: pod.spec.name.clone(),
         src_namespace: pod.spec.namespace.clone(),
-        src_identity: src_w.map(|w| w.identity().to_string()).unwrap_or_default(),
         ..Default::default()
     };
     // A missing record means we cannot know where this was going: reset it
-    // rather than guess.
+    // rather than guess. (Taken before any wait: the entry is keyed by the
+    // client port, which is free to be reused once this connection ends.)
     let Some(dst) = pod.kernel.take_orig_dst(key).as_ref().and_then(socket_addr) else {
         pod.bump(|c| &c.no_orig_dst);
         reset(client);
@@ -61,6 +61,21 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
         return;
     };
     record.dst = Some(dst);
+    let model = pod.mesh.model_for(&pod.spec).await;
+    let src_w = match pod.workload_in(&model) {
+        Ok(w) => Some(w),
+        Err(why) if pod.mesh.unknown_pods.refuses() => {
+            pod.bump(|c| &c.denied);
+            reset(client);
+            record.duration = started.elapsed();
+            record.error = Some(why.to_string());
+            accesslog::log(&record);
+            return;
+        }
+        // No model source at all: capture and relay only.
+        Err(_) => None,
+    };
+    record.src_identity = src_w.map(|w| w.identity().to_string()).unwrap_or_default();
     let route = route::route(&model, src_w, dst, pod.mesh.next_rr());
     let service = route.service.as_ref().map(|(ns, name)| ServiceRef::new(name, ns, "cluster.local"));
     if let Some((ns, name)) = &route.service {

@@ -18,21 +18,49 @@ pub const AF_INET6: u16 = 10;
 /// IPv6 connects can be captured. Without it they are refused (fail closed).
 pub const POD_FLAG_OUTBOUND_V6: u32 = 1;
 
+/// The one source inbound capture lets through to the app: the agent binds
+/// the kubelet's connects to enrolled pods to it (selected by the kubelet's
+/// cgroup, never by address). The addresses Istio's CNI SNATs probes to.
+pub const PROBE_SOURCE4: [u8; 4] = [169, 254, 7, 127];
+/// IPv6 probe source: `fd16:9254:7127:1337:ffff:ffff:ffff:ffff`.
+pub const PROBE_SOURCE6: [u8; 16] =
+    [0xfd, 0x16, 0x92, 0x54, 0x71, 0x27, 0x13, 0x37, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff];
+/// The probe sources as the kernel programs hold addresses (network-order
+/// bytes read as native words).
+pub const PROBE_SOURCE4_WORD: u32 = u32::from_ne_bytes(PROBE_SOURCE4);
+pub const PROBE_SOURCE6_WORDS: [u32; 4] = words6(PROBE_SOURCE6);
+
+const fn words6(b: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
 /// Names of the maps and programs in the object (also their pin names).
 pub mod names {
     pub const MAP_ENROLLED: &str = "ENROLLED";
     pub const MAP_EXEMPT_CGROUPS: &str = "EXEMPT_CGROUPS";
     pub const MAP_PENDING: &str = "PENDING";
     pub const MAP_ORIG_DST: &str = "ORIG_DST";
-    pub const MAP_NODE_ADDRS: &str = "NODE_ADDRS";
+    pub const MAP_POD_ADDRS: &str = "POD_ADDRS";
+    /// Pinned by agents before 2026-12 (inbound from any node address was
+    /// not captured); an upgrade empties and unpins it.
+    pub const MAP_NODE_ADDRS_LEGACY: &str = "NODE_ADDRS";
     pub const MAP_INBOUND: &str = "INBOUND";
     pub const MAP_STATS: &str = "STATS";
     pub const PROG_CONNECT4: &str = "pillion_connect4";
     pub const PROG_CONNECT6: &str = "pillion_connect6";
     pub const PROG_SOCKOPS: &str = "pillion_sockops";
     pub const PROG_SK_LOOKUP: &str = "pillion_sk_lookup";
+    pub const PROG_PROBE4: &str = "pillion_probe_connect4";
+    pub const PROG_PROBE6: &str = "pillion_probe_connect6";
+    pub const PROG_BIND4: &str = "pillion_bind4";
+    pub const PROG_BIND6: &str = "pillion_bind6";
     pub const ALL_MAPS: [&str; 7] =
-        [MAP_ENROLLED, MAP_EXEMPT_CGROUPS, MAP_PENDING, MAP_ORIG_DST, MAP_NODE_ADDRS, MAP_INBOUND, MAP_STATS];
+        [MAP_ENROLLED, MAP_EXEMPT_CGROUPS, MAP_PENDING, MAP_ORIG_DST, MAP_POD_ADDRS, MAP_INBOUND, MAP_STATS];
 }
 
 /// Indices into the per-CPU `STATS` array, counted by the kernel programs.
@@ -43,7 +71,10 @@ pub mod stat {
     pub const INBOUND_STEERED: u32 = 3;
     pub const INBOUND_DROPPED: u32 = 4;
     pub const INBOUND_PROBE_PASSED: u32 = 5;
-    pub const COUNT: u32 = 6;
+    pub const PROBE_SOURCE_BOUND: u32 = 6;
+    pub const PROBE_SOURCE_BIND_FAILED: u32 = 7;
+    pub const BIND_TO_PROBE_SOURCE_REFUSED: u32 = 8;
+    pub const COUNT: u32 = 9;
 }
 
 /// Value of `ENROLLED`, keyed by the pod's netns cookie (`u64`).
@@ -80,7 +111,7 @@ pub struct OrigDstKey {
     pub client_port: u32,
 }
 
-/// Key of `NODE_ADDRS` and `INBOUND`: an IP address with its family.
+/// Key of `POD_ADDRS` and `INBOUND`: an IP address with its family.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct IpKey {
@@ -109,5 +140,16 @@ mod tests {
         assert_eq!(size_of::<SockAddr>(), 20);
         assert_eq!(size_of::<OrigDstKey>(), 16);
         assert_eq!(size_of::<IpKey>(), 20);
+    }
+
+    #[test]
+    fn probe_sources_are_istios() {
+        use std::string::ToString;
+        let v4 = std::net::Ipv4Addr::from(PROBE_SOURCE4);
+        let v6 = std::net::Ipv6Addr::from(PROBE_SOURCE6);
+        assert_eq!(v4.to_string(), "169.254.7.127");
+        assert_eq!(v6.to_string(), "fd16:9254:7127:1337:ffff:ffff:ffff:ffff");
+        assert_eq!(PROBE_SOURCE4_WORD.to_ne_bytes(), PROBE_SOURCE4);
+        assert_eq!(PROBE_SOURCE6_WORDS[3].to_ne_bytes(), [0xff; 4]);
     }
 }

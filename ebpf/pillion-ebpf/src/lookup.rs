@@ -7,9 +7,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use core::ptr::{addr_of, read_volatile};
-use pillion_common::{AF_INET, AF_INET6, HBONE_PORT, IpKey, stat};
+use pillion_common::{AF_INET, AF_INET6, HBONE_PORT, IpKey, PROBE_SOURCE4_WORD, PROBE_SOURCE6_WORDS, stat};
 
-use crate::{INBOUND, NODE_ADDRS, count};
+use crate::{INBOUND, count};
 
 const IPPROTO_TCP: u32 = 6;
 const LOOPBACK_IFINDEX: u32 = 1;
@@ -38,6 +38,15 @@ fn ip6(ctx: &SkLookupContext, remote: bool) -> [u32; 4] {
     }
 }
 
+#[inline(always)]
+fn is_probe_source(remote: &IpKey) -> bool {
+    if remote.family == u32::from(AF_INET) {
+        remote.addr[0] == PROBE_SOURCE4_WORD
+    } else {
+        remote.addr == PROBE_SOURCE6_WORDS
+    }
+}
+
 fn try_sk_lookup(ctx: &SkLookupContext) -> Result<u32, i32> {
     let protocol = field!(ctx, protocol);
     let local_port = field!(ctx, local_port);
@@ -62,9 +71,19 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<u32, i32> {
     if local == remote {
         return Ok(SK_PASS);
     }
-    // SAFETY: plain map lookup.
-    if unsafe { NODE_ADDRS.get(&remote) }.is_some() {
+    // Only the kubelet's probes, which the agent binds to the sentinel source
+    // by cgroup, skip the agent. Every other source — node addresses
+    // included (host-network pods, masqueraded NodePort clients) — meets
+    // STRICT, policy and the access log.
+    if is_probe_source(&remote) {
         count(stat::INBOUND_PROBE_PASSED);
+        return Ok(SK_PASS);
+    }
+    // A program attached before ours (an older agent's, while an upgrade
+    // swaps the pod's link) already steered this connection: keep its choice
+    // rather than fail to assign over it.
+    // SAFETY: the context pointer is valid for the program's run.
+    if !unsafe { read_volatile(addr_of!((*ctx.lookup).__bindgen_anon_1.__bindgen_anon_1.sk)) }.is_null() {
         return Ok(SK_PASS);
     }
     match INBOUND.redirect_sk_lookup(ctx, local, 0) {

@@ -8,15 +8,23 @@
 //!   destination moves to a key the agent can compute from the accepted
 //!   socket: (netns cookie, listener side, client port).
 //! - `pillion_sk_lookup` (sk_lookup, one link per enrolled netns): inbound
-//!   TCP to the pod is handed to the agent's 15006 listener.
+//!   TCP to the pod is handed to the agent's 15006 listener; only the probe
+//!   source (169.254.7.127 / fd16:9254:7127:1337:ffff:ffff:ffff:ffff) skips it.
+//! - `pillion_probe_connect4` / `6` (cgroup/connect4, connect6 on the
+//!   kubelet's cgroup): the kubelet's connects to enrolled pods are bound to
+//!   that probe source.
+//! - `pillion_bind4` / `6` (cgroup/bind4, bind6 at the capture root): no
+//!   other process may bind the probe source itself.
 //!
 //! Pods are selected by netns cookie (`ENROLLED`), so several agents can share
 //! one kernel and one cgroup tree without acting on each other's pods.
 #![no_std]
 #![no_main]
 
+mod bind;
 mod connect;
 mod lookup;
+mod probe;
 mod sockops;
 
 use aya_ebpf::{
@@ -43,10 +51,10 @@ static PENDING: LruHashMap<u64, SockAddr> = LruHashMap::pinned(16384, 0);
 #[map(name = "ORIG_DST")]
 static ORIG_DST: LruHashMap<OrigDstKey, SockAddr> = LruHashMap::pinned(16384, 0);
 
-/// The node's own addresses (one per pod link, so sized like pods): inbound
-/// from them (kubelet probes) is not captured.
-#[map(name = "NODE_ADDRS")]
-static NODE_ADDRS: HashMap<IpKey, u32> = HashMap::pinned(4096, 0);
+/// Addresses of this node's enrolled pods: the kubelet's connects to them
+/// get the probe source (`probe.rs`). Sized like `INBOUND`.
+#[map(name = "POD_ADDRS")]
+static POD_ADDRS: HashMap<IpKey, u32> = HashMap::pinned(8192, 0);
 
 /// Inbound listener (15006) of each enrolled pod, keyed by the pod's address.
 /// The kernel drops an entry when its socket closes: with the agent gone the

@@ -25,6 +25,7 @@ pub const PEER_AUTHN: &str = "/apis/security.istio.io/v1/peerauthentications";
 pub const DESTINATION_RULES: &str = "/apis/networking.istio.io/v1/destinationrules";
 pub const BACKEND_POLICIES: &str = "/apis/gateway.networking.x-k8s.io/v1alpha1/xbackendtrafficpolicies";
 pub const FAULTS: &str = "/apis/pillion.dev/v1alpha1/faultinjections";
+pub const GRANTS: &str = "/apis/gateway.networking.k8s.io/v1beta1/referencegrants";
 
 enum Cmd {
     /// Store and announce (ADDED/MODIFIED/DELETED) an object.

@@ -105,7 +105,9 @@ fn add(inv: &Invocation, conf: &NetConf, decide: &dyn Decide, log: &mut Vec<Stri
         ));
     }
     let netns = inv.netns.clone().unwrap_or_default();
-    let enrol = AgentRequest::Enrol { pod: AgentPod { name: name.into(), namespace: ns.into(), netns, ips } };
+    let enrol = AgentRequest::Enrol {
+        pod: AgentPod { name: name.into(), namespace: ns.into(), netns, ips, uid: inv.pod_uid().map(str::to_owned) },
+    };
     let socket = conf.agent_socket();
     match agent::call(&socket, &enrol, timeout(conf)) {
         Ok(_) => Ok(()),

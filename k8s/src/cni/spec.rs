@@ -203,6 +203,11 @@ impl Invocation {
         let name = self.args.get("K8S_POD_NAME")?;
         (!ns.is_empty() && !name.is_empty()).then_some((ns.as_str(), name.as_str()))
     }
+
+    /// `K8S_POD_UID`, when the runtime passes it.
+    pub fn pod_uid(&self) -> Option<&str> {
+        self.args.get("K8S_POD_UID").map(String::as_str).filter(|u| !u.is_empty())
+    }
 }
 
 /// VERSION's answer.
@@ -233,4 +238,8 @@ pub struct AgentPod {
     pub namespace: String,
     pub netns: PathBuf,
     pub ips: Vec<IpAddr>,
+    /// `K8S_POD_UID`: the agent checks it against the model's, so a re-created
+    /// pod of the same name is not served as the old one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }

@@ -154,6 +154,7 @@ fn add_enrols_an_ambient_pod_and_passes_the_result_on() {
             namespace: "shop".into(),
             netns: "/var/run/netns/cni-1".into(),
             ips: vec!["10.244.1.5".parse().unwrap(), "fd00:10:244:1::5".parse().unwrap()],
+            uid: Some("u1".into()),
         },
     };
     assert_eq!(seen[0], serde_json::to_value(want).unwrap(), "the agent's enrol wire shape");

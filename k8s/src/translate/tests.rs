@@ -46,7 +46,13 @@ fn an_ip_claimed_twice_goes_to_the_newer_pod() {
 fn named_target_ports_resolve_through_slices_and_bad_vips_are_left_out() {
     let mut c = synced();
     c.apply(Change::Pod(Ev::Apply(key("web-0"), Some(pod("10.0.0.1", 1)))));
-    let port = |target| ServicePortInfo { name: "http".into(), port: 80, target, protocol: PortProtocol::Tcp };
+    let port = |target| ServicePortInfo {
+        name: "http".into(),
+        port: 80,
+        target,
+        protocol: PortProtocol::Tcp,
+        app_protocol: None,
+    };
     let svc = |vip: &str, target| ServiceInfo {
         labels: BTreeMap::new(),
         vips: vec![vip.parse().unwrap()],

@@ -25,6 +25,7 @@ pub const WAYPOINT_KINDS: &[(&str, &[&str])] = &[
     ("XBackendTrafficPolicy", &["gateway.networking.x-k8s.io/v1alpha1"]),
     ("DestinationRule", &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]),
     ("FaultInjection", &[PILLION_API]),
+    ("ReferenceGrant", &["gateway.networking.k8s.io/v1beta1", "gateway.networking.k8s.io/v1"]),
 ];
 
 /// Whether a document of this `apiVersion` and `kind` belongs to the waypoint.

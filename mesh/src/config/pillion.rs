@@ -61,6 +61,8 @@ pub(crate) struct ServicePortSpec {
     pub target_port: Option<Spanned<PortValue>>,
     #[serde(default)]
     pub protocol: Option<PortProtocolSpec>,
+    #[serde(default)]
+    pub app_protocol: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -175,7 +177,13 @@ pub(crate) fn service(
             Some(PortProtocolSpec::Udp) => PortProtocol::Udp,
             Some(PortProtocolSpec::Sctp) => PortProtocol::Sctp,
         };
-        ports.push(ServicePort { name: p.value.name.clone(), port, target_port, protocol });
+        ports.push(ServicePort {
+            name: p.value.name.clone(),
+            port,
+            target_port,
+            protocol,
+            app_protocol: p.value.app_protocol.clone(),
+        });
     }
     let endpoints = match (&spec.selector, &spec.endpoints) {
         (Some(_), Some(e)) if !e.is_empty() => {

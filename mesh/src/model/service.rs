@@ -24,6 +24,10 @@ pub struct ServicePort {
     /// The workload port traffic is sent to (Kubernetes `targetPort`; defaults to `port`).
     pub target_port: u16,
     pub protocol: PortProtocol,
+    /// Kubernetes `appProtocol` (`http`, `kubernetes.io/h2c`, …): the application protocol,
+    /// which decides before the port name whether a waypoint speaks HTTP on the port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub app_protocol: Option<String>,
 }
 
 /// Which workloads back a service.
@@ -61,7 +65,8 @@ impl Service {
         self.ports.iter().find(|p| p.port == port)
     }
 
-    pub(crate) fn selects(&self, w: &Workload) -> bool {
+    /// Whether `w` is one of this service's workloads.
+    pub fn selects(&self, w: &Workload) -> bool {
         match &self.endpoints {
             Endpoints::Selector(sel) => {
                 !sel.is_empty() && w.namespace() == self.namespace && super::labels_match(sel, &w.labels)

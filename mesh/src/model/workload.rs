@@ -56,6 +56,11 @@ pub struct Workload {
     /// Filled in by [`super::ModelBuilder`] from the workload's or its namespace's
     /// `istio.io/use-waypoint` label; anything set by hand is overwritten there.
     pub waypoint: Option<WaypointRef>,
+    /// The pod's uid, when the source knows it (the Kubernetes source, for
+    /// this node's pods): the agent checks it against the enrolled pod's, so a
+    /// re-created pod of the same name never inherits the old one's entry.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
 }
 
 impl Workload {
@@ -73,6 +78,7 @@ impl Workload {
             protocol: Protocol::Hbone,
             labels: BTreeMap::new(),
             waypoint: None,
+            uid: None,
         })
     }
 

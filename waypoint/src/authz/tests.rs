@@ -74,3 +74,19 @@ fn policies_for_other_targets_and_dry_runs_do_not_apply() {
     assert_eq!(p.len(), 2);
     assert_eq!(check(&p, "GET", "/", WEB, &HeaderMap::new()), Decision::Allow);
 }
+
+#[test]
+fn a_repeated_header_cannot_hide_a_value_from_a_deny() {
+    let text = policy(
+        "no-admins",
+        "{kind: Service, name: svc}",
+        "DENY",
+        "[{when: [{key: \"request.headers[x-user]\", values: [admin]}]}]",
+    );
+    let p = policies(&text);
+    let mut h = HeaderMap::new();
+    h.append("x-user", "guest".parse().unwrap());
+    assert_eq!(check(&p, "GET", "/", WEB, &h), Decision::Allow);
+    h.append("x-user", "admin".parse().unwrap());
+    assert!(matches!(check(&p, "GET", "/", WEB, &h), Decision::Denied(_)), "the second copy is judged too");
+}

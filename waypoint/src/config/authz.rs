@@ -123,6 +123,10 @@ fn strings(v: &[String], not: &[String]) -> Matcher<StringMatch> {
     Matcher::new(v.iter().map(|s| wildcard(s)).collect(), not.iter().map(|s| wildcard(s)).collect())
 }
 
+fn lower(v: &[String]) -> Vec<String> {
+    v.iter().map(|s| s.to_ascii_lowercase()).collect()
+}
+
 fn port(v: &serde_json::Value) -> Result<u16, String> {
     let s = match v {
         serde_json::Value::String(s) => s.clone(),
@@ -163,15 +167,40 @@ pub(super) fn policy(o: &Object<'_>) -> Result<Option<L7Policy>, Problem> {
     let action = match spec.action.as_deref().unwrap_or("ALLOW") {
         "ALLOW" => Action::Allow,
         "DENY" => Action::Deny,
-        // AUDIT/CUSTOM need an external system; the waypoint does not enforce them.
-        "AUDIT" | "CUSTOM" => return Ok(None),
+        // CUSTOM delegates the decision to an external authorizer the waypoint does not
+        // have: skipping it would let through what it was written to judge. Refused, which
+        // from the API server means deny-all on its targets (`objects.rs`).
+        "CUSTOM" => {
+            return Err(o.problem(
+                "action CUSTOM (an external authorizer) is not supported by the waypoint: the policy is refused; use ALLOW/DENY rules",
+            ));
+        }
+        // AUDIT never changes a decision in Istio (it only marks requests for an audit
+        // sink), so not enforcing it opens nothing; it is reported at every load.
+        "AUDIT" => {
+            tracing::warn!(policy = %format!("{}/{}", o.namespace, o.name), "AUDIT AuthorizationPolicy is not supported by the waypoint: no audit records are written");
+            return Ok(None);
+        }
         other => return Err(o.problem(format!("unknown action {other:?}: use ALLOW, DENY, AUDIT or CUSTOM"))),
     };
     let mut rules = Vec::new();
     for (i, r) in spec.rules.iter().enumerate() {
         let at = |m: String| o.problem(format!("rules[{i}]: {m}"));
+        // Istio refuses parts that are present but say nothing: in an ALLOW they would match
+        // every caller (`from: [{}]`, `source: {}`, `operation: {}`, a `when` without values).
         let mut from = Vec::new();
-        for s in r.from.iter().filter_map(|f| f.source.as_ref()) {
+        for (j, f) in r.from.iter().enumerate() {
+            let Some(s) = &f.source else {
+                return Err(at(format!("from[{j}] has no `source`: give it principals or namespaces, or remove it")));
+            };
+            if s.principals.is_empty()
+                && s.not_principals.is_empty()
+                && s.namespaces.is_empty()
+                && s.not_namespaces.is_empty()
+                && s.other.is_empty()
+            {
+                return Err(at(format!("from[{j}].source is empty: it would match every caller")));
+            }
             if let Some(field) = UNEVALUATED_SOURCE_FIELDS.iter().find(|f| s.other.contains_key(**f)) {
                 return Err(at(format!(
                     "source.{field} is not evaluated by the waypoint (it sees the caller's identity, not its address or JWT): use principals or namespaces here, or a selector policy enforced by the node agent"
@@ -189,11 +218,21 @@ pub(super) fn policy(o: &Object<'_>) -> Result<Option<L7Policy>, Problem> {
             });
         }
         let mut to = Vec::new();
-        for op in r.to.iter().filter_map(|t| t.operation.as_ref()) {
+        for (j, t) in r.to.iter().enumerate() {
+            let Some(op) = &t.operation else {
+                return Err(at(format!(
+                    "to[{j}] has no `operation`: give it hosts, ports, methods or paths, or remove it"
+                )));
+            };
+            let fields = [&op.hosts, &op.not_hosts, &op.methods, &op.not_methods, &op.paths, &op.not_paths];
+            if fields.iter().all(|f| f.is_empty()) && op.ports.is_empty() && op.not_ports.is_empty() {
+                return Err(at(format!("to[{j}].operation is empty: it would match every request")));
+            }
             let ports = op.ports.iter().map(port).collect::<Result<_, _>>().map_err(&at)?;
             let not_ports = op.not_ports.iter().map(port).collect::<Result<_, _>>().map_err(&at)?;
             to.push(L7Operation {
-                hosts: strings(&op.hosts, &op.not_hosts),
+                // Requests' hosts are compared lower-case and without a port (`normalize`).
+                hosts: strings(&lower(&op.hosts), &lower(&op.not_hosts)),
                 ports: Matcher::new(ports, not_ports),
                 methods: strings(&op.methods, &op.not_methods),
                 paths: strings(&op.paths, &op.not_paths),
@@ -201,6 +240,9 @@ pub(super) fn policy(o: &Object<'_>) -> Result<Option<L7Policy>, Problem> {
         }
         let mut when = Vec::new();
         for w in &r.when {
+            if w.values.is_empty() && w.not_values.is_empty() {
+                return Err(at(format!("condition {:?} has neither values nor notValues", w.key)));
+            }
             let key = match w.key.as_str() {
                 "source.principal" => ConditionKey::SourcePrincipal,
                 "source.namespace" => ConditionKey::SourceNamespace,

@@ -7,7 +7,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_saphyr::Spanned;
 
-use super::{L7Config, Problem, authz, gateway, istio, traffic};
+use super::grant::Grants;
+use super::{L7Config, Problem, authz, gateway, grant, istio, traffic};
 use crate::resilience::BackendPolicy;
 use crate::route::ServiceKey;
 
@@ -99,16 +100,24 @@ pub(super) fn is_l7_kind(api: &str, kind: &str) -> bool {
 /// The configuration of a set of objects (from a file or the API server).
 pub(super) fn build(objects: &[Object<'_>]) -> Result<L7Config, Problem> {
     let mut config = L7Config::default();
-    for o in objects.iter().filter(|o| o.kind == "FaultInjection") {
-        config.faults.insert(o.key(), traffic::fault_injection(o)?);
+    let mut grants = Grants::default();
+    for o in objects {
+        match o.kind {
+            "FaultInjection" => {
+                config.faults.insert(o.key(), traffic::fault_injection(o)?);
+            }
+            "ReferenceGrant" => grants.add(grant::reference_grant(o)?),
+            _ => {}
+        }
     }
     let mut limits = HashMap::new();
+    let mut consumer_limits = HashMap::new();
     let mut budgets = HashMap::new();
     for o in objects {
         match o.kind {
             "HTTPRoute" => {
-                for (rule, parents) in gateway::http_route(o, &config.faults)? {
-                    config.routes.add(rule, &parents);
+                for (rule, parents) in gateway::http_route(o, &config.faults, &grants)? {
+                    config.routes.add(rule, o.namespace, &parents);
                 }
             }
             "XBackendTrafficPolicy" => {
@@ -119,7 +128,13 @@ pub(super) fn build(objects: &[Object<'_>]) -> Result<L7Config, Problem> {
             }
             "DestinationRule" => {
                 let (service, pool, outlier) = istio::destination_rule(o)?;
-                limits.insert(service, (pool, outlier));
+                if service.namespace == o.namespace {
+                    limits.insert(service, (pool, outlier));
+                } else {
+                    // Istio's `exportTo` default: a rule outside the Service's namespace is
+                    // for its own namespace's clients only.
+                    consumer_limits.insert((o.namespace.to_owned(), service), (pool, outlier));
+                }
             }
             "AuthorizationPolicy" => {
                 if let Some(p) = authz::policy(o)? {
@@ -140,6 +155,12 @@ pub(super) fn build(objects: &[Object<'_>]) -> Result<L7Config, Problem> {
             p.budget = *b;
         }
         config.backend_policies.insert(service.clone(), p);
+    }
+    for ((client, service), (pool, outlier)) in consumer_limits {
+        let mut p = config.backend_policy(&service, None);
+        p.limits = pool;
+        p.outlier = outlier;
+        config.consumer_policies.insert((client, service), p);
     }
     Ok(config)
 }

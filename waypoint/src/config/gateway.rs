@@ -10,6 +10,7 @@ use serde::Deserialize;
 use super::Problem;
 use super::document::Object;
 use super::duration::parse_duration;
+use super::grant::Grants;
 use crate::fault::FaultInjection;
 use crate::resilience::RetryPolicy;
 use crate::route::{
@@ -244,7 +245,9 @@ type Parents = Vec<(ServiceKey, Option<u16>)>;
 pub(super) fn http_route(
     o: &Object<'_>,
     faults: &HashMap<ServiceKey, FaultInjection>,
+    grants: &Grants,
 ) -> Result<Vec<(RouteRule, Parents)>, Problem> {
+    let refs = Refs { faults, grants };
     let spec: HttpRouteSpec = o.spec()?;
     let _ = &spec.hostnames;
     let parents: Parents = spec
@@ -265,18 +268,18 @@ pub(super) fn http_route(
         let at = |msg: String| o.problem(format!("rules[{index}]: {msg}"));
         let _ = (&r.name, &r.session_persistence);
         let matches = r.matches.iter().map(|m| compile_match(m).map_err(&at)).collect::<Result<_, _>>()?;
-        let filters = r.filters.iter().map(|f| compile_filter(o, f, faults).map_err(&at)).collect::<Result<_, _>>()?;
+        let filters = r.filters.iter().map(|f| compile_filter(o, f, &refs).map_err(&at)).collect::<Result<_, _>>()?;
         let backends = r
             .backend_refs
             .iter()
             .map(|b| {
                 Ok(WeightedBackend {
-                    backend: backend_ref(o, b).map_err(&at)?,
+                    backend: backend_ref(o, b, grants).map_err(&at)?,
                     weight: b.weight.unwrap_or(1),
                     filters: b
                         .filters
                         .iter()
-                        .map(|f| compile_filter(o, f, faults).map_err(&at))
+                        .map(|f| compile_filter(o, f, &refs).map_err(&at))
                         .collect::<Result<_, _>>()?,
                 })
             })
@@ -380,19 +383,29 @@ fn path_modifier(p: &PathModifierSpec) -> Result<PathRewrite, String> {
     }
 }
 
-fn backend_ref(o: &Object<'_>, b: &BackendRefSpec) -> Result<BackendRef, String> {
+/// What filters and backends of a route may refer to.
+struct Refs<'a> {
+    faults: &'a HashMap<ServiceKey, FaultInjection>,
+    grants: &'a Grants,
+}
+
+fn backend_ref(o: &Object<'_>, b: &BackendRefSpec, grants: &Grants) -> Result<BackendRef, String> {
     let kind = b.kind.as_deref().unwrap_or("Service");
     if kind != "Service" || !b.group.as_deref().unwrap_or("").is_empty() {
         return Err(format!("backendRef {:?} of kind {kind:?}: only core Services are supported", b.name));
     }
-    Ok(BackendRef { service: ServiceKey::new(b.namespace.as_deref().unwrap_or(o.namespace), &b.name), port: b.port })
+    let service = ServiceKey::new(b.namespace.as_deref().unwrap_or(o.namespace), &b.name);
+    if !grants.permits(o.namespace, &service) {
+        return Err(format!(
+            "backendRef to Service {service} is in another namespace and no ReferenceGrant in {ns} allows HTTPRoutes of namespace {from} to refer to it: add one there (gateway.networking.k8s.io ReferenceGrant, from HTTPRoute/{from}, to Service)",
+            ns = service.namespace,
+            from = o.namespace,
+        ));
+    }
+    Ok(BackendRef { service, port: b.port })
 }
 
-fn compile_filter(
-    o: &Object<'_>,
-    f: &FilterSpec,
-    faults: &HashMap<ServiceKey, FaultInjection>,
-) -> Result<Filter, String> {
+fn compile_filter(o: &Object<'_>, f: &FilterSpec, refs: &Refs<'_>) -> Result<Filter, String> {
     let missing = |field: &str| format!("filter type {} needs its `{field}` field", f.kind);
     match f.kind.as_str() {
         "RequestHeaderModifier" => Ok(Filter::RequestHeaders(header_modifier(
@@ -408,7 +421,7 @@ fn compile_filter(
                 (None, Some(fr)) if fr.denominator > 0 => f64::from(fr.numerator) * 100.0 / f64::from(fr.denominator),
                 _ => 100.0,
             };
-            Ok(Filter::Mirror(Mirror { backend: backend_ref(o, &m.backend_ref)?, percent }))
+            Ok(Filter::Mirror(Mirror { backend: backend_ref(o, &m.backend_ref, refs.grants)?, percent }))
         }
         "URLRewrite" => {
             let r = f.url_rewrite.as_ref().ok_or_else(|| missing("urlRewrite"))?;
@@ -440,7 +453,7 @@ fn compile_filter(
                 ));
             }
             let key = ServiceKey::new(o.namespace, &e.name);
-            faults.get(&key).cloned().map(Filter::Fault).ok_or_else(|| {
+            refs.faults.get(&key).cloned().map(Filter::Fault).ok_or_else(|| {
                 format!("extensionRef names FaultInjection {key}, which is not defined: add it to the file")
             })
         }

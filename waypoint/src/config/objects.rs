@@ -6,9 +6,10 @@
 //! backend policy or fault is left out and reported, and the rest applies. A bad
 //! AuthorizationPolicy is not left out, which would open what a DENY closes (or, for an
 //! ALLOW, what its other rules would have kept closed): it is enforced as deny-all on the
-//! targets it names, and reported. Only when even its targets cannot be read is the whole
-//! update refused and the last good configuration kept. FaultInjections are checked first
-//! because routes refer to them by name.
+//! targets it names, and reported; when even its targets cannot be read, on every waypoint
+//! and Service of its namespace (never further: one tenant's bad object must not freeze
+//! other tenants' configuration). FaultInjections and ReferenceGrants
+//! are checked first because routes refer to them.
 
 use std::borrow::Borrow;
 use std::collections::BTreeMap;
@@ -17,7 +18,7 @@ use serde_json::Value;
 
 use super::document::{Object, build, is_l7_kind};
 use super::{L7Config, L7ConfigError, authz};
-use crate::authz::{L7Policy, L7Rule};
+use crate::authz::{L7Policy, L7Rule, PolicyTarget};
 
 /// Names the origin in errors, where a file source names its path.
 const SOURCE: &str = "the Kubernetes API";
@@ -64,12 +65,14 @@ impl Owned {
 }
 
 /// The configuration built from `objects`, and one line per object left out or replaced
-/// and why; an error only if an AuthorizationPolicy's targets cannot be read.
+/// and why. One object never blocks the others: an AuthorizationPolicy whose targets cannot
+/// be read is deny-all on its whole namespace.
 pub fn from_objects<O: Borrow<Value>>(objects: &[O]) -> Result<(L7Config, Vec<String>), L7ConfigError> {
     let owned: Vec<Owned> = objects.iter().filter_map(|o| Owned::read(o.borrow())).collect();
     let mut notes = Vec::new();
-    let mut unreadable = Vec::new();
-    let (faults, others): (Vec<&Owned>, Vec<&Owned>) = owned.iter().partition(|o| o.kind == "FaultInjection");
+    // Objects that routes refer to come first and go with every route's check.
+    let (faults, others): (Vec<&Owned>, Vec<&Owned>) =
+        owned.iter().partition(|o| o.kind == "FaultInjection" || o.kind == "ReferenceGrant");
 
     let mut good: Vec<Object<'_>> = Vec::new();
     for f in faults {
@@ -91,30 +94,26 @@ pub fn from_objects<O: Borrow<Value>>(objects: &[O]) -> Result<(L7Config, Vec<St
             notes.push(format!("{} left out: {}", o.describe(), p.msg));
             continue;
         }
-        match authz::targets(&o.spec) {
-            Some(targets) if targets.is_empty() => notes.push(format!("{} left out: {}", o.describe(), p.msg)),
-            Some(targets) => {
-                notes.push(format!("{}: {}; enforced as deny-all on its targets until fixed", o.describe(), p.msg));
-                stand_ins.push(L7Policy {
-                    name: o.name.clone(),
-                    namespace: o.namespace.clone(),
-                    action: mesh::model::Action::Deny,
-                    targets,
-                    // An empty rule matches every request.
-                    rules: vec![L7Rule::default()],
-                    dry_run: false,
-                });
+        let (targets, scope) = match authz::targets(&o.spec) {
+            Some(targets) if targets.is_empty() => {
+                notes.push(format!("{} left out: {}", o.describe(), p.msg));
+                continue;
             }
-            None => unreadable.push(format!("{}: {}", o.describe(), p.msg)),
-        }
-    }
-    if !unreadable.is_empty() {
-        return Err(L7ConfigError::Unlocated {
-            file: SOURCE.into(),
-            problem: format!(
-                "{}; their targets cannot be read, so where they apply is unknown: fix or delete them (the last good configuration stays until then)",
-                unreadable.join("; ")
-            ),
+            Some(targets) => (targets, "its targets"),
+            // Where it applies is unknown, but not outside its namespace: a policy binds only
+            // to its own namespace's waypoints and Services. Deny-all there, the rest of
+            // the cluster unaffected.
+            None => (vec![PolicyTarget::Namespace], "every waypoint and Service of its namespace"),
+        };
+        notes.push(format!("{}: {}; enforced as deny-all on {scope} until fixed", o.describe(), p.msg));
+        stand_ins.push(L7Policy {
+            name: o.name.clone(),
+            namespace: o.namespace.clone(),
+            action: mesh::model::Action::Deny,
+            targets,
+            // An empty rule matches every request.
+            rules: vec![L7Rule::default()],
+            dry_run: false,
         });
     }
     // Objects valid one by one are valid together today; if that ever changes, the

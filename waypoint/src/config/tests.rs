@@ -19,8 +19,8 @@ fn the_same_file_loads_as_model_and_as_l7_config() {
     mesh::config::parse(&text, "mesh.yaml", 1).expect("the model skips the waypoint's kinds");
     let c = parse(&text, "mesh.yaml").unwrap();
     let svc = ServiceKey::new("shop", "svc");
-    assert!(c.routes.has_routes(&svc, 80));
-    let p = c.backend_policy(&svc);
+    assert!(c.routes.has_routes(&svc, 80, None));
+    let p = c.backend_policy(&svc, None);
     assert_eq!((p.limits.max_connections, p.limits.max_pending, p.limits.max_requests), (7, 3, 9));
     assert_eq!(p.outlier.consecutive_5xx, Some(4));
     assert_eq!(p.outlier.base_ejection, Duration::from_secs(60));
@@ -28,7 +28,7 @@ fn the_same_file_loads_as_model_and_as_l7_config() {
     assert_eq!(p.budget.percent, 30.0);
     assert_eq!((p.budget.min_count, p.budget.min_interval), (3, Duration::from_secs(2)));
     // Unconfigured services get the built-in defaults.
-    assert_eq!(c.backend_policy(&ServiceKey::new("shop", "other")), crate::resilience::BackendPolicy::default());
+    assert_eq!(c.backend_policy(&ServiceKey::new("shop", "other"), None), crate::resilience::BackendPolicy::default());
 }
 
 #[test]
@@ -86,9 +86,9 @@ fn the_example_file_loads_in_both_readers() {
     let model = mesh::config::parse(text, "waypoint.yaml", 1).unwrap_or_else(|e| panic!("{e}"));
     assert!(model.service("shop", "reviews").and_then(|s| s.waypoint.as_ref()).is_some());
     let c = parse(text, "waypoint.yaml").unwrap_or_else(|e| panic!("{e}"));
-    assert!(c.routes.has_routes(&ServiceKey::new("shop", "reviews"), 80));
+    assert!(c.routes.has_routes(&ServiceKey::new("shop", "reviews"), 80, None));
     assert_eq!(c.authz.len(), 1);
-    assert_eq!(c.backend_policy(&ServiceKey::new("shop", "reviews-v2")).budget.percent, 50.0);
+    assert_eq!(c.backend_policy(&ServiceKey::new("shop", "reviews-v2"), None).budget.percent, 50.0);
 }
 
 /// Objects as the Kubernetes source hands them over.
@@ -143,10 +143,10 @@ mod from_the_api {
             deny("no-admin", json!([{"to": [{"operation": {"paths": ["/admin"]}}]}])),
         ];
         let (c, skipped) = from_objects(&objects).unwrap();
-        assert!(c.routes.has_routes(&ServiceKey::new("shop", "a"), 80));
-        assert!(c.routes.has_routes(&ServiceKey::new("shop", "b"), 80));
-        assert!(!c.routes.has_routes(&ServiceKey::new("shop", "c"), 80));
-        assert!(!c.routes.has_routes(&ServiceKey::new("shop", "d"), 80));
+        assert!(c.routes.has_routes(&ServiceKey::new("shop", "a"), 80, None));
+        assert!(c.routes.has_routes(&ServiceKey::new("shop", "b"), 80, None));
+        assert!(!c.routes.has_routes(&ServiceKey::new("shop", "c"), 80, None));
+        assert!(!c.routes.has_routes(&ServiceKey::new("shop", "d"), 80, None));
         assert_eq!(c.faults.len(), 1);
         assert_eq!(c.authz.len(), 1);
         assert_eq!(skipped.len(), 3, "{skipped:#?}");
@@ -198,7 +198,7 @@ mod from_the_api {
             ),
         ];
         let (c, notes) = from_objects(&objects).unwrap();
-        assert!(c.routes.has_routes(&ServiceKey::new("shop", "a"), 80), "the rest applies");
+        assert!(c.routes.has_routes(&ServiceKey::new("shop", "a"), 80, None), "the rest applies");
         let stand_ins: Vec<_> = c.authz.iter().map(|p| (p.name.as_str(), p.action, p.rules.len())).collect();
         assert_eq!(
             stand_ins,
@@ -227,29 +227,100 @@ mod from_the_api {
     }
 
     #[test]
-    fn a_policy_whose_targets_cannot_be_read_refuses_the_update() {
+    fn a_policy_whose_targets_cannot_be_read_is_deny_all_on_its_namespace_only() {
+        let in_ns = |ns: &str, mut o: Value| {
+            o["metadata"]["namespace"] = json!(ns);
+            o
+        };
         let objects = vec![
             route("a", "a", json!([])),
-            obj(
-                "security.istio.io/v1",
-                "AuthorizationPolicy",
-                "p1",
-                json!({"targetRefs": "everything", "action": "DENY"}),
+            // Another tenant's broken policies (the API server accepts them: open schema).
+            in_ns(
+                "other",
+                obj(
+                    "security.istio.io/v1",
+                    "AuthorizationPolicy",
+                    "p1",
+                    json!({"targetRefs": "everything", "action": "DENY"}),
+                ),
             ),
-            obj(
-                "security.istio.io/v1",
-                "AuthorizationPolicy",
-                "p2",
-                json!({"targetRef": {"name": "x"}, "action": "DENY"}),
+            in_ns(
+                "other",
+                obj(
+                    "security.istio.io/v1",
+                    "AuthorizationPolicy",
+                    "p2",
+                    json!({"targetRef": {"name": "x"}, "action": "DENY"}),
+                ),
             ),
         ];
-        let e = from_objects(&objects).expect_err("where the policy applies is unknown");
-        let msg = e.to_string();
+        let (c, notes) = from_objects(&objects).expect("one tenant's bad object never freezes the others");
+        assert!(c.routes.has_routes(&ServiceKey::new("shop", "a"), 80, None), "the rest applies");
+        assert_eq!(notes.len(), 2, "{notes:#?}");
         assert!(
-            msg.contains("AuthorizationPolicy shop/p1") && msg.contains("AuthorizationPolicy shop/p2"),
-            "every one is named: {msg}"
+            notes.iter().all(|n| n.contains("deny-all on every waypoint and Service of its namespace")),
+            "{notes:#?}"
         );
-        assert!(msg.contains("the last good configuration stays"), "{msg}");
+        let headers = http::HeaderMap::new();
+        let attrs = crate::authz::RequestAttrs {
+            principal: Some("cluster.local/ns/web/sa/client"),
+            source_namespace: Some("web"),
+            method: "GET",
+            path: "/",
+            host: "a",
+            port: 80,
+            headers: &headers,
+        };
+        use crate::authz::{Decision, authorize};
+        let shop_wp = ServiceKey::new("shop", "waypoint");
+        let other_wp = ServiceKey::new("other", "waypoint");
+        assert_eq!(authorize(&c.authz, &shop_wp, &ServiceKey::new("shop", "a"), &attrs), Decision::Allow);
+        assert!(matches!(authorize(&c.authz, &other_wp, &ServiceKey::new("other", "b"), &attrs), Decision::Denied(_)));
+        assert!(
+            matches!(authorize(&c.authz, &shop_wp, &ServiceKey::new("other", "b"), &attrs), Decision::Denied(_)),
+            "a Service of that namespace, through any waypoint"
+        );
+    }
+
+    #[test]
+    fn custom_policies_are_refused_and_enforced_as_deny_all() {
+        let custom = obj(
+            "security.istio.io/v1",
+            "AuthorizationPolicy",
+            "ext",
+            json!({"targetRefs": [{"kind": "Service", "name": "a"}], "action": "CUSTOM",
+                   "provider": {"name": "opa"}, "rules": [{"to": [{"operation": {"paths": ["/x"]}}]}]}),
+        );
+        let (c, notes) = from_objects(&[custom]).unwrap();
+        assert_eq!(c.authz.len(), 1);
+        assert_eq!((c.authz[0].action, c.authz[0].rules.len()), (mesh::model::Action::Deny, 1));
+        assert!(notes[0].contains("action CUSTOM") && notes[0].contains("deny-all"), "{notes:#?}");
+    }
+
+    #[test]
+    fn allow_rules_that_would_match_everyone_are_refused() {
+        for rules in [
+            json!([{"from": [{}]}]),
+            json!([{"from": [{"source": {}}]}]),
+            json!([{"to": [{}]}]),
+            json!([{"to": [{"operation": {}}]}]),
+            json!([{"when": [{"key": "request.headers[x-user]"}]}]),
+            json!([{"from": [{"source": {"principals": ["cluster.local/ns/web/sa/a"]}}], "to": [{"operation": {}}]}]),
+        ] {
+            let allow = obj(
+                "security.istio.io/v1",
+                "AuthorizationPolicy",
+                "open",
+                json!({"targetRefs": [{"kind": "Service", "name": "a"}], "action": "ALLOW", "rules": rules}),
+            );
+            let (c, notes) = from_objects(&[allow]).unwrap();
+            assert_eq!(c.authz.len(), 1, "{rules}");
+            assert_eq!(c.authz[0].action, mesh::model::Action::Deny, "{rules}: deny-all instead of allow-all");
+            assert!(
+                notes[0].contains("would match every") || notes[0].contains("has no") || notes[0].contains("neither"),
+                "{notes:#?}"
+            );
+        }
     }
 
     #[test]
@@ -258,7 +329,7 @@ mod from_the_api {
         let objects: Vec<Value> = (0..3000).map(|i| route(&format!("r{i}"), &format!("s{i}"), json!([]))).collect();
         let (c, notes) = from_objects(&objects).unwrap();
         assert!(notes.is_empty());
-        assert!(c.routes.has_routes(&ServiceKey::new("shop", "s2999"), 80));
+        assert!(c.routes.has_routes(&ServiceKey::new("shop", "s2999"), 80, None));
     }
 
     #[test]
@@ -266,4 +337,25 @@ mod from_the_api {
         let (c, skipped) = from_objects::<Value>(&[]).unwrap();
         assert!(c.routes.is_empty() && c.authz.is_empty() && skipped.is_empty());
     }
+}
+
+#[test]
+fn a_destination_rule_outside_the_services_namespace_binds_only_its_own_clients() {
+    let text = r#"
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: choke, namespace: evil}
+spec:
+  host: payments.bank
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}
+"#;
+    let c = parse(text, "t.yaml").unwrap();
+    let payments = ServiceKey::new("bank", "payments");
+    let default = crate::resilience::BackendPolicy::default();
+    assert_eq!(c.backend_policy(&payments, None), default, "not for everyone");
+    assert_eq!(c.backend_policy(&payments, Some("bank")), default);
+    assert_eq!(c.backend_policy(&payments, Some("web")), default);
+    assert_eq!(c.backend_policy(&payments, Some("evil")).limits.max_connections, 1, "for evil's own clients");
+    let (_, scope) = c.scoped_backend_policy(&payments, Some("evil"));
+    assert_eq!(scope.as_deref(), Some("evil"), "with breaker state of its own");
 }

@@ -166,6 +166,11 @@ struct Mesh {
 }
 
 async fn mesh() -> Mesh {
+    mesh_with("").await
+}
+
+/// The mesh with `extra` YAML documents added to the configuration.
+async fn mesh_with(extra: &str) -> Mesh {
     let stop = CancellationToken::new();
     let (ca, _) = EmbeddedCa::generate(TD, SystemClock::shared()).unwrap();
     let mut registry = prometheus_client::registry::Registry::default();
@@ -179,7 +184,7 @@ async fn mesh() -> Mesh {
     let server = HboneServer::builder((certs.clone(), id("shop", "reviews")), endpoint.clone(), TcpUpstream).build();
     tokio::spawn(server.serve(l, stop.clone()));
 
-    let text = config(http_port, echo_port, legacy_port);
+    let text = config(http_port, echo_port, legacy_port) + &extra.replace("{HTTP_PORT}", &http_port.to_string());
     let snapshot = Snapshot {
         model: Arc::new(mesh::config::parse(&text, "e2e.yaml", 1).unwrap()),
         l7: Arc::new(crate::config::parse(&text, "e2e.yaml").unwrap()),
@@ -219,11 +224,16 @@ impl Mesh {
     }
 
     async fn get_from(&self, service: &str, path: &str) -> (u16, Option<String>, String) {
-        let tunnel = self.tunnel(&format!("{service}.shop.svc.cluster.local:80")).await.unwrap();
+        self.request(&format!("{service}.shop.svc.cluster.local:80"), path, "reviews.shop.svc.cluster.local").await
+    }
+
+    /// A GET with `host` over a tunnel to `target`.
+    async fn request(&self, target: &str, path: &str, host: &str) -> (u16, Option<String>, String) {
+        let tunnel = self.tunnel(target).await.unwrap();
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tunnel)).await.unwrap();
         tokio::spawn(conn);
         let req = Request::get(path)
-            .header("host", "reviews.shop.svc.cluster.local")
+            .header("host", host)
             .header("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
             .body(Empty::<Bytes>::new())
             .unwrap();
@@ -319,4 +329,172 @@ async fn endpoints_outside_the_mesh_are_reached_in_plaintext() {
     let (status, _, body) = within(m.get_from("legacy", "/old")).await;
     assert_eq!((status, body.starts_with("backend /old")), (200, true), "{body}");
     assert!(m.endpoint.seen.lock().unwrap().is_empty(), "no HBONE tunnel to a workload outside the mesh");
+}
+
+#[tokio::test]
+async fn spellings_of_a_denied_path_or_host_are_all_denied() {
+    let deny_host = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin-host, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: legacy}]
+  action: DENY
+  rules: [{to: [{operation: {hosts: ["admin.shop.svc.cluster.local"]}}]}]
+"#;
+    let m = mesh_with(deny_host).await;
+    for path in ["/admin/x", "/%61dmin/x", "/./admin/x", "/x/../admin/x", "//admin/x", "/%2e/admin/x"] {
+        let (status, _, body) = within(m.get(path)).await;
+        assert_eq!((status, body.as_str()), (403, "RBAC: access denied"), "{path}");
+    }
+    // The backend sees the normalised path too, so it reads what the policy judged.
+    let (status, _, body) = within(m.get("/x/../%7Euser/./a")).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("backend /~user/a "), "{body}");
+    let (status, _, _) = within(m.get("/bad%zzescape")).await;
+    assert_eq!(status, 400);
+
+    let legacy = "legacy.shop.svc.cluster.local:80";
+    for host in ["admin.shop.svc.cluster.local", "ADMIN.shop.svc.cluster.local", "admin.shop.svc.cluster.local:80"] {
+        let (status, _, _) = within(m.request(legacy, "/", host)).await;
+        assert_eq!(status, 403, "Host: {host}");
+    }
+    let (status, _, _) = within(m.request(legacy, "/", "legacy.shop.svc.cluster.local:80")).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn a_consumer_route_from_another_namespace_does_not_hijack_the_service() {
+    let hijack = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: hijack, namespace: evil}
+spec:
+  parentRefs: [{group: "", kind: Service, name: reviews, namespace: shop}]
+  rules: [{matches: [{path: {type: PathPrefix, value: /}}], backendRefs: [{name: sink, namespace: evil, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: evil-may-not-need-this, namespace: evil}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: evil}]
+  to: [{group: "", kind: Service}]
+"#;
+    let m = mesh_with(hijack).await;
+    // The client is web/client: the evil namespace's route is not its business.
+    let (status, via, body) = within(m.get("/hello")).await;
+    assert_eq!((status, via.as_deref()), (200, Some("waypoint")), "{body}");
+    assert!(body.starts_with("backend /hello"), "{body}");
+}
+
+#[tokio::test]
+async fn pod_addressed_tunnels_are_judged_by_the_waypoints_policies() {
+    // A DENY on paths, on every port: at L4 its HTTP-only field is taken as matching (Istio).
+    let deny_any_port = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin-anywhere, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin*"]}}]}]
+"#;
+    let m = mesh_with(deny_any_port).await;
+    let e = within(m.tunnel(&format!("127.0.0.1:{}", m.http_port))).await.unwrap_err();
+    assert!(matches!(e, mesh::hbone::HboneError::Refused { status: 401, .. }), "{e}");
+    assert!(m.endpoint.seen.lock().unwrap().is_empty(), "nothing relayed unjudged");
+
+    // An ALLOW for another principal on the waypoint: web/client's pod-direct tunnel is refused.
+    let allow_frontend = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-frontend, namespace: shop}
+spec:
+  targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
+  rules: [{from: [{source: {principals: ["cluster.local/ns/web/sa/frontend"]}}]}]
+"#;
+    let m = mesh_with(allow_frontend).await;
+    let e = within(m.tunnel(&format!("127.0.0.1:{}", m.echo_port))).await.unwrap_err();
+    assert!(matches!(e, mesh::hbone::HboneError::Refused { status: 401, .. }), "{e}");
+    // The same policy naming web/client lets it through.
+    let m = mesh_with(&allow_frontend.replace("sa/frontend", "sa/client")).await;
+    let mut tunnel = within(m.tunnel(&format!("127.0.0.1:{}", m.echo_port))).await.unwrap();
+    tunnel.write_all(b"ok").await.unwrap();
+    let mut buf = [0; 2];
+    within(tunnel.read_exact(&mut buf)).await.unwrap();
+    assert_eq!(&buf, b"ok");
+}
+
+#[tokio::test]
+async fn service_policies_apply_to_ports_relayed_at_l4() {
+    let allow_frontend = r#"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-frontend, namespace: shop}
+spec:
+  targetRefs: [{kind: Service, name: reviews}]
+  rules: [{from: [{source: {principals: ["cluster.local/ns/web/sa/frontend"]}}]}]
+"#;
+    let m = mesh_with(allow_frontend).await;
+    // Port 90 is not HTTP and has no route: relayed at L4, after the L4 reading of the policy.
+    let e = within(m.tunnel("reviews.shop.svc.cluster.local:90")).await.unwrap_err();
+    assert!(matches!(e, mesh::hbone::HboneError::Refused { status: 401, .. }), "{e}");
+    // An ALLOW whose rule needs HTTP attributes never matches an L4 tunnel.
+    let by_path = allow_frontend.replace(
+        "from: [{source: {principals: [\"cluster.local/ns/web/sa/frontend\"]}}]",
+        "to: [{operation: {paths: [\"/x\"]}}]",
+    );
+    let m = mesh_with(&by_path).await;
+    let e = within(m.tunnel("reviews.shop.svc.cluster.local:90")).await.unwrap_err();
+    assert!(matches!(e, mesh::hbone::HboneError::Refused { status: 401, .. }), "{e}");
+    // Ports allowed by port number pass.
+    let by_port = allow_frontend.replace(
+        "from: [{source: {principals: [\"cluster.local/ns/web/sa/frontend\"]}}]",
+        "to: [{operation: {ports: [\"90\"]}}]",
+    );
+    let m = mesh_with(&by_port).await;
+    assert!(within(m.tunnel("reviews.shop.svc.cluster.local:90")).await.is_ok());
+}
+
+#[tokio::test]
+async fn app_protocol_makes_an_unnamed_port_http() {
+    // A Service `web` on the reviews pods with one unnamed port: `appProtocol: http` alone
+    // must make the waypoint read it as HTTP, so a path DENY applies per request.
+    let web = |app_protocol: &str| {
+        format!(
+            r#"
+---
+apiVersion: pillion.dev/v1alpha1
+kind: Service
+metadata: {{name: web, namespace: shop}}
+spec:
+  clusterIPs: [10.96.0.7]
+  ports: [{{port: 8080, targetPort: {{HTTP_PORT}}{app_protocol}}}]
+  selector: {{app: reviews}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: no-admin-web, namespace: shop}}
+spec:
+  targetRefs: [{{kind: Service, name: web}}]
+  action: DENY
+  rules: [{{to: [{{operation: {{paths: ["/admin*"]}}}}]}}]
+"#
+        )
+    };
+    let m = mesh_with(&web(", appProtocol: http")).await;
+    let target = "web.shop.svc.cluster.local:8080";
+    let (status, _, body) = within(m.request(target, "/hello", "web")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, _) = within(m.request(target, "/admin/x", "web")).await;
+    assert_eq!(status, 403, "judged per request");
+    // Without it the port is relayed at L4, where the path DENY denies the whole tunnel.
+    let m = mesh_with(&web("")).await;
+    let e = within(m.tunnel(target)).await.unwrap_err();
+    assert!(matches!(e, mesh::hbone::HboneError::Refused { status: 401, .. }), "{e}");
 }

@@ -213,7 +213,8 @@ impl Proxy {
     ) -> Result<(Response<ResponseBody>, ResponseFlags), Failure> {
         let default_retry = RetryPolicy::default();
         let retry = rule.retry.as_ref().unwrap_or(&default_retry);
-        let state = self.backends.get(backend, &snapshot.l7.backend_policy(&backend.service));
+        let scoped = snapshot.l7.scoped_backend_policy(&backend.service, ctx.client_namespace.as_deref());
+        let state = self.backends.get(backend, &scoped);
         state.budget.record_request();
         let all = endpoints(snapshot, backend, port);
         if all.is_empty() {

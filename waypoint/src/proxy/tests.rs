@@ -299,3 +299,78 @@ spec:
     assert_eq!((cut.status(), start.elapsed()), (StatusCode::REQUEST_TIMEOUT, Duration::from_secs(2)));
     assert!(up.calls().is_empty());
 }
+
+/// A body that sends `n` bytes and then never ends (a slow or hostile uploader).
+fn partial_then_stalled(n: usize) -> impl hyper::body::Body<Data = Bytes, Error = std::io::Error> + Send + 'static {
+    use futures::StreamExt;
+    let first = futures::stream::once(async move { Ok(hyper::body::Frame::data(Bytes::from(vec![b'x'; n]))) });
+    http_body_util::StreamBody::new(first.chain(futures::stream::pending()))
+}
+
+#[tokio::test(start_paused = true)]
+async fn buffered_bodies_are_bounded_per_peer_and_in_all_and_slow_senders_are_cut() {
+    let up = Scripted::ok();
+    let p = proxy(&route("  - backendRefs: [{name: reviews, port: 80}]\n"), up.clone());
+    let budget = p.config().body_budget.clone();
+    let down = crate::testing::downstream("reviews.shop.svc.cluster.local:80");
+    // Hold as many 3 MiB stalled uploads as one peer's 32 MiB allow (10), then one more.
+    let mut held = Vec::new();
+    for _ in 0..10 {
+        let (p, down) = (p.clone(), down.clone());
+        held.push(tokio::spawn(async move {
+            p.handle(&down, req("POST", "/up").body(partial_then_stalled(3 << 20)).unwrap()).await.status()
+        }));
+    }
+    // Let them all read their first frame (paused time: no clock moves while tasks run).
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(budget.in_use(), 30 << 20);
+    let start = Instant::now();
+    let refused = p.handle(&down, req("POST", "/up").body(partial_then_stalled(3 << 20)).unwrap()).await;
+    assert_eq!((refused.status(), start.elapsed()), (StatusCode::SERVICE_UNAVAILABLE, Duration::ZERO));
+    // Another identity still gets through (its own budget; the global one is not spent).
+    let mut other = down.clone();
+    other.peer_identity = Some(mesh::Identity::new("cluster.local", "ops", "admin").unwrap());
+    let ok = p.handle(&other, req("POST", "/small").body(Full::new(Bytes::from_static(b"hi"))).unwrap()).await;
+    assert_eq!(ok.status(), StatusCode::OK);
+    // The stalled ones are cut at the default body deadline, and their bytes come back.
+    for h in held {
+        assert_eq!(h.await.unwrap(), StatusCode::REQUEST_TIMEOUT);
+    }
+    assert_eq!(start.elapsed(), crate::proxy::DEFAULT_BODY_DEADLINE);
+    assert_eq!(budget.in_use(), 0);
+    assert_eq!(up.calls().len(), 1, "only the small request reached a backend");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_breaker_refuses_before_the_body_is_read() {
+    let rule = r#"
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}
+"#;
+    let up = Scripted::new(|_, _| Reply::Slow(200, Duration::from_secs(10)));
+    let p = proxy(&format!("{}{rule}", route("  - backendRefs: [{name: reviews, port: 80}]\n")), up.clone());
+    let down = crate::testing::downstream("reviews.shop.svc.cluster.local:80");
+    // One in flight, one pending: the breaker is full.
+    let mut busy = Vec::new();
+    for _ in 0..2 {
+        let (p, down) = (p.clone(), down.clone());
+        busy.push(tokio::spawn(async move { p.handle(&down, req("GET", "/").body(empty()).unwrap()).await.status() }));
+    }
+    for _ in 0..50 {
+        tokio::task::yield_now().await;
+    }
+    let budget = p.config().body_budget.clone();
+    let refused = p.handle(&down, req("POST", "/up").body(partial_then_stalled(1 << 20)).unwrap()).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(budget.in_use(), 0, "nothing was buffered for it");
+    for b in busy {
+        assert_eq!(b.await.unwrap(), StatusCode::OK);
+    }
+}

@@ -58,6 +58,12 @@ impl CircuitBreaker {
         p.map(Permit).map_err(|_| Overflow)
     }
 
+    /// Whether a request arriving now would be refused: no free slot and the pending queue
+    /// full. Asked before a request's body is buffered.
+    pub fn would_overflow(&self) -> bool {
+        self.slots.available_permits() == 0 && self.pending.load(Ordering::Acquire) >= self.max_pending
+    }
+
     pub fn in_flight(&self, limits: &BreakerLimits) -> usize {
         limits.max_connections.min(limits.max_requests).max(1) - self.slots.available_permits()
     }

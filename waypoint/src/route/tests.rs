@@ -19,7 +19,7 @@ fn pick(t: &RouteTable, method: &str, uri: &str, headers: &[(&str, &str)]) -> Op
         b = b.header(*k, *v);
     }
     let (parts, ()) = b.body(()).unwrap().into_parts();
-    t.select(&ServiceKey::new("shop", "svc"), 80, &parts).map(|s| s.rule.index)
+    t.select(&ServiceKey::new("shop", "svc"), 80, Some("shop"), &parts).map(|s| s.rule.index)
 }
 
 #[test]
@@ -86,8 +86,8 @@ fn parent_port_limits_where_a_route_applies() {
     let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec:\n  parentRefs: [{kind: Service, name: svc, port: 8080}]\n  rules: [{}]\n";
     let t = config::parse(text, "t.yaml").unwrap().routes;
     let svc = ServiceKey::new("shop", "svc");
-    assert!(t.has_routes(&svc, 8080));
-    assert!(!t.has_routes(&svc, 80));
+    assert!(t.has_routes(&svc, 8080, None));
+    assert!(!t.has_routes(&svc, 80, None));
 }
 
 #[test]
@@ -99,4 +99,61 @@ fn prefix_rewrite_keeps_the_rest_of_the_path() {
     assert_eq!(rewrite_path(&root, "/old/a", Some("/old")), "/a");
     assert_eq!(rewrite_path(&root, "/old", Some("/old")), "/");
     assert_eq!(rewrite_path(&PathRewrite::Full("/f".into()), "/old/a", None), "/f");
+}
+
+/// A route in `ns` named `name`, attached to Service `shop/svc`, sending to `backend`.
+fn route_doc(ns: &str, name: &str, backend: &str) -> String {
+    format!(
+        "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n  parentRefs: [{{group: \"\", kind: Service, name: svc, namespace: shop}}]\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /}}}}]\n    backendRefs: [{backend}]\n"
+    )
+}
+
+fn chosen(t: &RouteTable, client: Option<&str>) -> Option<String> {
+    let (parts, ()) = Request::get("/hello").body(()).unwrap().into_parts();
+    t.select(&ServiceKey::new("shop", "svc"), 80, client, &parts).map(|s| s.rule.route.clone())
+}
+
+#[test]
+fn a_route_from_another_namespace_applies_only_to_that_namespaces_clients() {
+    let text = route_doc("shop", "own", "{name: svc, port: 80}")
+        + &route_doc("evil", "hijack", "{name: sink, namespace: evil, port: 80}");
+    let t = config::parse(&text, "t.yaml").unwrap().routes;
+    // Everyone else keeps the Service owner's route: the consumer route is not theirs.
+    assert_eq!(chosen(&t, Some("shop")).as_deref(), Some("shop/own"));
+    assert_eq!(chosen(&t, Some("web")).as_deref(), Some("shop/own"));
+    assert_eq!(chosen(&t, None).as_deref(), Some("shop/own"));
+    // Its own namespace's clients get it, ahead of the producer route (GAMMA).
+    assert_eq!(chosen(&t, Some("evil")).as_deref(), Some("evil/hijack"));
+    // A consumer route alone does not give other clients routes at all.
+    let t = config::parse(&route_doc("evil", "hijack", "{name: sink, namespace: evil, port: 80}"), "t.yaml")
+        .unwrap()
+        .routes;
+    assert!(!t.has_routes(&ServiceKey::new("shop", "svc"), 80, Some("web")));
+    assert!(t.has_routes(&ServiceKey::new("shop", "svc"), 80, Some("evil")));
+}
+
+#[test]
+fn a_backend_in_another_namespace_needs_a_reference_grant() {
+    let cross = route_doc("web", "to-shop", "{name: legacy, namespace: shop, port: 80}");
+    let e = config::parse(&cross, "t.yaml").expect_err("no grant").to_string();
+    assert!(e.contains("no ReferenceGrant in shop allows HTTPRoutes of namespace web"), "{e}");
+    let mirror = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: m, namespace: shop}\nspec:\n  parentRefs: [{kind: Service, name: svc}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: tap, namespace: evil, port: 80}}}]\n";
+    let e = config::parse(mirror, "t.yaml").expect_err("a mirror into another namespace needs a grant too");
+    assert!(e.to_string().contains("ReferenceGrant in evil"), "{e}");
+
+    let grant = |to: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: g, namespace: shop}}\nspec:\n  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: web}}]\n  to: [{to}]\n"
+        )
+    };
+    // A grant for all Services, or for this one by name, allows it; one for another name does not.
+    for (to, ok) in [
+        ("{group: \"\", kind: Service}", true),
+        ("{group: \"\", kind: Service, name: legacy}", true),
+        ("{group: \"\", kind: Service, name: other}", false),
+        ("{group: \"\", kind: Secret}", false),
+    ] {
+        let got = config::parse(&(cross.clone() + &grant(to)), "t.yaml");
+        assert_eq!(got.is_ok(), ok, "grant to {to}: {:?}", got.err());
+    }
 }

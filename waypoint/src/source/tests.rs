@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use super::{follow_kube, start_kube};
+use crate::authz::PolicyTarget;
 use crate::proxy::{Proxy, ProxyConfig};
 use crate::route::ServiceKey;
 use crate::testing::Scripted;
@@ -44,7 +45,7 @@ fn deny(name: &str, paths: Value) -> Value {
 }
 
 fn has_route(p: &Proxy, service: &str) -> bool {
-    p.snapshot().l7.routes.has_routes(&ServiceKey::new("shop", service), 80)
+    p.snapshot().l7.routes.has_routes(&ServiceKey::new("shop", service), 80, None)
 }
 
 /// Polls (bounded) until `f` holds.
@@ -65,7 +66,7 @@ async fn the_waypoint_follows_the_cluster() {
     let (kube, first) = start_kube(client, "shop", "wp-0", Some("wp"), Duration::from_secs(10)).await.unwrap();
     let me = first.model.workload("shop", "wp-0").expect("the waypoint's own pod is in the model");
     assert_eq!(me.identity().to_string(), "spiffe://cluster.local/ns/shop/sa/wp");
-    assert!(first.l7.routes.has_routes(&ServiceKey::new("shop", "reviews"), 80));
+    assert!(first.l7.routes.has_routes(&ServiceKey::new("shop", "reviews"), 80, None));
 
     let proxy = Arc::new(Proxy::new(ProxyConfig::new(ServiceKey::new("shop", "wp")), first, Scripted::ok()));
     let stop = CancellationToken::new();
@@ -85,20 +86,21 @@ async fn the_waypoint_follows_the_cluster() {
     assert_eq!(authz.len(), 1);
     assert_eq!((authz[0].name.as_str(), authz[0].rules.len()), ("typo", 1), "a deny-all stand-in");
 
-    // A policy whose targets cannot be read refuses the L7 update; the model still moves on.
+    // A policy whose targets cannot be read is deny-all on its namespace; the rest of the
+    // update still applies (one bad object never freezes the others).
     api.apply(AUTHZ, authz_unreadable("odd"));
     api.apply(ROUTES, route("shop", "ratings", route_spec("ratings")));
-    api.apply(PODS, pod("shop", "reviews-1", "node-b", "10.1.0.2", json!({"app": "reviews"})));
-    until("the new pod is in the model", || proxy.snapshot().model.workload("shop", "reviews-1").is_some())
-        .await
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!has_route(&proxy, "ratings"), "the last good L7 configuration stays while a policy is unreadable");
+    until("the route applies beside the unreadable policy", || has_route(&proxy, "ratings")).await.unwrap();
+    until("the unreadable policy is deny-all on its namespace", || {
+        proxy.snapshot().l7.authz.iter().any(|p| p.name == "odd" && p.targets == [PolicyTarget::Namespace])
+    })
+    .await
+    .unwrap();
 
-    // Fixed: everything applies, the new route included.
+    // Fixed: everything applies.
     api.delete(AUTHZ, authz_unreadable("odd"));
     api.apply(AUTHZ, deny("typo", json!(["/admin"])));
-    until("the route applies", || has_route(&proxy, "ratings")).await.unwrap();
+    until("the stand-in is gone", || proxy.snapshot().l7.authz.iter().all(|p| p.name != "odd")).await.unwrap();
     until("the fixed policy applies", || {
         proxy.snapshot().l7.authz.iter().any(|p| p.name == "typo" && p.rules[0].to.len() == 1)
     })
@@ -126,17 +128,16 @@ async fn the_first_snapshot_has_the_policies_of_the_first_list() {
 }
 
 #[tokio::test]
-async fn an_unreadable_policy_at_start_keeps_the_waypoint_waiting() {
+async fn an_unreadable_policy_of_another_tenant_does_not_keep_a_new_waypoint_waiting() {
     let mut objects = cluster();
-    objects.push((AUTHZ, authz_unreadable("odd")));
-    let (client, api) = FakeApi::start(objects);
-    let start =
-        tokio::spawn(async move { start_kube(client, "shop", "wp-0", Some("wp"), Duration::from_secs(10)).await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!start.is_finished(), "not ready while a policy's scope is unknown");
-    api.delete(AUTHZ, authz_unreadable("odd"));
-    let (_kube, first) = tokio::time::timeout(Duration::from_secs(10), start).await.unwrap().unwrap().unwrap();
-    assert!(first.l7.routes.has_routes(&ServiceKey::new("shop", "reviews"), 80));
+    objects.push((AUTHZ, authz("other", "odd", json!({"targetRefs": "all of them", "action": "DENY"}))));
+    let (client, _api) = FakeApi::start(objects);
+    let (_kube, first) = start_kube(client, "shop", "wp-0", Some("wp"), Duration::from_secs(10))
+        .await
+        .expect("ready: the bad policy binds only its own namespace");
+    assert!(first.l7.routes.has_routes(&ServiceKey::new("shop", "reviews"), 80, None));
+    let stand_in = first.l7.authz.iter().find(|p| p.name == "odd").expect("enforced, not dropped");
+    assert_eq!((stand_in.namespace.as_str(), &stand_in.targets[..]), ("other", &[PolicyTarget::Namespace][..]));
 }
 
 #[tokio::test]

@@ -110,7 +110,7 @@ impl Scene {
                 for node in [&node_a, &node_b] {
                     let agent = Agent::start_with(&topo, node, &opts(None));
                     for pod in pods_of(node) {
-                        agent.enrol(pod).expect("enrol");
+                        agent.enrol_as(pod, "bench", &pod.name).expect("enrol");
                     }
                     agents.push(agent);
                 }
@@ -130,7 +130,7 @@ impl Scene {
                             format!("--admin-addr=127.0.0.1:{}", 18000 + i),
                         ]);
                         let agent = Agent::start_with(&topo, &sidecar, &o);
-                        agent.enrol(pod).expect("enrol in sidecar");
+                        agent.enrol_as(pod, "bench", &pod.name).expect("enrol in sidecar");
                         agents.push(agent);
                     }
                 }
