@@ -22,6 +22,7 @@ pub use crate::source::load;
 use crate::source::{Follow, SELF_WAIT};
 use crate::telemetry::{RequestMetrics, TcpMetrics};
 use crate::upstream::HboneUpstream;
+use mesh::limits::ConnLimit;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -76,7 +77,21 @@ pub struct RunArgs {
     /// Time for a client to send a whole request body when its route sets no timeout.
     #[arg(long, default_value = "60s", value_parser = crate::config::parse_duration)]
     pub body_deadline: Duration,
+    /// TLS handshakes in progress at once on 15008; the excess is closed at once.
+    #[arg(long, env = "PILLION_MAX_HBONE_HANDSHAKES", default_value_t = DEFAULT_MAX_HBONE_HANDSHAKES)]
+    pub max_hbone_handshakes: usize,
+    /// HBONE connections held at once (agents pool one per source pod and identity, so a
+    /// waypoint sees many more than a pod does).
+    #[arg(long, env = "PILLION_MAX_HBONE_CONNECTIONS", default_value_t = DEFAULT_MAX_HBONE_CONNECTIONS)]
+    pub max_hbone_connections: usize,
+    /// An HBONE connection with no open tunnel for this long is closed.
+    #[arg(long, default_value = "120s", value_parser = crate::config::parse_duration)]
+    pub hbone_idle_timeout: Duration,
 }
+
+/// A waypoint serves the whole namespace's clients: higher caps than a pod's.
+pub const DEFAULT_MAX_HBONE_HANDSHAKES: usize = 256;
+pub const DEFAULT_MAX_HBONE_CONNECTIONS: usize = 16_384;
 
 /// The waypoint's own Service: named, or the one whose endpoints include the workload.
 pub fn waypoint_service(
@@ -135,6 +150,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = RequestMetrics::register(&mut registry);
     let tcp_metrics = TcpMetrics::register(&mut registry);
     let cert_metrics = CertMetrics::register(&mut registry);
+    let limit_metrics = mesh::limits::LimitMetrics::register(&mut registry);
     HttpServer::bind(args.readiness_addr, ReadinessEndpoint::new(readiness.clone())).await?.spawn(stop.clone());
     HttpServer::bind(args.metrics_addr, MetricsEndpoint::new(Arc::new(registry))).await?.spawn(stop.clone());
 
@@ -156,7 +172,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut dialer = WaypointDialer::new(proxy.clone(), upstream);
     dialer.tcp_metrics = Some(tcp_metrics);
     let tunnels = dialer.tunnels.clone();
-    let server = HboneServer::builder((certs.clone(), identity), hook, dialer).build();
+    let me = format!("{}/{}", args.namespace, args.name);
+    let server = HboneServer::builder((certs.clone(), identity), hook, dialer)
+        .handshake_limit(ConnLimit::new("hbone_handshakes", me.clone(), args.max_hbone_handshakes, &limit_metrics))
+        .connection_limit(ConnLimit::new("hbone_connections", me, args.max_hbone_connections, &limit_metrics))
+        .idle_timeout(args.hbone_idle_timeout)
+        .build();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("binding {}: is another waypoint or agent using the port?", args.listen))?;
