@@ -304,6 +304,12 @@ fn waypoint_scene() -> anyhow::Result<()> {
     let denied = client.run(&["http-requests", "10.96.0.1:80", "1", "/admin"]);
     println!("   GET /admin → {} (L7 AuthorizationPolicy DENY at the waypoint)", denied["statuses"]);
     ensure!(denied["statuses"] == serde_json::json!({"403": 1}), "/admin was not denied: {denied}");
+    // Other spellings of the same path meet the same policy: the waypoint normalises first.
+    for spelling in ["/%61dmin", "/./admin", "/x/../admin", "//admin"] {
+        let r = client.run(&["http-requests", "10.96.0.1:80", "1", spelling]);
+        println!("   GET {spelling} → {} (normalised to /admin before the policy)", r["statuses"]);
+        ensure!(r["statuses"] == serde_json::json!({"403": 1}), "{spelling} was not denied: {r}");
+    }
     checkpoint()?;
 
     say("100 requests to flaky (retry: 3 attempts on 503, 60% retry budget)");
