@@ -19,7 +19,8 @@ pub mod stream;
 pub use dial::{CertProvider, DirectTcpDialer, TcpDialer, TcpUpstream, UpstreamDialer};
 pub use pool::{Pool, PoolConfig, PoolKey, Tunnel, TunnelRequest};
 pub use server::{
-    Accepted, ByLocalAddress, ConnectHook, ConnectRequest, HboneServer, HboneServerBuilder, Refusal, ServerCertResolver,
+    Accepted, ByLocalAddress, ConnectHook, ConnectRequest, HboneServer, HboneServerBuilder, Refusal,
+    ServerCertResolver, per_source_share,
 };
 pub use stream::H2Stream;
 

@@ -22,7 +22,7 @@ pub use crate::source::load;
 use crate::source::{Follow, SELF_WAIT};
 use crate::telemetry::{RequestMetrics, TcpMetrics};
 use crate::upstream::HboneUpstream;
-use mesh::limits::ConnLimit;
+use mesh::limits::{ConnLimit, PerSourceLimit};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
@@ -175,6 +175,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let me = format!("{}/{}", args.namespace, args.name);
     let server = HboneServer::builder((certs.clone(), identity), hook, dialer)
         .handshake_limit(ConnLimit::new("hbone_handshakes", me.clone(), args.max_hbone_handshakes, &limit_metrics))
+        .per_source_handshake_limit(PerSourceLimit::new(
+            "hbone_handshakes_per_source",
+            mesh::hbone::per_source_share(args.max_hbone_handshakes),
+            &limit_metrics,
+        ))
         .connection_limit(ConnLimit::new("hbone_connections", me, args.max_hbone_connections, &limit_metrics))
         .idle_timeout(args.hbone_idle_timeout)
         .build();

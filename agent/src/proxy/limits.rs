@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use mesh::hbone::HboneServerBuilder;
-use mesh::limits::{ConnLimit, LimitMetrics};
+use mesh::limits::{ConnLimit, LimitMetrics, PerSourceLimit};
 
 pub const DEFAULT_MAX_POD_CONNECTIONS: usize = 4096;
 pub const DEFAULT_MAX_HBONE_HANDSHAKES: usize = mesh::hbone::DEFAULT_MAX_HANDSHAKES;
@@ -55,6 +55,11 @@ impl Limits {
         PodLimits {
             connections: ConnLimit::new("pod_connections", key, a.max_pod_connections, &self.metrics),
             hbone_handshakes: ConnLimit::new("hbone_handshakes", key, a.max_hbone_handshakes, &self.metrics),
+            hbone_handshakes_per_source: PerSourceLimit::new(
+                "hbone_handshakes_per_source",
+                mesh::hbone::per_source_share(a.max_hbone_handshakes),
+                &self.metrics,
+            ),
             hbone_connections: ConnLimit::new("hbone_connections", key, a.max_hbone_connections, &self.metrics),
             hbone_idle: Duration::from_secs(a.hbone_idle_timeout_secs),
         }
@@ -67,6 +72,8 @@ pub struct PodLimits {
     /// Proxied connections, all three listeners together.
     pub connections: ConnLimit,
     pub hbone_handshakes: ConnLimit,
+    /// A quarter of the handshakes per source address.
+    pub hbone_handshakes_per_source: PerSourceLimit,
     pub hbone_connections: ConnLimit,
     pub hbone_idle: Duration,
 }
@@ -81,6 +88,7 @@ impl PodLimits {
     {
         builder
             .handshake_limit(self.hbone_handshakes.clone())
+            .per_source_handshake_limit(self.hbone_handshakes_per_source.clone())
             .connection_limit(self.hbone_connections.clone())
             .tunnel_limit(self.connections.clone())
             .idle_timeout(self.hbone_idle)

@@ -18,7 +18,7 @@ use super::{
 };
 use crate::certs::{CertError, CertManager};
 use crate::clock::{SharedClock, SystemClock};
-use crate::limits::{AcceptBackoff, ConnLimit, LimitMetrics};
+use crate::limits::{AcceptBackoff, ConnLimit, LimitMetrics, PerSourceLimit};
 use crate::parse::{Authority, ForwardedElement, ForwardedError, Identity, parse_forwarded};
 use crate::tls::{ALPN_H2, SvidClientVerifier, TrustBundle, WorkloadCert, config, identity_of};
 
@@ -154,6 +154,11 @@ impl<T: ConnectHook> ConnectHook for Arc<T> {
 /// A client verifier and what it was built from (bundle, accepted trust domains).
 type CachedVerifier = (TrustBundle, Vec<String>, Arc<SvidClientVerifier>);
 
+/// One source's share of a handshake cap: a quarter, at least one.
+pub fn per_source_share(max: usize) -> usize {
+    (max / 4).max(1)
+}
+
 pub struct HboneServer<R, H, D> {
     resolver: R,
     hook: H,
@@ -163,6 +168,9 @@ pub struct HboneServer<R, H, D> {
     handshake_timeout: Duration,
     /// Unauthenticated TLS handshakes in progress; the excess is closed at once.
     handshakes: ConnLimit,
+    /// The share of `handshakes` one source address may hold (a quarter by default), so one
+    /// peer cannot take them all.
+    handshakes_per_source: PerSourceLimit,
     /// TCP connections held (handshaking or established).
     connections: ConnLimit,
     /// CONNECT tunnels open at once (the agent shares it with a pod's other listeners);
@@ -195,8 +203,19 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServerBuilde
     }
 
     /// Caps concurrent TLS handshakes (default [`DEFAULT_MAX_HANDSHAKES`]).
+    /// (and a quarter of it per source address, uncounted unless
+    /// [`Self::per_source_handshake_limit`] names a counted one).
     pub fn handshake_limit(mut self, limit: ConnLimit) -> Self {
+        self.server.handshakes_per_source =
+            PerSourceLimit::new("hbone_handshakes_per_source", per_source_share(limit.max()), &LimitMetrics::default());
         self.server.handshakes = limit;
+        self
+    }
+
+    /// Caps the handshakes one source address may have in progress; call after
+    /// [`Self::handshake_limit`].
+    pub fn per_source_handshake_limit(mut self, limit: PerSourceLimit) -> Self {
+        self.server.handshakes_per_source = limit;
         self
     }
 
@@ -259,6 +278,11 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
                     DEFAULT_MAX_HANDSHAKES,
                     &LimitMetrics::default(),
                 ),
+                handshakes_per_source: PerSourceLimit::new(
+                    "hbone_handshakes_per_source",
+                    per_source_share(DEFAULT_MAX_HANDSHAKES),
+                    &LimitMetrics::default(),
+                ),
                 connections: ConnLimit::new(
                     "hbone_connections",
                     "hbone",
@@ -312,6 +336,10 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
     {
         // Dropping `io` on refusal closes it at once: nothing queues behind a full cap.
         let _connection = self.connections.try_acquire().ok_or(HboneError::Overloaded(peer, "connections"))?;
+        let source_slot = self
+            .handshakes_per_source
+            .try_acquire(peer.ip())
+            .ok_or(HboneError::Overloaded(peer, "handshakes from one source"))?;
         let handshake_slot = self.handshakes.try_acquire().ok_or(HboneError::Overloaded(peer, "handshakes"))?;
         let handshake = async {
             let cert = self.resolver.resolve(local).await?;
@@ -343,7 +371,7 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
         let (mut h2, peer_identity, cert) = tokio::time::timeout(self.handshake_timeout, handshake)
             .await
             .map_err(|_| HboneError::HandshakeTimeout(peer))??;
-        drop(handshake_slot);
+        drop((handshake_slot, source_slot));
         tracing::debug!(%peer, %peer_identity, "HBONE connection established");
 
         let base = Arc::new(handle::Base {

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use mesh::certs::CertError;
 use mesh::hbone::{HboneServer, ServerCertResolver};
-use mesh::limits::{ConnLimit, LimitMetrics};
+use mesh::limits::{ConnLimit, LimitMetrics, PerSourceLimit};
 use mesh::tls::WorkloadCert;
 use rustls_pki_types::ServerName;
 use tokio::io::AsyncReadExt;
@@ -73,7 +73,9 @@ async fn handshakes_over_the_cap_are_closed_at_once() {
     let metrics = LimitMetrics::default();
     let builder = HboneServer::builder(pki.issue(&id("default", "server"), DAY).await, hook, dialer)
         .clock(pki.shared_clock())
-        .handshake_limit(ConnLimit::new("hbone_handshakes", "test", 1, &metrics));
+        .handshake_limit(ConnLimit::new("hbone_handshakes", "test", 1, &metrics))
+        // Both clients come from 127.0.0.1: this test is about the shared cap.
+        .per_source_handshake_limit(PerSourceLimit::new("hbone_handshakes_per_source", 8, &metrics));
     let (addr, _stop) = serve(builder).await;
     // Takes the only handshake slot and never says hello.
     let silent = TcpStream::connect(addr).await.unwrap();
@@ -91,6 +93,32 @@ async fn handshakes_over_the_cap_are_closed_at_once() {
         }
     }
     assert!(served, "a handshake slot must be released when its client goes away");
+}
+
+/// A TCP connection to `addr` from the loopback address `from`.
+async fn connect_from(from: [u8; 4], addr: SocketAddr) -> TcpStream {
+    let s = tokio::net::TcpSocket::new_v4().unwrap();
+    s.bind(SocketAddr::from((from, 0))).unwrap();
+    s.connect(addr).await.unwrap()
+}
+
+#[tokio::test]
+async fn one_source_cannot_hold_every_handshake_slot() {
+    let pki = Pki::new();
+    let (hook, dialer) = hook_and_dialer();
+    let metrics = LimitMetrics::default();
+    let builder = HboneServer::builder(pki.issue(&id("default", "server"), DAY).await, hook, dialer)
+        .clock(pki.shared_clock())
+        .handshake_limit(ConnLimit::new("hbone_handshakes", "test", 8, &metrics))
+        .per_source_handshake_limit(PerSourceLimit::new("hbone_handshakes_per_source", 2, &metrics));
+    let (addr, _stop) = serve(builder).await;
+    // 127.0.0.3 holds its two slots silently; its third connection is closed at once.
+    let _silent = (connect_from([127, 0, 0, 3], addr).await, connect_from([127, 0, 0, 3], addr).await);
+    within(3, closed_by_server(connect_from([127, 0, 0, 3], addr).await)).await;
+    assert_eq!(metrics.counter("hbone_handshakes_per_source").get(), 1);
+    assert_eq!(metrics.counter("hbone_handshakes").get(), 0, "the shared cap was never reached");
+    // Everyone else still gets through.
+    let _served = within(10, session(&pki, addr)).await.expect("another source is served");
 }
 
 /// A resolver stuck on a first issuance.
