@@ -154,6 +154,7 @@ fn a_pod_with_the_gateway_label_but_another_account_is_captured_and_never_the_wa
 #[test]
 fn istio_waypoints_trust_the_account_their_annotation_names() {
     let mut c = synced();
+    c.apply(namespace("shop", &[("istio.io/dataplane-mode", "ambient")]));
     let gw_label = ("gateway.networking.k8s.io/gateway-name", "wp");
     c.apply(Change::Pod(Ev::Apply(key("wp-0"), Some(labelled(pod("10.0.0.9", 1), "custom", &[gw_label])))));
     let mut gw: gateway_api::apis::experimental::gateways::Gateway = serde_json::from_value(serde_json::json!({
@@ -166,11 +167,13 @@ fn istio_waypoints_trust_the_account_their_annotation_names() {
     c.apply(Change::Service(Ev::Apply(key("wp"), Some(mesh_service("10.96.0.9", 15008)))));
     let built = build(&c, &MeshSettings::default(), Some("n"), 1).unwrap();
     assert!(built.local.is_empty(), "a waypoint pod is never captured");
-    // Without the annotation the account must be named after the Gateway.
+    assert!(built.skipped.is_empty(), "{:?}", built.skipped);
+    // Without the annotation the account must be named after the Gateway: `custom` is
+    // then just another account of an enrolled namespace.
     gw.metadata.annotations = None;
     c.apply(Change::Waypoint(Ev::Apply(key("wp"), WaypointInfo::from_k8s(&gw))));
     let built = build(&c, &MeshSettings::default(), Some("n"), 2).unwrap();
-    assert_eq!(built.local.len(), 0, "not enrolled: the pod opts in by no label and shop is not ambient");
+    assert_eq!(built.local.len(), 1, "captured");
     assert!(built.skipped.iter().any(|s| s.starts_with("Pod shop/wp-0:")), "{:?}", built.skipped);
 }
 
