@@ -266,7 +266,7 @@ pub fn authorization_policy(mesh: MeshSettings) -> impl Fn(&DynamicObject) -> Op
 }
 
 pub fn peer_authentication(o: &DynamicObject) -> Option<Compiled<ModelPeerAuth>> {
-    let compiled = compile_or(
+    let mut compiled = compile_or(
         o,
         istio::peer_authentication,
         |ns, name, spec| ModelPeerAuth {
@@ -275,9 +275,12 @@ pub fn peer_authentication(o: &DynamicObject) -> Option<Compiled<ModelPeerAuth>>
             selector: raw_selector(spec),
             mode: mesh::model::MtlsMode::Strict,
             port_level: BTreeMap::new(),
+            created: None,
         },
         "STRICT",
     );
+    // Istio gives a tie between equally specific policies to the oldest.
+    compiled.value.created = o.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second());
     Some(compiled)
 }
 

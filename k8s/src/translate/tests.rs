@@ -229,3 +229,24 @@ fn a_waypoint_of_another_namespace_is_used_only_with_its_consent() {
     assert!(denied.iter().any(|s| s.starts_with("Service shop/cart:")), "{denied:?}");
     assert!(denied.iter().any(|s| s.starts_with("Namespace ads:")), "{denied:?}");
 }
+
+#[test]
+fn tied_peer_authentications_go_to_the_oldest_not_the_first_by_name() {
+    let mut c = synced();
+    c.apply(Change::Pod(Ev::Apply(key("cart-0"), Some(pod("10.0.0.1", 1)))));
+    let pa = |name: &str, mode: &str, created: &str| {
+        let o: kube::api::DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "security.istio.io/v1", "kind": "PeerAuthentication",
+            "metadata": {"name": name, "namespace": "shop", "creationTimestamp": created},
+            "spec": {"mtls": {"mode": mode}}
+        }))
+        .unwrap();
+        Change::PeerAuthentication(Ev::Apply(key(name), crate::objects::peer_authentication(&o)))
+    };
+    // Both namespace-wide: equally specific. The newer one sorts first by name.
+    c.apply(pa("a-strict", "STRICT", "2026-12-02T10:00:00Z"));
+    c.apply(pa("b-permissive", "PERMISSIVE", "2026-12-01T10:00:00Z"));
+    let m = build(&c, &MeshSettings::default(), None, 1).unwrap().model;
+    let w = m.workload("shop", "cart-0").unwrap();
+    assert_eq!(m.peer_auth_mode(w, 80), mesh::model::MtlsMode::Permissive);
+}
