@@ -345,5 +345,6 @@ pub fn peer_authentication(
         selector,
         mode: mode(spec.mtls.as_ref())?,
         port_level,
+        created: None,
     })
 }

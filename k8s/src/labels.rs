@@ -13,5 +13,9 @@ pub const WAYPOINT_CLASSES: &[&str] = &["pillion-waypoint", "istio-waypoint"];
 /// Set by Gateway API implementations on the pods of a gateway (and so of a waypoint).
 pub const GATEWAY_NAME: &str = "gateway.networking.k8s.io/gateway-name";
 
+/// Istio's Gateway annotation naming the service account of the gateway's pods (read for
+/// `istio-waypoint` Gateways only: Pillion's controller always uses the Gateway's name).
+pub const GATEWAY_SERVICE_ACCOUNT: &str = "gateway.istio.io/service-account";
+
 /// Links an EndpointSlice to its Service.
 pub const SERVICE_NAME: &str = "kubernetes.io/service-name";

@@ -5,7 +5,7 @@
 //! `PeerAuthentication`, folded into the same [`mesh::model::Model`] the file source
 //! builds and published through a `tokio::sync::watch` channel.
 //!
-//! Layering: [`labels`] and [`istio`] (types) → [`objects`] (compact forms) → [`cache`]
+//! Layering: [`labels`] and [`istio`] (types) → [`consent`] (a waypoint's pods and users) → [`objects`] (compact forms) → [`cache`]
 //! (tables, atomic relists) → [`translate`] (cache → model, a pure function) → [`source`]
 //! (the watch task). [`cni`] is the chained CNI plugin (binary `pillion-cni`). See
 //! `docs/kubernetes.md`.
@@ -15,6 +15,7 @@ mod backoff;
 pub mod ca_auth;
 pub mod cache;
 pub mod cni;
+pub mod consent;
 pub mod istio;
 pub mod labels;
 pub mod objects;

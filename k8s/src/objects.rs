@@ -20,6 +20,7 @@ use mesh::model::{
     AuthorizationPolicy as ModelPolicy, MeshSettings, PeerAuthentication as ModelPeerAuth, PortProtocol,
 };
 
+use crate::consent::{self, AllowedNamespaces};
 use crate::istio;
 use crate::labels::{self, WAYPOINT_CLASSES};
 
@@ -200,6 +201,10 @@ pub struct WaypointInfo {
     pub class: String,
     /// `status.addresses` as the waypoint controller reported them.
     pub addresses: Vec<String>,
+    /// The service account its pods run as: only such pods are the waypoint.
+    pub service_account: String,
+    /// Which other namespaces may use it (its HBONE listener's `allowedRoutes`).
+    pub allowed: AllowedNamespaces,
 }
 
 impl WaypointInfo {
@@ -213,7 +218,12 @@ impl WaypointInfo {
             return None;
         }
         let addresses = gw.status.iter().flat_map(|s| s.addresses.iter().flatten()).map(|a| a.value.clone()).collect();
-        Some(Self { class: class.clone(), addresses })
+        Some(Self {
+            class: class.clone(),
+            addresses,
+            service_account: consent::service_account(gw),
+            allowed: AllowedNamespaces::of(gw),
+        })
     }
 }
 
@@ -256,7 +266,7 @@ pub fn authorization_policy(mesh: MeshSettings) -> impl Fn(&DynamicObject) -> Op
 }
 
 pub fn peer_authentication(o: &DynamicObject) -> Option<Compiled<ModelPeerAuth>> {
-    let compiled = compile_or(
+    let mut compiled = compile_or(
         o,
         istio::peer_authentication,
         |ns, name, spec| ModelPeerAuth {
@@ -265,9 +275,12 @@ pub fn peer_authentication(o: &DynamicObject) -> Option<Compiled<ModelPeerAuth>>
             selector: raw_selector(spec),
             mode: mesh::model::MtlsMode::Strict,
             port_level: BTreeMap::new(),
+            created: None,
         },
         "STRICT",
     );
+    // Istio gives a tie between equally specific policies to the oldest.
+    compiled.value.created = o.metadata.creation_timestamp.as_ref().map(|t| t.0.as_second());
     Some(compiled)
 }
 

@@ -21,7 +21,7 @@ use crate::cache::Cache;
 use crate::labels::{
     DATAPLANE_AMBIENT, DATAPLANE_MODE, DATAPLANE_NONE, GATEWAY_NAME, USE_WAYPOINT, USE_WAYPOINT_NAMESPACE,
 };
-use crate::objects::{PodInfo, TargetPort};
+use crate::objects::{PodInfo, TargetPort, WaypointInfo};
 
 /// A pod on this node that the agent should capture.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -58,15 +58,19 @@ pub fn build(cache: &Cache, mesh: &MeshSettings, node: Option<&str>, version: u6
 
     // A waypoint is usable once its Gateway is ours and its Service exists: agents reach
     // a waypoint through that Service.
-    let waypoints: HashSet<(&str, &str)> = cache
+    let waypoints: Waypoints = cache
         .waypoints
         .iter()
         .filter(|((ns, n), _)| cache.services.get(ns, n).is_some())
-        .map(|((ns, n), _)| (ns.as_str(), n.as_str()))
+        .map(|((ns, n), w)| ((ns.as_str(), n.as_str()), w))
         .collect();
+    // As listed, for the waypoints' consent: `ns_labels` below are the checked ones.
+    let raw_ns_labels: HashMap<&str, &BTreeMap<String, String>> =
+        cache.namespaces.iter().map(|((_, name), ns)| (name.as_str(), &ns.labels)).collect();
+    let wp = WaypointCheck { waypoints: &waypoints, ns_labels: &raw_ns_labels };
     let mut ns_labels: HashMap<&str, BTreeMap<String, String>> = HashMap::new();
     for ((_, name), ns) in cache.namespaces.iter() {
-        let labels = checked(("Namespace", "", name), name, &ns.labels, &waypoints, &mut skipped);
+        let labels = wp.checked(("Namespace", "", name), name, &ns.labels, &mut skipped);
         b.namespace(name, labels.clone());
         ns_labels.insert(name, labels);
     }
@@ -76,6 +80,8 @@ pub fn build(cache: &Cache, mesh: &MeshSettings, node: Option<&str>, version: u6
     pods.sort_by(|a, b| b.1.created.cmp(&a.1.created).then_with(|| a.0.cmp(b.0)));
     let mut ips_taken: HashMap<IpAddr, String> = HashMap::new();
     let mut workloads: BTreeSet<(&str, &str)> = BTreeSet::new();
+    // Pods that are a waypoint's, by (namespace, pod name) → the waypoint's name.
+    let mut waypoint_pods: HashMap<(&str, &str), &str> = HashMap::new();
     let mut local = Vec::new();
     for ((ns, name), pod) in pods {
         let who = format!("Pod {ns}/{name}");
@@ -93,13 +99,30 @@ pub fn build(cache: &Cache, mesh: &MeshSettings, node: Option<&str>, version: u6
                 continue;
             }
         };
-        let is_waypoint = pod.labels.get(GATEWAY_NAME).is_some_and(|g| waypoints.contains(&(ns.as_str(), g.as_str())));
+        let gateway = pod.labels.get(GATEWAY_NAME).filter(|g| waypoints.contains_key(&(ns.as_str(), g.as_str())));
+        // The label is anyone's to set; the waypoint's service account is what makes a pod
+        // the waypoint (its identity is what the destination checks).
+        let is_waypoint = match gateway {
+            Some(g) if waypoints[&(ns.as_str(), g.as_str())].service_account == pod.service_account => {
+                waypoint_pods.insert((ns, name), g);
+                true
+            }
+            Some(g) => {
+                skipped.push(format!(
+                    "{who}: label {GATEWAY_NAME}={g}, but it runs as service account {}, not the waypoint's ({}); treated as an ordinary pod",
+                    pod.service_account,
+                    waypoints[&(ns.as_str(), g.as_str())].service_account
+                ));
+                false
+            }
+            None => false,
+        };
         let in_mesh = captured(&pod.labels, ns_labels.get(ns.as_str()));
         // Waypoint pods speak HBONE themselves: reachable over 15008, never captured.
         w.protocol = if in_mesh || is_waypoint { Protocol::Hbone } else { Protocol::None };
         w.ips = pod.ips.clone();
         w.node = pod.node.clone();
-        w.labels = checked(("Pod", ns, name), ns, &pod.labels, &waypoints, &mut skipped);
+        w.labels = wp.checked(("Pod", ns, name), ns, &pod.labels, &mut skipped);
         w.uid = pod.uid.clone();
         for ip in &pod.ips {
             ips_taken.insert(ip.to_canonical(), who.clone());
@@ -154,10 +177,21 @@ pub fn build(cache: &Cache, mesh: &MeshSettings, node: Option<&str>, version: u6
             continue;
         }
         vips_taken.extend(addrs);
+        let is_waypoint = waypoints.contains_key(&(ns.as_str(), name.as_str()));
         let mut backends: Vec<(String, String)> = svc_slices
             .iter()
             .flat_map(|s| &s.pods)
             .filter(|p| workloads.contains(&(ns.as_str(), p.as_str())))
+            // A waypoint's Service selects by the gateway-name label, which an impostor
+            // can carry: only the waypoint's own pods may receive its traffic, and only
+            // their identities pass for it (`Model::is_waypoint_identity`).
+            .filter(|p| {
+                let own = waypoint_pods.get(&(ns.as_str(), p.as_str())) == Some(&name.as_str());
+                if is_waypoint && !own {
+                    skipped.push(format!("{who}: endpoint {p} is not one of waypoint {ns}/{name}'s pods; left out"));
+                }
+                !is_waypoint || own
+            })
             .map(|p| (ns.clone(), p.clone()))
             .collect();
         backends.sort();
@@ -168,7 +202,7 @@ pub fn build(cache: &Cache, mesh: &MeshSettings, node: Option<&str>, version: u6
             vips: svc.vips.clone(),
             ports,
             endpoints: Endpoints::Workloads(backends),
-            labels: checked(("Service", ns, name), ns, &svc.labels, &waypoints, &mut skipped),
+            labels: wp.checked(("Service", ns, name), ns, &svc.labels, &mut skipped),
             waypoint: None,
         });
     }
@@ -190,28 +224,51 @@ pub fn build(cache: &Cache, mesh: &MeshSettings, node: Option<&str>, version: u6
     Ok(Built { model, skipped, local })
 }
 
-/// An object's labels with an unresolvable `istio.io/use-waypoint` removed (and reported):
-/// the object then follows its namespace's waypoint, if any, as if it had no label.
-fn checked(
-    (kind, ns, name): (&str, &str, &str),
-    own_ns: &str,
-    labels: &BTreeMap<String, String>,
-    waypoints: &HashSet<(&str, &str)>,
-    skipped: &mut Vec<String>,
-) -> BTreeMap<String, String> {
-    let mut labels = labels.clone();
-    if let Some(wp) = labels.get(USE_WAYPOINT).filter(|v| *v != DATAPLANE_NONE) {
+/// Usable waypoints by (namespace, name).
+type Waypoints<'c> = HashMap<(&'c str, &'c str), &'c WaypointInfo>;
+
+/// What decides whether a `use-waypoint` label is honoured.
+struct WaypointCheck<'a, 'c> {
+    waypoints: &'a Waypoints<'c>,
+    /// Every namespace's labels, for the waypoints' `allowedRoutes` selectors.
+    ns_labels: &'a HashMap<&'c str, &'c BTreeMap<String, String>>,
+}
+
+impl WaypointCheck<'_, '_> {
+    /// An object's labels with an unusable `istio.io/use-waypoint` removed (and reported):
+    /// the object then follows its namespace's waypoint, if any, as if it had no label.
+    /// Unusable: no such waypoint, or one in another namespace that does not admit the
+    /// object's. Either way its traffic goes without that waypoint (fail open, as before:
+    /// refusing it would let a waypoint owner cut off any namespace that names it), and
+    /// the source's status says so.
+    fn checked(
+        &self,
+        (kind, ns, name): (&str, &str, &str),
+        own_ns: &str,
+        labels: &BTreeMap<String, String>,
+        skipped: &mut Vec<String>,
+    ) -> BTreeMap<String, String> {
+        let mut labels = labels.clone();
+        let Some(wp) = labels.get(USE_WAYPOINT).filter(|v| *v != DATAPLANE_NONE) else { return labels };
         let wp_ns = labels.get(USE_WAYPOINT_NAMESPACE).map_or(own_ns, String::as_str);
-        if !waypoints.contains(&(wp_ns, wp.as_str())) {
+        let why = match self.waypoints.get(&(wp_ns, wp.as_str())) {
+            None => Some(format!(
+                "no Gateway {wp_ns}/{wp} of class pillion-waypoint or istio-waypoint with an HBONE listener on 15008 and a Service of that name"
+            )),
+            Some(w) if !w.allowed.admits(wp_ns, own_ns, self.ns_labels.get(own_ns).copied()) => Some(format!(
+                "Gateway {wp_ns}/{wp} {}, not namespace {own_ns}; its traffic goes without that waypoint until the Gateway's HBONE listener allows it",
+                w.allowed.describe()
+            )),
+            Some(_) => None,
+        };
+        if let Some(why) = why {
             let who = if ns.is_empty() { name.to_owned() } else { format!("{ns}/{name}") };
-            skipped.push(format!(
-                "{kind} {who}: label {USE_WAYPOINT}={wp} ignored: no Gateway {wp_ns}/{wp} of class pillion-waypoint or istio-waypoint with an HBONE listener on 15008 and a Service of that name"
-            ));
+            skipped.push(format!("{kind} {who}: label {USE_WAYPOINT}={wp} ignored: {why}"));
             labels.remove(USE_WAYPOINT);
             labels.remove(USE_WAYPOINT_NAMESPACE);
         }
+        labels
     }
-    labels
 }
 
 fn local_pod(ns: &str, name: &str, pod: &PodInfo) -> LocalPod {

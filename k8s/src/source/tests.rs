@@ -101,6 +101,9 @@ async fn namespace_label_enrols_and_pod_label_opts_out() {
 async fn gateways_of_the_waypoint_classes_become_waypoints() {
     let ns_labels = json!({"istio.io/dataplane-mode": "ambient", "istio.io/use-waypoint": "wp"});
     let wp_pod_labels = json!({"gateway.networking.k8s.io/gateway-name": "wp", "istio.io/dataplane-mode": "none"});
+    // Serves other namespaces: its HBONE listener says so.
+    let mut shared = gateway("infra", "shared", "istio-waypoint");
+    shared["spec"]["listeners"][0]["allowedRoutes"] = json!({"namespaces": {"from": "All"}});
     let objects = vec![
         (NAMESPACES, namespace("shop", ns_labels)),
         (NAMESPACES, namespace("infra", json!({}))),
@@ -116,11 +119,13 @@ async fn gateways_of_the_waypoint_classes_become_waypoints() {
                 json!({"istio.io/use-waypoint": "shared", "istio.io/use-waypoint-namespace": "infra"}),
             ),
         ),
-        (PODS, pod("shop", "wp-0", "node-a", "10.1.0.9", wp_pod_labels)),
+        (PODS, pod("shop", "wp-0", "node-a", "10.1.0.9", wp_pod_labels.clone())),
+        // The label, but service account `default`: not the waypoint's pod.
+        (PODS, pod("shop", "default-0", "node-a", "10.1.0.66", wp_pod_labels)),
         (GATEWAYS, gateway("shop", "wp", "pillion-waypoint")),
         (SERVICES, service("shop", "wp", "10.96.0.20", 15008, 15008, json!({}))),
-        (SLICES, slice("shop", "wp", 15008, &[("wp-0", "10.1.0.9")])),
-        (GATEWAYS, gateway("infra", "shared", "istio-waypoint")),
+        (SLICES, slice("shop", "wp", 15008, &[("wp-0", "10.1.0.9"), ("default-0", "10.1.0.66")])),
+        (GATEWAYS, shared),
         (SERVICES, service("infra", "shared", "10.96.0.21", 15008, 15008, json!({}))),
         // Another class: an ingress gateway, not a waypoint.
         (GATEWAYS, gateway("shop", "other", "istio")),
@@ -145,6 +150,11 @@ async fn gateways_of_the_waypoint_classes_become_waypoints() {
     let w = m.workload("shop", "cart-0").unwrap().waypoint.clone().unwrap();
     let wp_identity = m.workload("shop", "wp-0").unwrap().identity().spiffe_id().clone();
     assert!(m.is_waypoint_identity(&w, &wp_identity));
+    // A pod with the label and another service account is an ordinary pod: its own label
+    // `none` keeps it out of the mesh, and its identity never passes for the waypoint's.
+    assert_eq!(protocol(&m, "shop", "default-0"), Some(Protocol::None));
+    let impostor = m.workload("shop", "default-0").unwrap().identity().spiffe_id().clone();
+    assert!(!m.is_waypoint_identity(&w, &impostor));
 
     // The Gateway goes away: workloads stop using it, the rest of the model carries on.
     api.delete(GATEWAYS, gateway("shop", "wp", "pillion-waypoint"));

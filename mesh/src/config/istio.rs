@@ -350,6 +350,7 @@ pub(crate) fn peer_authentication(
         selector: BTreeMap::new(),
         mode: MtlsMode::Unset,
         port_level: BTreeMap::new(),
+        created: None,
     };
     let Some(spec) = spec else { return Ok(p) };
     p.selector = spec.selector.as_ref().map(|s| s.match_labels.clone()).unwrap_or_default();

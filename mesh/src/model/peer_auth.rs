@@ -32,12 +32,29 @@ pub struct PeerAuthentication {
     pub mode: MtlsMode,
     /// `spec.portLevelMtls`, keyed by the workload's port. Only meaningful with a selector.
     pub port_level: BTreeMap<u16, MtlsMode>,
+    /// `metadata.creationTimestamp` in seconds since the epoch, from sources that know it
+    /// (Kubernetes); it breaks ties between equally specific policies, oldest first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<i64>,
 }
 
 impl PeerAuthentication {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    /// Orders policies that tie at one level, the winner first: as Istio, the oldest, then
+    /// by name (a Kubernetes timestamp has one-second resolution, so ties are common).
+    /// Policies without a timestamp (the file source) compare equal, so the first in the
+    /// model wins: file order, which the file's author controls.
+    fn tie_key(&self) -> (Option<i64>, Option<&str>) {
+        (self.created, self.created.map(|_| self.name.as_str()))
+    }
+}
+
+/// The winner among policies tied at one level (`min_by_key` keeps the first of equals).
+fn oldest<'a>(tied: impl Iterator<Item = &'a PeerAuthentication>) -> Option<&'a PeerAuthentication> {
+    tied.min_by_key(|p| p.tie_key())
 }
 
 impl Model {
@@ -46,26 +63,18 @@ impl Model {
     /// Precedence as in Istio: the workload's own (selector) policy, its port-level entry
     /// first; then the namespace policy; then the mesh policy (root namespace, no
     /// selector); `UNSET` at any level defers to the next. When several policies tie at one
-    /// level, the first in the model wins (Istio picks the oldest; a file has no ages, so
-    /// file order stands in for them).
+    /// level, the oldest wins, then the first by name, as in Istio; a file has no ages, so
+    /// there file order decides ([`PeerAuthentication::tie_key`]).
     pub fn peer_auth_mode(&self, w: &Workload, port: u16) -> MtlsMode {
         let root = self.mesh.root_namespace.as_str();
         let all = &self.peer_authentications;
+        let selects = |p: &&PeerAuthentication| !p.selector.is_empty() && labels_match(&p.selector, &w.labels);
         // Same-namespace selector policies beat root-namespace selector policies.
-        let workload = all
-            .iter()
-            .filter(|p| !p.selector.is_empty() && labels_match(&p.selector, &w.labels))
-            .filter(|p| p.namespace == w.namespace())
-            .chain(all.iter().filter(|p| {
-                p.namespace == root
-                    && p.namespace != w.namespace()
-                    && !p.selector.is_empty()
-                    && labels_match(&p.selector, &w.labels)
-            }))
-            .next();
+        let workload = oldest(all.iter().filter(selects).filter(|p| p.namespace == w.namespace()))
+            .or_else(|| oldest(all.iter().filter(selects).filter(|p| p.namespace == root)));
         let namespace =
-            all.iter().find(|p| p.selector.is_empty() && p.namespace == w.namespace() && p.namespace != root);
-        let mesh = all.iter().find(|p| p.selector.is_empty() && p.namespace == root);
+            oldest(all.iter().filter(|p| p.selector.is_empty() && p.namespace == w.namespace() && p.namespace != root));
+        let mesh = oldest(all.iter().filter(|p| p.selector.is_empty() && p.namespace == root));
 
         let chain = [
             workload.and_then(|p| p.port_level.get(&port).copied()),
@@ -89,7 +98,12 @@ mod tests {
             selector: sel.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             mode,
             port_level: ports.iter().copied().collect(),
+            created: None,
         }
+    }
+
+    fn aged(created: i64, p: PeerAuthentication) -> PeerAuthentication {
+        PeerAuthentication { created: Some(created), ..p }
     }
 
     fn model(pas: Vec<PeerAuthentication>) -> (Model, Workload) {
@@ -133,6 +147,33 @@ mod tests {
         for (name, pas, port, want) in cases {
             let (m, w) = model(pas);
             assert_eq!(m.peer_auth_mode(&w, port), want, "{name}");
+        }
+    }
+
+    #[test]
+    fn tied_policies_from_kubernetes_go_to_the_oldest_then_by_name() {
+        let root = "istio-system";
+        let app = &[("app", "cart")][..];
+        #[rustfmt::skip]
+        let cases: Vec<(&str, Vec<PeerAuthentication>, MtlsMode)> = vec![
+            ("namespace: oldest wins over name and model order",
+             vec![aged(200, pa("shop", "a", &[], Strict, &[])), aged(100, pa("shop", "b", &[], Permissive, &[]))], Permissive),
+            ("namespace: same second, first by name",
+             vec![aged(100, pa("shop", "b", &[], Permissive, &[])), aged(100, pa("shop", "a", &[], Strict, &[]))], Strict),
+            ("workload: oldest selector policy",
+             vec![aged(200, pa("shop", "a", app, Disable, &[])), aged(100, pa("shop", "b", app, Strict, &[]))], Strict),
+            ("root workload policies: oldest",
+             vec![aged(200, pa(root, "a", app, Disable, &[])), aged(100, pa(root, "b", app, Strict, &[]))], Strict),
+            ("own namespace still beats an older root policy",
+             vec![aged(100, pa(root, "r", app, Strict, &[])), aged(200, pa("shop", "w", app, Disable, &[]))], Disable),
+            ("mesh: oldest",
+             vec![aged(200, pa(root, "a", &[], Disable, &[])), aged(100, pa(root, "b", &[], Strict, &[]))], Strict),
+            ("the winner's UNSET defers to the next level, not to the loser",
+             vec![aged(100, pa("shop", "a", &[], Unset, &[])), aged(200, pa("shop", "b", &[], Strict, &[]))], Permissive),
+        ];
+        for (name, pas, want) in cases {
+            let (m, w) = model(pas);
+            assert_eq!(m.peer_auth_mode(&w, 80), want, "{name}");
         }
     }
 }
