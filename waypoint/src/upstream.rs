@@ -102,7 +102,17 @@ impl HboneUpstream {
         let mut req = TunnelRequest::new(Authority::parse(&addr.to_string()).map_err(io::Error::other)?);
         req.traceparent = traceparent;
         req.forwarded = forwarded;
-        self.pool.connect(key, req).await.map_err(io::Error::other)
+        // The CONNECT runs to its answer on a task of its own, even when the request that
+        // wanted it is cancelled (a client resetting its streams): a CONNECT reset before the
+        // endpoint's agent accepted it counts against that connection's reset limit, and
+        // past the limit the agent closes the pooled connection that every tenant's requests
+        // share (a rapid reset by one client would fail the others). An unwanted tunnel is
+        // closed once open, which costs the agent nothing more.
+        let pool = self.pool.clone();
+        tokio::spawn(async move { pool.connect(key, req).await })
+            .await
+            .map_err(io::Error::other)?
+            .map_err(io::Error::other)
     }
 }
 
