@@ -65,8 +65,7 @@ pub fn rapid_reset(to: SocketAddr, max_streams: u64, secs: u64) -> serde_json::V
             }
             streams += 100;
         }
-        // Let the reader see the server's last frames.
-        std::thread::sleep(Duration::from_millis(20));
+        conn.settle(Duration::from_secs(2));
         answered += conn.seen.headers.load(Ordering::SeqCst);
         if let Some(code) = conn.goaway() {
             *goaways.entry(code).or_default() += 1;
@@ -121,7 +120,7 @@ pub fn continuation_flood(to: SocketAddr, max_frames: u64, secs: u64) -> serde_j
             }
         }
         most_per_conn = most_per_conn.max(on_conn);
-        std::thread::sleep(Duration::from_millis(20));
+        conn.settle(Duration::from_secs(2));
         if let Some(code) = conn.goaway() {
             *goaways.entry(code).or_default() += 1;
         }

@@ -196,7 +196,7 @@ pub fn conn_rate(to: SocketAddr, secs: u64) -> serde_json::Value {
 pub fn hold(to: SocketAddr, count: usize, silent: bool) {
     raise_nofile();
     let mut held = Vec::with_capacity(count);
-    let mut errors = 0;
+    let (mut errors, mut first_error) = (0, None);
     let started = Instant::now();
     for _ in 0..count {
         let ok = (|| -> std::io::Result<TcpStream> {
@@ -211,14 +211,20 @@ pub fn hold(to: SocketAddr, count: usize, silent: bool) {
         })();
         match ok {
             Ok(s) => held.push(s),
-            Err(_) => errors += 1,
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(e.to_string());
+            }
         }
         if errors > 10 {
             break;
         }
     }
     let secs = started.elapsed().as_secs_f64();
-    println!("{}", json!({"event": "held", "held": held.len(), "errors": errors, "secs": secs}));
+    println!(
+        "{}",
+        json!({"event": "held", "held": held.len(), "errors": errors, "first_error": first_error, "secs": secs})
+    );
     std::io::stdout().flush().ok();
     let _ = std::io::stdin().lock().read_line(&mut String::new());
     // Closed by the server: a read returns end-of-file or an error at once.

@@ -99,6 +99,18 @@ impl Conn {
         self.writer.lock().unwrap_or_else(|e| e.into_inner()).write_all(bytes)
     }
 
+    /// Waits (at most `limit`) for the server to answer what was sent with
+    /// a GOAWAY or a close, so the cost is measured while it is paid.
+    pub fn settle(&self, limit: std::time::Duration) {
+        let deadline = std::time::Instant::now() + limit;
+        while self.goaway().is_none()
+            && !self.seen.closed.load(Ordering::SeqCst)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
     /// The GOAWAY code the server sent, if any.
     pub fn goaway(&self) -> Option<u64> {
         self.seen.goaway.load(Ordering::SeqCst).checked_sub(1)

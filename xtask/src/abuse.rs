@@ -40,9 +40,9 @@ impl Plan {
     pub fn full() -> Plan {
         Plan {
             victim_rps: 20,
-            reset_streams: 500_000,
+            reset_streams: 20_000_000,
             reset_secs: 30,
-            flood_frames: 50_000,
+            flood_frames: 1_000_000,
             flood_secs: 20,
             idle_conns: 10_000,
             // Past the 10 s TLS handshake timeout on 15008.
@@ -58,9 +58,9 @@ impl Plan {
     pub fn quick() -> Plan {
         Plan {
             victim_rps: 20,
-            reset_streams: 20_000,
+            reset_streams: 1_000_000,
             reset_secs: 4,
-            flood_frames: 2_000,
+            flood_frames: 50_000,
             flood_secs: 3,
             idle_conns: 500,
             idle_hold_secs: 2,
@@ -130,14 +130,15 @@ fn hold(scene: &Scene, plan: &Plan, to: &str, count: usize, silent: bool) -> any
     let released = holder.wait_event("released", Duration::from_secs(60));
     holder.wait(Duration::from_secs(60));
     Ok(json!({"ok": true, "requested": count, "connected": held["held"], "connect_errors": held["errors"],
+              "first_error": held["first_error"],
               "connect_secs": held["secs"], "still_open_after_hold": released["still_open"],
               "hold_secs": plan.idle_hold_secs}))
 }
 
 fn run_cases(scene: &Scene, plan: &Plan) -> anyhow::Result<Vec<Value>> {
     let vip = Scene::vip();
-    let hbone = scene.server.addr4(HBONE_PORT).to_string();
-    let echo = scene.server.addr4(ECHO_PORT).to_string();
+    let hbone = scene.open.addr4(HBONE_PORT).to_string();
+    let echo = scene.open.addr4(ECHO_PORT).to_string();
     let (streams, frames) = (plan.reset_streams.to_string(), plan.flood_frames.to_string());
     Ok(vec![
         case(scene, plan, "slow 4 MiB bodies", "waypoint", || {

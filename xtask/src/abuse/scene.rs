@@ -9,7 +9,7 @@ use pillion_e2e::{Agent, AgentOptions, Pod, Spawned, Topology, Waypoint, workloa
 
 use crate::bench::scene::{WAYPOINT_VIP, waypoint_yaml};
 
-/// The server pod's plain TCP echo port (idle connections through the agent's inbound).
+/// The open pod's plain TCP echo port (idle connections through the agent's inbound).
 pub const ECHO_PORT: u16 = 7000;
 
 pub struct Scene {
@@ -22,7 +22,7 @@ pub struct Scene {
     pub attacker: Pod,
     pub victim: Pod,
     pub outsider: Pod,
-    pub server: Pod,
+    pub open: Pod,
     _topo: Topology,
 }
 
@@ -37,10 +37,12 @@ impl Scene {
         let outsider = topo.add_pod(&a, "outsider");
         let server = topo.add_pod(&b, "server");
         let wp = topo.add_pod(&b, "waypoint");
+        let open = topo.add_pod(&b, "open");
         let mut y = waypoint_yaml(&wp, &b);
         y += &workload_yaml("server", "server", "bench", &server, &b, "app: server");
         y += &workload_yaml("attacker", "attacker", "evil", &attacker, &a, "app: attacker");
         y += &workload_yaml("victim", "victim", "tenant", &victim, &a, "app: victim");
+        y += &workload_yaml("open", "open", "open", &open, &b, "app: open");
         let config = topo.write_config("mesh.yaml", &y);
         let opts = AgentOptions { config: Some(config.clone()), ca_dir: Some(topo.ca_dir()), ..Default::default() };
         let agent_a = Agent::start_with(&topo, &a, &opts);
@@ -48,9 +50,10 @@ impl Scene {
         agent_a.enrol_as(&victim, "tenant", "victim").expect("enrol the victim");
         let agent_b = Agent::start_with(&topo, &b, &opts);
         agent_b.enrol_as(&server, "bench", "server").expect("enrol the server");
+        agent_b.enrol_as(&open, "open", "open").expect("enrol the open pod");
         let backend = server.spawn(&["http-backend", "[::]:8080", "server"]);
         backend.wait_event("ready", Duration::from_secs(10));
-        let echo = server.echo_server(format!("[::]:{ECHO_PORT}").parse().expect("echo address"), None);
+        let echo = open.echo_server(format!("[::]:{ECHO_PORT}").parse().expect("echo address"), None);
         let waypoint = Waypoint::start(&topo, &wp, "waypoint-0", "bench", &config);
         Scene {
             _backend: backend,
@@ -61,7 +64,7 @@ impl Scene {
             attacker,
             victim,
             outsider,
-            server,
+            open,
             _topo: topo,
         }
     }
