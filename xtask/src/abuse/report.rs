@@ -62,6 +62,24 @@ pub fn markdown(result: &Value) -> String {
             );
         }
     }
+    md += "\n## How to read it\n\n\
+- RSS is `VmRSS` sampled every 100 ms; Δ is peak minus the value when the case began; \"after\" is \
+  taken as the attack ends (its connections just closed). CPU s is utime + stime of the process \
+  over the case. Timings are those of a debug build on a shared 2-core VM: compare cases with \
+  each other, not with other machines.\n\
+- Rapid reset and CONTINUATION flood count what the attacker *wrote*: frames sit in the socket \
+  buffers of the attacker, agent a and the HBONE tunnel, and whatever is in flight when the \
+  waypoint sends GOAWAY (code 0xb = ENHANCE_YOUR_CALM, 0x1 = PROTOCOL_ERROR) and closes is never \
+  processed. Each new connection is a new tunnel from the same identity.\n\
+- Slow bodies: `503` = refused by the waypoint's body budget (32 MiB per client identity, \
+  256 MiB in all); `open` = still uploading when the case ended (held in the budget); `reset` = \
+  the connection was closed while writing (the waypoint answered and closed before the answer \
+  could be read); `408`/`504` would be the body deadline.\n\
+- Idle connections: the outsider is outside the mesh. On 15008 it never starts TLS; \
+  `still_open_after_hold` counts those the agent has not closed. To the PERMISSIVE pod each \
+  connection echoes one byte first, so the agent's inbound relay is really set up; the agent \
+  caps proxied connections per pod (`--max-pod-connections`), past which new ones are reset \
+  and the holder stops after 11 refusals.\n";
     md += "\n## What each attack did\n\n";
     for c in result["cases"].as_array().into_iter().flatten() {
         let _ = writeln!(
