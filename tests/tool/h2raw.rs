@@ -15,6 +15,7 @@ pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub const HEADERS: u8 = 0x1;
 pub const RST_STREAM: u8 = 0x3;
 pub const SETTINGS: u8 = 0x4;
+pub const PING: u8 = 0x6;
 pub const GOAWAY: u8 = 0x7;
 pub const CONTINUATION: u8 = 0x9;
 pub const END_STREAM: u8 = 0x1;
@@ -38,6 +39,32 @@ pub fn get_block(authority: &str) -> Vec<u8> {
     let mut b = vec![0x82, 0x86, 0x84, 0x01];
     literal_value(&mut b, authority.as_bytes());
     b
+}
+
+/// A 16 KiB CONTINUATION frame on stream 1, full of 1000-byte literal
+/// headers: what a flood sends after a HEADERS frame without END_HEADERS.
+pub fn flood_frame() -> Vec<u8> {
+    let mut block = Vec::new();
+    while block.len() < 16 * 1024 - 1100 {
+        literal_header(&mut block, b"x-flood", &[b'a'; 1000]);
+    }
+    let mut out = Vec::new();
+    frame(&mut out, CONTINUATION, 0, 1, &block);
+    out
+}
+
+/// Reads one frame into `payload`: (type, flags).
+pub fn read_frame(r: &mut impl Read, payload: &mut Vec<u8>) -> std::io::Result<(u8, u8)> {
+    let mut head = [0u8; 9];
+    r.read_exact(&mut head)?;
+    payload.resize(u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize, 0);
+    r.read_exact(payload)?;
+    Ok((head[3], head[4]))
+}
+
+/// The error code of a GOAWAY frame's payload.
+pub fn goaway_code(payload: &[u8]) -> Option<u32> {
+    payload.get(4..8).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
 }
 
 /// One literal header `name: value` (new name, not indexed).
@@ -72,6 +99,8 @@ pub struct Seen {
     pub goaway: AtomicU64,
     pub headers: AtomicU64,
     pub resets: AtomicU64,
+    /// PING acknowledgements: the server has processed everything sent before the PING.
+    pub pings: AtomicU64,
 }
 
 /// A client connection that has sent the preface; a thread reads the
@@ -99,6 +128,25 @@ impl Conn {
         self.writer.lock().unwrap_or_else(|e| e.into_inner()).write_all(bytes)
     }
 
+    /// Sends a PING and waits (at most `limit`) for its acknowledgement:
+    /// the server has then processed every frame sent before it.
+    pub fn ping(&self, limit: std::time::Duration) -> bool {
+        let before = self.seen.pings.load(Ordering::SeqCst);
+        let mut ping = Vec::new();
+        frame(&mut ping, PING, 0, 0, &[0; 8]);
+        if self.send(&ping).is_err() {
+            return false;
+        }
+        let deadline = std::time::Instant::now() + limit;
+        while self.seen.pings.load(Ordering::SeqCst) == before {
+            if self.seen.closed.load(Ordering::SeqCst) || std::time::Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(200));
+        }
+        true
+    }
+
     /// Waits (at most `limit`) for the server to answer what was sent with
     /// a GOAWAY or a close, so the cost is measured while it is paid.
     pub fn settle(&self, limit: std::time::Duration) {
@@ -118,23 +166,21 @@ impl Conn {
 }
 
 fn read_frames(mut r: TcpStream, ack_to: &Mutex<TcpStream>, seen: &Seen) {
-    let mut head = [0u8; 9];
     let mut payload = Vec::new();
-    while r.read_exact(&mut head).is_ok() {
-        let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-        payload.resize(len, 0);
-        if r.read_exact(&mut payload).is_err() {
-            break;
-        }
-        match head[3] {
-            SETTINGS if head[4] & ACK == 0 => {
+    while let Ok((kind, flags)) = read_frame(&mut r, &mut payload) {
+        match kind {
+            SETTINGS if flags & ACK == 0 => {
                 let mut ack = Vec::new();
                 frame(&mut ack, SETTINGS, ACK, 0, &[]);
                 let _ = ack_to.lock().unwrap_or_else(|e| e.into_inner()).write_all(&ack);
             }
-            GOAWAY if len >= 8 => {
-                let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
-                seen.goaway.store(u64::from(code) + 1, Ordering::SeqCst);
+            PING if flags & ACK != 0 => {
+                seen.pings.fetch_add(1, Ordering::SeqCst);
+            }
+            GOAWAY => {
+                if let Some(code) = goaway_code(&payload) {
+                    seen.goaway.store(u64::from(code) + 1, Ordering::SeqCst);
+                }
             }
             HEADERS => {
                 seen.headers.fetch_add(1, Ordering::SeqCst);

@@ -14,6 +14,7 @@ mod abuse;
 mod bench;
 mod capture;
 mod h2raw;
+mod hbone_flood;
 mod http;
 
 fn usage() -> ! {
@@ -28,6 +29,7 @@ fn usage() -> ! {
          \x20      pillion-pod-tool rtt <addr> <count> <size> | http-server <addr> <size>\n\
          \x20      pillion-pod-tool http-load <addr> <rps> <conns> <secs> | conn-rate <addr> <secs> | hold <addr> <count> [--silent]\n\
          \x20      pillion-pod-tool rapid-reset <addr> <max-streams> <secs> | continuation-flood <addr> <max-frames> <secs>\n\
+         \x20      pillion-pod-tool hbone-continuation-flood <addr> <ca-dir> <client-id> <server-id> <max-frames> <secs>\n\
          \x20      pillion-pod-tool slow-bodies <addr> <count> <length> <tail> <trickle-bytes-per-s> <secs>\n\
          \x20      pillion-pod-tool victim <addr> <rps> <max-secs>\n\
          \x20      pillion-pod-tool http-backend <addr> <name> [fail=<seed>:<pct>] [delay-ms=<n>]\n\
@@ -85,6 +87,17 @@ fn main() {
         "continuation-flood" => {
             println!("{}", abuse::continuation_flood(addr(1), num(&arg(2)) as u64, num(&arg(3)) as u64))
         }
+        "hbone-continuation-flood" => println!(
+            "{}",
+            hbone_flood::flood(
+                addr(1),
+                std::path::Path::new(&arg(2)),
+                &arg(3),
+                &arg(4),
+                num(&arg(5)) as u64,
+                num(&arg(6)) as u64
+            )
+        ),
         "slow-bodies" => println!(
             "{}",
             abuse::slow_bodies(addr(1), num(&arg(2)), num(&arg(3)), num(&arg(4)), num(&arg(5)), num(&arg(6)) as u64)

@@ -73,6 +73,10 @@ impl Plan {
 
 /// The agents' HBONE port, on every address of an enrolled pod.
 const HBONE_PORT: u16 = 15008;
+/// The identity the outsider presents on 15008 (a certificate it got from
+/// the CA), and the one the open pod's 15008 presents.
+const ATTACKER_ID: &str = "spiffe://cluster.local/ns/evil/sa/attacker";
+const OPEN_ID: &str = "spiffe://cluster.local/ns/open/sa/open";
 /// A body of 4 MiB − 1 byte: the most the waypoint buffers.
 const BODY: usize = 4 * 1024 * 1024 - 1;
 /// What the victim must keep getting through every case.
@@ -107,6 +111,7 @@ fn case(
     let result = json!({
         "case": name, "target": target, "secs": secs, "attack": attack, "processes": processes,
         "victim": {"sent": v["sent"], "ok": v["ok"], "statuses": v["statuses"], "success_rate": success,
+                   "first_failure": v["first_failure"],
                    "p50_ms": v["latency"]["p50_us"].as_f64().map(|u| u / 1e3),
                    "p99_ms": v["latency"]["p99_us"].as_f64().map(|u| u / 1e3)},
     });
@@ -169,6 +174,19 @@ fn run_cases(scene: &Scene, plan: &Plan) -> anyhow::Result<Vec<Value>> {
         case(scene, plan, "CONTINUATION flood", "waypoint", || {
             let v = scene.attacker.run(&["continuation-flood", vip, &frames, &plan.flood_secs.to_string()]);
             tool_result(&v, "continuation-flood")
+        })?,
+        case(scene, plan, "CONTINUATION flood on 15008", "agent_b", || {
+            let ca = scene.ca_dir.display().to_string();
+            let v = scene.outsider.run(&[
+                "hbone-continuation-flood",
+                &hbone,
+                &ca,
+                ATTACKER_ID,
+                OPEN_ID,
+                &frames,
+                &plan.flood_secs.to_string(),
+            ]);
+            tool_result(&v, "hbone-continuation-flood")
         })?,
     ])
 }

@@ -70,7 +70,12 @@ pub fn markdown(result: &Value) -> String {
 - Rapid reset and CONTINUATION flood count what the attacker *wrote*: frames sit in the socket \
   buffers of the attacker, agent a and the HBONE tunnel, and whatever is in flight when the \
   waypoint sends GOAWAY (code 0xb = ENHANCE_YOUR_CALM, 0x1 = PROTOCOL_ERROR) and closes is never \
-  processed. Each new connection is a new tunnel from the same identity.\n\
+  processed. Each new connection is a new tunnel from the same identity. Rapid reset follows every \
+  batch of 10 streams with a PING and waits for its answer, so its `streams` were processed by \
+  the waypoint; the CONTINUATION floods' `frames` were only written.\n\
+- CONTINUATION flood on 15008: the outsider connects straight to the open pod's 15008 with a \
+  certificate for `evil/attacker` issued from the mesh CA (what a compromised workload holds) \
+  and floods the agent's own HTTP/2 layer, under the tunnels.\n\
 - Slow bodies: `503` = refused by the waypoint's body budget (32 MiB per client identity, \
   256 MiB in all); `open` = still uploading when the case ended (held in the budget); `reset` = \
   the connection was closed while writing (the waypoint answered and closed before the answer \

@@ -23,6 +23,8 @@ pub struct Scene {
     pub victim: Pod,
     pub outsider: Pod,
     pub open: Pod,
+    /// The embedded CA every agent and the waypoint issue from.
+    pub ca_dir: std::path::PathBuf,
     _topo: Topology,
 }
 
@@ -65,6 +67,7 @@ impl Scene {
             victim,
             outsider,
             open,
+            ca_dir: topo.ca_dir(),
             _topo: topo,
         }
     }
