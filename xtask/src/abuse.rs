@@ -256,3 +256,6 @@ pub fn abuse(quick: bool, out: Option<PathBuf>) -> anyhow::Result<()> {
     ensure!(problems.is_empty(), "the abuse run fell short: {problems:?}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests;
