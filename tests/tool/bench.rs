@@ -12,7 +12,7 @@ use std::{
 use serde_json::json;
 
 /// p50/p90/p99/max of microsecond samples.
-fn percentiles(mut us: Vec<u64>) -> serde_json::Value {
+pub fn percentiles(mut us: Vec<u64>) -> serde_json::Value {
     if us.is_empty() {
         return json!({"count": 0});
     }
@@ -190,31 +190,52 @@ pub fn conn_rate(to: SocketAddr, secs: u64) -> serde_json::Value {
     json!({"ok": errors == 0, "connections": done, "errors": errors, "per_second": done as f64 / secs})
 }
 
-/// Opens `count` connections (each echoes one byte), reports, and holds them
-/// until a line arrives on stdin.
-pub fn hold(to: SocketAddr, count: usize) {
+/// Opens `count` connections (each echoes one byte; with `silent`, nothing
+/// is sent: a peer that never speaks), reports, holds them until a line
+/// arrives on stdin, then reports how many the server has not closed.
+pub fn hold(to: SocketAddr, count: usize, silent: bool) {
     raise_nofile();
     let mut held = Vec::with_capacity(count);
-    let mut errors = 0;
+    let (mut errors, mut first_error) = (0, None);
+    let started = Instant::now();
     for _ in 0..count {
         let ok = (|| -> std::io::Result<TcpStream> {
             let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
-            s.set_read_timeout(Some(Duration::from_secs(5)))?;
-            s.write_all(b"x")?;
-            let mut b = [0u8; 1];
-            s.read_exact(&mut b)?;
+            if !silent {
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                s.write_all(b"x")?;
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b)?;
+            }
             Ok(s)
         })();
         match ok {
             Ok(s) => held.push(s),
-            Err(_) => errors += 1,
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(e.to_string());
+            }
         }
         if errors > 10 {
             break;
         }
     }
-    println!("{}", json!({"event": "held", "held": held.len(), "errors": errors}));
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{}",
+        json!({"event": "held", "held": held.len(), "errors": errors, "first_error": first_error, "secs": secs})
+    );
     std::io::stdout().flush().ok();
     let _ = std::io::stdin().lock().read_line(&mut String::new());
+    // Closed by the server: a read returns end-of-file or an error at once.
+    let open = held
+        .iter()
+        .filter(|s| {
+            s.set_nonblocking(true).is_ok()
+                && matches!(s.peek(&mut [0u8; 1]), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+        })
+        .count();
+    println!("{}", json!({"event": "released", "held": held.len(), "still_open": open}));
+    std::io::stdout().flush().ok();
     drop(held);
 }

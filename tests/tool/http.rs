@@ -121,67 +121,86 @@ pub fn requests(to: SocketAddr, count: u64, path: &str, headers: &[String]) -> s
     let mut errors = 0u64;
     let mut last_body = String::new();
     let mut max_ms = 0u128;
-    let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
+    let mut conn: KeepAlive = None;
     let extra: String =
         headers.iter().filter_map(|h| h.split_once(':')).map(|(k, v)| format!("{k}: {v}\r\n")).collect();
     for _ in 0..count {
         let started = Instant::now();
-        let result = (|| -> std::io::Result<(u16, Option<String>, String, bool)> {
-            if conn.is_none() {
-                let s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
-                s.set_read_timeout(Some(Duration::from_secs(15)))?;
-                s.set_nodelay(true)?;
-                conn = Some((s.try_clone()?, BufReader::new(s)));
-            }
-            let (w, r) = conn.as_mut().expect("connected");
-            // One write: `write!` would send the pieces as separate segments.
-            w.write_all(format!("GET {path} HTTP/1.1\r\nHost: {to}\r\n{extra}\r\n").as_bytes())?;
-            let mut line = String::new();
-            if r.read_line(&mut line)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-            let (mut len, mut backend, mut close) = (0usize, None, false);
-            loop {
-                line.clear();
-                if r.read_line(&mut line)? == 0 {
-                    return Err(std::io::ErrorKind::UnexpectedEof.into());
-                }
-                if line == "\r\n" {
-                    break;
-                }
-                if let Some((k, v)) = line.trim_end().split_once(':') {
-                    match k.to_ascii_lowercase().as_str() {
-                        "content-length" => len = v.trim().parse().unwrap_or(0),
-                        "x-backend" => backend = Some(v.trim().to_string()),
-                        "connection" => close = v.trim().eq_ignore_ascii_case("close"),
-                        _ => {}
-                    }
-                }
-            }
-            let mut body = vec![0u8; len];
-            r.read_exact(&mut body)?;
-            Ok((status, backend, String::from_utf8_lossy(&body).into_owned(), close))
-        })();
+        let result = get(&mut conn, to, path, &extra);
         max_ms = max_ms.max(started.elapsed().as_millis());
         match result {
-            Ok((status, backend, body, close)) => {
+            Ok((status, backend, body)) => {
                 *statuses.entry(status).or_default() += 1;
                 if let Some(b) = backend {
                     *backends.entry(b).or_default() += 1;
                 }
                 last_body = body;
-                if close {
-                    conn = None;
-                }
             }
-            Err(_) => {
-                errors += 1;
-                conn = None;
-            }
+            Err(_) => errors += 1,
         }
     }
     json!({"ok": true, "statuses": statuses, "backends": backends, "errors": errors, "last_body": last_body, "max_ms": max_ms as u64})
+}
+
+/// A keep-alive connection: the writer and a buffered reader of one socket.
+pub type KeepAlive = Option<(TcpStream, BufReader<TcpStream>)>;
+
+/// One `GET <path>` on `conn` (opened first if `None`; dropped after an error
+/// or a `Connection: close`): (status, `x-backend`, body).
+pub fn get(
+    conn: &mut KeepAlive,
+    to: SocketAddr,
+    path: &str,
+    extra: &str,
+) -> std::io::Result<(u16, Option<String>, String)> {
+    let result = get_on(conn, to, path, extra);
+    if matches!(result, Err(_) | Ok((.., true))) {
+        *conn = None;
+    }
+    result.map(|(status, backend, body, _)| (status, backend, body))
+}
+
+fn get_on(
+    conn: &mut KeepAlive,
+    to: SocketAddr,
+    path: &str,
+    extra: &str,
+) -> std::io::Result<(u16, Option<String>, String, bool)> {
+    if conn.is_none() {
+        let s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
+        s.set_read_timeout(Some(Duration::from_secs(15)))?;
+        s.set_nodelay(true)?;
+        *conn = Some((s.try_clone()?, BufReader::new(s)));
+    }
+    let (w, r) = conn.as_mut().expect("connected");
+    // One write: `write!` would send the pieces as separate segments.
+    w.write_all(format!("GET {path} HTTP/1.1\r\nHost: {to}\r\n{extra}\r\n").as_bytes())?;
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(std::io::ErrorKind::UnexpectedEof.into());
+    }
+    let status: u16 = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let (mut len, mut backend, mut close) = (0usize, None, false);
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.trim_end().split_once(':') {
+            match k.to_ascii_lowercase().as_str() {
+                "content-length" => len = v.trim().parse().unwrap_or(0),
+                "x-backend" => backend = Some(v.trim().to_string()),
+                "connection" => close = v.trim().eq_ignore_ascii_case("close"),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    r.read_exact(&mut body)?;
+    Ok((status, backend, String::from_utf8_lossy(&body).into_owned(), close))
 }
 
 #[cfg(test)]

@@ -10,8 +10,11 @@ use std::{
 
 use serde_json::json;
 
+mod abuse;
 mod bench;
 mod capture;
+mod h2raw;
+mod hbone_flood;
 mod http;
 
 fn usage() -> ! {
@@ -24,7 +27,11 @@ fn usage() -> ! {
          \x20      pillion-pod-tool capture <iface> <max-seconds> <marker>\n\
          \x20      pillion-pod-tool http-get <addr> <path>\n\
          \x20      pillion-pod-tool rtt <addr> <count> <size> | http-server <addr> <size>\n\
-         \x20      pillion-pod-tool http-load <addr> <rps> <conns> <secs> | conn-rate <addr> <secs> | hold <addr> <count>\n\
+         \x20      pillion-pod-tool http-load <addr> <rps> <conns> <secs> | conn-rate <addr> <secs> | hold <addr> <count> [--silent]\n\
+         \x20      pillion-pod-tool rapid-reset <addr> <max-streams> <secs> | continuation-flood <addr> <max-frames> <secs>\n\
+         \x20      pillion-pod-tool hbone-continuation-flood <addr> <ca-dir> <client-id> <server-id> <max-frames> <secs>\n\
+         \x20      pillion-pod-tool slow-bodies <addr> <count> <length> <tail> <trickle-bytes-per-s> <secs>\n\
+         \x20      pillion-pod-tool victim <addr> <rps> <max-secs>\n\
          \x20      pillion-pod-tool http-backend <addr> <name> [fail=<seed>:<pct>] [delay-ms=<n>]\n\
          \x20      pillion-pod-tool http-requests <addr> <count> <path> [header:value ...]"
     );
@@ -75,7 +82,27 @@ fn main() {
             println!("{}", bench::http_load(addr(1), num(&arg(2)) as u64, num(&arg(3)) as u64, num(&arg(4)) as u64))
         }
         "conn-rate" => println!("{}", bench::conn_rate(addr(1), num(&arg(2)) as u64)),
-        "hold" => bench::hold(addr(1), num(&arg(2))),
+        "hold" => bench::hold(addr(1), num(&arg(2)), args.get(3).is_some_and(|a| a == "--silent")),
+        "rapid-reset" => println!("{}", abuse::rapid_reset(addr(1), num(&arg(2)) as u64, num(&arg(3)) as u64)),
+        "continuation-flood" => {
+            println!("{}", abuse::continuation_flood(addr(1), num(&arg(2)) as u64, num(&arg(3)) as u64))
+        }
+        "hbone-continuation-flood" => println!(
+            "{}",
+            hbone_flood::flood(
+                addr(1),
+                std::path::Path::new(&arg(2)),
+                &arg(3),
+                &arg(4),
+                num(&arg(5)) as u64,
+                num(&arg(6)) as u64
+            )
+        ),
+        "slow-bodies" => println!(
+            "{}",
+            abuse::slow_bodies(addr(1), num(&arg(2)), num(&arg(3)), num(&arg(4)), num(&arg(5)), num(&arg(6)) as u64)
+        ),
+        "victim" => abuse::victim(addr(1), num(&arg(2)) as u64, num(&arg(3)) as u64),
         "http-backend" => http::backend(addr(1), arg(2), &args[3..]),
         "http-requests" => println!("{}", http::requests(addr(1), num(&arg(2)) as u64, &arg(3), &args[4..])),
         "capture" => {

@@ -10,8 +10,8 @@
 
 mod figures;
 mod memory;
-mod report;
-mod scene;
+pub mod report;
+pub mod scene;
 
 use std::{collections::BTreeMap, path::PathBuf, process::Command};
 
@@ -83,18 +83,7 @@ pub fn bench(quick: bool, out: Option<PathBuf>, rounds: Option<usize>) -> anyhow
     // measure the release build users would run.
     let profile = if quick { "debug" } else { "release" };
     println!("[bench] building the agent and the load tools ({profile})");
-    let mut build = Command::new(env!("CARGO"));
-    build.current_dir(crate::workspace()).args(["build", "-p", "pillion-agent", "-p", "pillion-e2e", "--bins"]);
-    if !quick {
-        build.arg("--release");
-    }
-    run(&mut build)?;
-    let bin = crate::workspace().join("target").join(profile);
-    // SAFETY: set before any thread is started.
-    unsafe {
-        std::env::set_var("PILLION_AGENT_BIN", bin.join("pillion-agent"));
-        std::env::set_var("PILLION_POD_TOOL", bin.join("pillion-pod-tool"));
-    }
+    build_for_harness(&["-p", "pillion-agent", "-p", "pillion-waypoint", "-p", "pillion-e2e"], !quick)?;
 
     let scenarios = [Scenario::Direct, Scenario::Passthrough, Scenario::Hbone, Scenario::Sidecar, Scenario::Waypoint];
     let mut rounds: Vec<Value> = Vec::new();
@@ -125,6 +114,25 @@ pub fn bench(quick: bool, out: Option<PathBuf>, rounds: Option<usize>) -> anyhow
     std::fs::write(dir.join("chart.svg"), report::svg(&summary))?;
     println!("[bench] wrote {}/bench.json, report.md, chart.svg", dir.display());
     ensure!(missing.is_empty(), "figures without numbers: {missing:?}");
+    Ok(())
+}
+
+/// Builds `selection`'s binaries (`cargo build <selection> --bins`, release
+/// or debug) and points the harness at the agent, waypoint and pod tool built.
+pub fn build_for_harness(selection: &[&str], release: bool) -> anyhow::Result<()> {
+    let mut build = Command::new(env!("CARGO"));
+    build.current_dir(crate::workspace()).arg("build").args(selection).arg("--bins");
+    if release {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    let bin = crate::workspace().join("target").join(if release { "release" } else { "debug" });
+    // SAFETY: set before any thread is started.
+    unsafe {
+        std::env::set_var("PILLION_AGENT_BIN", bin.join("pillion-agent"));
+        std::env::set_var("PILLION_WAYPOINT_BIN", bin.join("pillion-waypoint"));
+        std::env::set_var("PILLION_POD_TOOL", bin.join("pillion-pod-tool"));
+    }
     Ok(())
 }
 

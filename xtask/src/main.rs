@@ -1,5 +1,6 @@
 //! `cargo xtask`: Pillion's developer and CI commands.
 
+mod abuse;
 mod bench;
 mod demo;
 mod images;
@@ -48,6 +49,17 @@ enum Command {
         #[arg(long)]
         rounds: Option<usize>,
     },
+    /// The hostile-peer load run: HTTP/2 and HBONE abuse against the agents
+    /// and the waypoint while another tenant keeps working; JSON and Markdown.
+    Abuse {
+        /// Scaled-down counts, under a minute of attacks; checks every figure
+        /// is produced and the victim keeps ≥ 99% success.
+        #[arg(long)]
+        quick: bool,
+        /// Output directory (default target/abuse).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The kind cluster e2e tier (needs Docker and kind; not part of `test`).
     E2eKind,
     /// Build the container images from deploy/images/ (needs Docker; exits 3 without it).
@@ -78,6 +90,7 @@ fn main() -> ExitCode {
         Command::Test => return test::test(),
         Command::Demo => demo::demo(),
         Command::Bench { quick, out, rounds } => bench::bench(quick, out, rounds),
+        Command::Abuse { quick, out } => abuse::abuse(quick, out),
         Command::E2eKind => return kind::e2e_kind(),
         Command::Images { registry, tag } => return images::images(&registry, &tag),
         Command::Manifests { check } => manifests::run(&workspace(), check),

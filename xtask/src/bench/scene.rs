@@ -51,7 +51,7 @@ pub struct Scene {
 /// W's service: `bench/server` at this VIP, behind waypoint `waypoint-0`.
 pub const WAYPOINT_VIP: &str = "10.96.0.50:80";
 
-fn waypoint_yaml(wp: &Pod, node: &Node) -> String {
+pub fn waypoint_yaml(wp: &Pod, node: &Node) -> String {
     let mut y =
         workload_yaml("waypoint-0", "waypoint", "bench", wp, node, "app: waypoint, istio.io/use-waypoint: none");
     y += "apiVersion: pillion.dev/v1alpha1\nkind: Service\nmetadata: {name: waypoint, namespace: bench, labels: {istio.io/use-waypoint: none}}\n\
