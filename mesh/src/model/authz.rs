@@ -197,6 +197,20 @@ impl StringMatch {
         }
     }
 
+    /// An HTTP value (host, method, path, header) with Istio's wildcards: `*`, `prefix*`,
+    /// `*suffix`; any other `*` is part of the value.
+    pub fn value(s: &str) -> Self {
+        if s == "*" {
+            Self::Present
+        } else if let Some(rest) = s.strip_prefix('*') {
+            Self::Suffix(rest.to_owned())
+        } else if let Some(rest) = s.strip_suffix('*') {
+            Self::Prefix(rest.to_owned())
+        } else {
+            Self::Exact(s.to_owned())
+        }
+    }
+
     fn literal(&self) -> &str {
         match self {
             Self::Exact(l) | Self::Prefix(l) | Self::Suffix(l) => l,
