@@ -20,7 +20,7 @@ use mesh::model::{
     AuthorizationPolicy as ModelPolicy, MeshSettings, PeerAuthentication as ModelPeerAuth, PortProtocol,
 };
 
-use crate::istio;
+use mesh::istio::{SpecError, authorization, decode, peer_authentication};
 use crate::labels::{self, WAYPOINT_CLASSES};
 
 /// `(namespace, name)`; namespaces themselves use an empty first part.
@@ -231,13 +231,16 @@ pub struct Compiled<T> {
 
 /// Policies are watched as `DynamicObject`s and decoded one by one: a typed watch fails
 /// the whole list on one object it cannot decode, and the CRDs' open schemas let anything
-/// through.
+/// through. Decoding and compiling are `mesh::istio`'s, shared with the file source and
+/// the waypoint.
 pub fn authorization_policy(mesh: MeshSettings) -> impl Fn(&DynamicObject) -> Option<Compiled<ModelPolicy>> {
     move |o| {
         let compiled = compile_or(
             o,
-            |ns, name, spec: &istio::AuthorizationPolicySpec| {
-                istio::authorization_policy(&mesh, ns, name, spec, o.annotations())
+            |ns, name, spec| {
+                decode(spec)
+                    .and_then(|s| authorization::compile(&mesh, ns, name, o.annotations(), s.as_ref()))
+                    .map(|a| a.policy)
             },
             |ns, name, spec| ModelPolicy {
                 name,
@@ -258,7 +261,7 @@ pub fn authorization_policy(mesh: MeshSettings) -> impl Fn(&DynamicObject) -> Op
 pub fn peer_authentication(o: &DynamicObject) -> Option<Compiled<ModelPeerAuth>> {
     let compiled = compile_or(
         o,
-        istio::peer_authentication,
+        |ns, name, spec| decode(spec).and_then(|s| peer_authentication::compile(ns, name, s.as_ref())),
         |ns, name, spec| ModelPeerAuth {
             name,
             namespace: ns,
@@ -271,20 +274,17 @@ pub fn peer_authentication(o: &DynamicObject) -> Option<Compiled<ModelPeerAuth>>
     Some(compiled)
 }
 
-/// Decodes `spec` as `S` and compiles it; on any problem, the `stand_in` for the same
-/// scope, enforced `as` what the message says.
-fn compile_or<S: serde::de::DeserializeOwned, T>(
+/// Compiles `spec`; on any problem, the `stand_in` for the same scope, enforced `as` what
+/// the message says.
+fn compile_or<T>(
     o: &DynamicObject,
-    compile: impl FnOnce(&str, &str, &S) -> Result<T, String>,
+    compile: impl FnOnce(&str, &str, &serde_json::Value) -> Result<T, SpecError>,
     stand_in: impl FnOnce(String, String, &serde_json::Value) -> T,
     enforced_as: &str,
 ) -> Compiled<T> {
     let (ns, name) = key(o);
     let spec = o.data.get("spec").cloned().unwrap_or(serde_json::Value::Null);
-    let compiled = serde_json::from_value::<S>(spec.clone())
-        .map_err(|e| format!("spec: {e}"))
-        .and_then(|typed| compile(&ns, &name, &typed));
-    match compiled {
+    match compile(&ns, &name, &spec) {
         Ok(value) => Compiled { value, problem: None },
         Err(problem) => Compiled {
             value: stand_in(ns, name, &spec),
