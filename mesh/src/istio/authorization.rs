@@ -143,7 +143,7 @@ fn rule(r: &RuleSpec, path: &str, namespace: &str, td: &str) -> Result<(Rule, Ht
         let Some(s) = f.value.source.as_ref() else {
             return Err(SpecError::at(
                 f,
-                format!("{here}: no `source`: write `- source: {{principals: [...]}}` or remove the entry"),
+                format!("{here} has no `source`: write `- source: {{principals: [...]}}` or remove the entry"),
             ));
         };
         let (l4, h) = source(s, &here, namespace, td, &mut out.l7_fields).map_err(|e| e.or_at(f))?;
@@ -155,7 +155,7 @@ fn rule(r: &RuleSpec, path: &str, namespace: &str, td: &str) -> Result<(Rule, Ht
         let Some(o) = t.value.operation.as_ref() else {
             return Err(SpecError::at(
                 t,
-                format!("{here}: no `operation`: write `- operation: {{ports: [...]}}` or remove the entry"),
+                format!("{here} has no `operation`: write `- operation: {{ports: [...]}}` or remove the entry"),
             ));
         };
         let (l4, h) = operation(o, &here, &mut out.l7_fields).map_err(|e| e.or_at(t))?;

@@ -38,9 +38,9 @@ fn authorization_policy_table() {
     let svc = json!([{"kind": "Service", "name": "a"}]);
     #[rustfmt::skip]
     let refused: &[(&str, Value, &str)] = &[
-        ("from entry without source", json!({"rules": [{"from": [{}]}]}), "rules[0].from[0]: no `source`"),
+        ("from entry without source", json!({"rules": [{"from": [{}]}]}), "rules[0].from[0] has no `source`"),
         ("empty source", json!({"rules": [{"from": [{"source": {}}]}]}), "`from.source` is empty"),
-        ("to entry without operation", json!({"rules": [{"to": [{}]}]}), "rules[0].to[0]: no `operation`"),
+        ("to entry without operation", json!({"rules": [{"to": [{}]}]}), "rules[0].to[0] has no `operation`"),
         ("empty operation", json!({"rules": [{"to": [{"operation": {}}]}]}), "`to.operation` is empty"),
         ("when without values", json!({"rules": [{"when": [{"key": "request.headers[x]"}]}]}), "needs `values` or `notValues`"),
         ("L4 when without values", json!({"rules": [{"when": [{"key": "source.ip"}]}]}), "needs `values`"),
