@@ -20,8 +20,8 @@ use mesh::model::{
     AuthorizationPolicy as ModelPolicy, MeshSettings, PeerAuthentication as ModelPeerAuth, PortProtocol,
 };
 
-use mesh::istio::{SpecError, authorization, decode, peer_authentication};
 use crate::labels::{self, WAYPOINT_CLASSES};
+use mesh::istio::{SpecError, authorization, decode, peer_authentication};
 
 /// `(namespace, name)`; namespaces themselves use an empty first part.
 pub type Key = (String, String);
@@ -371,4 +371,33 @@ pub fn l7_object(kind: L7Kind, meta: &kube::api::ObjectMeta, spec: Option<&serde
 
 pub fn dynamic_l7(kind: L7Kind) -> impl Fn(&kube::api::DynamicObject) -> Option<L7Object> {
     move |o| Some(l7_object(kind, &o.metadata, o.data.get("spec")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(kind: &str, spec: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "security.istio.io/v1", "kind": kind,
+            "metadata": {"name": "p", "namespace": "shop"}, "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    /// The file source and the waypoint refuse unknown fields; so does this source now,
+    /// with its fail-closed stand-in: a matcher it skipped would widen an ALLOW.
+    #[test]
+    fn unknown_fields_fail_closed_as_in_the_file_source() {
+        let spec = serde_json::json!({"selector": {"matchLabels": {"app": "a"}}, "action": "ALLOW",
+            "rules": [{"from": [{"source": {"namespaces": ["web"], "principalz": ["x"]}}]}]});
+        let c = authorization_policy(MeshSettings::default())(&object("AuthorizationPolicy", spec)).unwrap();
+        assert_eq!(c.value.action, mesh::model::Action::Deny);
+        assert_eq!(c.value.selector.get("app").map(String::as_str), Some("a"));
+        assert!(c.problem.as_deref().is_some_and(|p| p.contains("unknown field `principalz`")), "{:?}", c.problem);
+
+        let pa = serde_json::json!({"selector": {"matchLabels": {"app": "a"}}, "mtls": {"mode": "PERMISSIVE", "strict": true}});
+        let c = peer_authentication(&object("PeerAuthentication", pa)).unwrap();
+        assert_eq!(c.value.mode, mesh::model::MtlsMode::Strict);
+    }
 }

@@ -44,15 +44,20 @@ fn mode(m: Option<&MtlsSpec>, field: &str) -> Result<MtlsMode, SpecError> {
 }
 
 /// Compiles a PeerAuthentication; `spec` absent means mode UNSET (inherit).
-pub fn compile(namespace: &str, name: &str, spec: Option<&PeerAuthenticationSpec>) -> Result<PeerAuthentication, SpecError> {
+pub fn compile(
+    namespace: &str,
+    name: &str,
+    spec: Option<&PeerAuthenticationSpec>,
+) -> Result<PeerAuthentication, SpecError> {
     let empty = PeerAuthenticationSpec::default();
     let spec = spec.unwrap_or(&empty);
     let selector = match_labels(spec.selector.as_ref());
     let mut port_level = BTreeMap::new();
     for (port, m) in &spec.port_level_mtls {
-        let p = port.0.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| {
-            SpecError::new(format!("portLevelMtls key {:?} is not a port number (1-65535)", port.0))
-        })?;
+        let p =
+            port.0.parse::<u16>().ok().filter(|&p| p != 0).ok_or_else(|| {
+                SpecError::new(format!("portLevelMtls key {:?} is not a port number (1-65535)", port.0))
+            })?;
         port_level.insert(p, mode(Some(m), &format!("portLevelMtls[{p}].mode"))?);
     }
     if selector.is_empty() && !port_level.is_empty() {

@@ -74,14 +74,31 @@ fn authorization_policy_table() {
     let a = read(&json!({"action": "DENY", "rules": [{"to": [{"operation": {"hosts": ["Shop.Example"], "methods": ["GET"], "paths": ["/admin*"]}}],
         "when": [{"key": "request.headers[x-user]", "values": ["bob"]}, {"key": "request.method", "notValues": ["GET"]}]}]}), &[]).unwrap();
     let rule = &a.policy.rules[0];
-    assert_eq!(rule.l7_fields, ["to.operation.hosts", "to.operation.methods", "to.operation.paths", "when request.headers[x-user]", "when request.method"]);
+    assert_eq!(
+        rule.l7_fields,
+        [
+            "to.operation.hosts",
+            "to.operation.methods",
+            "to.operation.paths",
+            "when request.headers[x-user]",
+            "when request.method"
+        ]
+    );
     let http = &a.http_rules[0];
     assert_eq!(http.to[0].hosts.values, [StringMatch::Exact("shop.example".into())], "hosts lower-cased");
     assert_eq!(http.to[0].paths.values, [StringMatch::Prefix("/admin".into())]);
     assert_eq!((http.when[0].key.as_str(), http.when[1].key.as_str()), ("request.headers[x-user]", "request.method"));
 
-    let a = read(&json!({"rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/8"], "requestPrincipals": ["*"]}}]}]}), &[]).unwrap();
-    assert_eq!(a.http_rules[0].from[0].other_fields, ["ipBlocks", "requestPrincipals"], "fields a waypoint cannot judge, by name");
+    let a = read(
+        &json!({"rules": [{"from": [{"source": {"ipBlocks": ["10.0.0.0/8"], "requestPrincipals": ["*"]}}]}]}),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        a.http_rules[0].from[0].other_fields,
+        ["ipBlocks", "requestPrincipals"],
+        "fields a waypoint cannot judge, by name"
+    );
 
     // Scope: selector is the node agent's, targetRef(s) a waypoint's.
     let a = read(&json!({"selector": {"matchLabels": {"app": "a"}}}), &[]).unwrap();
@@ -92,7 +109,9 @@ fn authorization_policy_table() {
     assert_eq!(a.target_refs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["wp", "a"]);
 
     // Actions: all four read; what AUDIT and CUSTOM mean is each enforcer's to say.
-    for (action, want) in [("ALLOW", Action::Allow), ("DENY", Action::Deny), ("AUDIT", Action::Audit), ("CUSTOM", Action::Custom)] {
+    for (action, want) in
+        [("ALLOW", Action::Allow), ("DENY", Action::Deny), ("AUDIT", Action::Audit), ("CUSTOM", Action::Custom)]
+    {
         let a = read(&json!({"action": action, "provider": {"name": "opa"}, "rules": [{}]}), &[]).unwrap();
         assert_eq!(a.policy.action, want, "{action}");
     }

@@ -90,16 +90,15 @@ fn rule(r: &HttpRule) -> Result<L7Rule, String> {
         }
         from.push(L7Source { principals: s.principals.clone(), namespaces: s.namespaces.clone() });
     }
-    let to = r
-        .to
-        .iter()
-        .map(|op| L7Operation {
-            hosts: op.hosts.clone(),
-            ports: op.ports.clone(),
-            methods: op.methods.clone(),
-            paths: op.paths.clone(),
-        })
-        .collect();
+    let to =
+        r.to.iter()
+            .map(|op| L7Operation {
+                hosts: op.hosts.clone(),
+                ports: op.ports.clone(),
+                methods: op.methods.clone(),
+                paths: op.paths.clone(),
+            })
+            .collect();
     let mut when = Vec::with_capacity(r.when.len());
     for c in &r.when {
         let key = match c.key.as_str() {
@@ -108,9 +107,9 @@ fn rule(r: &HttpRule) -> Result<L7Rule, String> {
             "request.method" => ConditionKey::RequestMethod,
             "request.url_path" => ConditionKey::RequestPath,
             k => match k.strip_prefix("request.headers[").and_then(|h| h.strip_suffix(']')) {
-                Some(h) => {
-                    ConditionKey::Header(http::HeaderName::try_from(h).map_err(|_| format!("{h:?} is not a header name"))?)
-                }
+                Some(h) => ConditionKey::Header(
+                    http::HeaderName::try_from(h).map_err(|_| format!("{h:?} is not a header name"))?,
+                ),
                 None => {
                     return Err(format!(
                         "condition key {k:?} is not evaluated by the waypoint: use request.headers[<name>], request.method, request.url_path, source.principal or source.namespace"
