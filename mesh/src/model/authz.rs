@@ -181,15 +181,7 @@ impl StringMatch {
     /// Parses Istio's wildcard syntax without judging the literal part.
     fn wildcard(s: &str) -> Result<Self, MatchError> {
         let bad = || MatchError::Wildcard(s.chars().take(128).collect());
-        let m = if s == "*" {
-            Self::Present
-        } else if let Some(rest) = s.strip_prefix('*') {
-            Self::Suffix(rest.to_owned())
-        } else if let Some(rest) = s.strip_suffix('*') {
-            Self::Prefix(rest.to_owned())
-        } else {
-            Self::Exact(s.to_owned())
-        };
+        let m = Self::value(s);
         match &m {
             Self::Present => Ok(m),
             Self::Exact(l) | Self::Prefix(l) | Self::Suffix(l) if !l.is_empty() && !l.contains('*') => Ok(m),
