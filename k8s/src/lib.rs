@@ -5,7 +5,9 @@
 //! `PeerAuthentication`, folded into the same [`mesh::model::Model`] the file source
 //! builds and published through a `tokio::sync::watch` channel.
 //!
-//! Layering: [`labels`] and [`istio`] (types) → [`consent`] (a waypoint's pods and users) → [`objects`] (compact forms) → [`cache`]
+//! Layering: [`labels`] → [`consent`] (a waypoint's pods and users) → [`objects`] (compact
+//! forms; Istio's security kinds through `mesh::istio`, the reader the file source and the
+//! waypoint use too) → [`cache`]
 //! (tables, atomic relists) → [`translate`] (cache → model, a pure function) → [`source`]
 //! (the watch task). [`cni`] is the chained CNI plugin (binary `pillion-cni`). See
 //! `docs/kubernetes.md`.
@@ -16,7 +18,6 @@ pub mod ca_auth;
 pub mod cache;
 pub mod cni;
 pub mod consent;
-pub mod istio;
 pub mod labels;
 pub mod objects;
 pub mod procfs;

@@ -21,8 +21,8 @@ use mesh::model::{
 };
 
 use crate::consent::{self, AllowedNamespaces};
-use crate::istio;
 use crate::labels::{self, WAYPOINT_CLASSES};
+use mesh::istio::{SpecError, authorization, decode, peer_authentication};
 
 /// `(namespace, name)`; namespaces themselves use an empty first part.
 pub type Key = (String, String);
@@ -241,13 +241,16 @@ pub struct Compiled<T> {
 
 /// Policies are watched as `DynamicObject`s and decoded one by one: a typed watch fails
 /// the whole list on one object it cannot decode, and the CRDs' open schemas let anything
-/// through.
+/// through. Decoding and compiling are `mesh::istio`'s, shared with the file source and
+/// the waypoint.
 pub fn authorization_policy(mesh: MeshSettings) -> impl Fn(&DynamicObject) -> Option<Compiled<ModelPolicy>> {
     move |o| {
         let compiled = compile_or(
             o,
-            |ns, name, spec: &istio::AuthorizationPolicySpec| {
-                istio::authorization_policy(&mesh, ns, name, spec, o.annotations())
+            |ns, name, spec| {
+                decode(spec)
+                    .and_then(|s| authorization::compile(&mesh, ns, name, o.annotations(), s.as_ref()))
+                    .map(|a| a.policy)
             },
             |ns, name, spec| ModelPolicy {
                 name,
@@ -268,7 +271,7 @@ pub fn authorization_policy(mesh: MeshSettings) -> impl Fn(&DynamicObject) -> Op
 pub fn peer_authentication(o: &DynamicObject) -> Option<Compiled<ModelPeerAuth>> {
     let mut compiled = compile_or(
         o,
-        istio::peer_authentication,
+        |ns, name, spec| decode(spec).and_then(|s| peer_authentication::compile(ns, name, s.as_ref())),
         |ns, name, spec| ModelPeerAuth {
             name,
             namespace: ns,
@@ -284,20 +287,17 @@ pub fn peer_authentication(o: &DynamicObject) -> Option<Compiled<ModelPeerAuth>>
     Some(compiled)
 }
 
-/// Decodes `spec` as `S` and compiles it; on any problem, the `stand_in` for the same
-/// scope, enforced `as` what the message says.
-fn compile_or<S: serde::de::DeserializeOwned, T>(
+/// Compiles `spec`; on any problem, the `stand_in` for the same scope, enforced `as` what
+/// the message says.
+fn compile_or<T>(
     o: &DynamicObject,
-    compile: impl FnOnce(&str, &str, &S) -> Result<T, String>,
+    compile: impl FnOnce(&str, &str, &serde_json::Value) -> Result<T, SpecError>,
     stand_in: impl FnOnce(String, String, &serde_json::Value) -> T,
     enforced_as: &str,
 ) -> Compiled<T> {
     let (ns, name) = key(o);
     let spec = o.data.get("spec").cloned().unwrap_or(serde_json::Value::Null);
-    let compiled = serde_json::from_value::<S>(spec.clone())
-        .map_err(|e| format!("spec: {e}"))
-        .and_then(|typed| compile(&ns, &name, &typed));
-    match compiled {
+    match compile(&ns, &name, &spec) {
         Ok(value) => Compiled { value, problem: None },
         Err(problem) => Compiled {
             value: stand_in(ns, name, &spec),
@@ -384,4 +384,33 @@ pub fn l7_object(kind: L7Kind, meta: &kube::api::ObjectMeta, spec: Option<&serde
 
 pub fn dynamic_l7(kind: L7Kind) -> impl Fn(&kube::api::DynamicObject) -> Option<L7Object> {
     move |o| Some(l7_object(kind, &o.metadata, o.data.get("spec")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(kind: &str, spec: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "security.istio.io/v1", "kind": kind,
+            "metadata": {"name": "p", "namespace": "shop"}, "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    /// The file source and the waypoint refuse unknown fields; so does this source now,
+    /// with its fail-closed stand-in: a matcher it skipped would widen an ALLOW.
+    #[test]
+    fn unknown_fields_fail_closed_as_in_the_file_source() {
+        let spec = serde_json::json!({"selector": {"matchLabels": {"app": "a"}}, "action": "ALLOW",
+            "rules": [{"from": [{"source": {"namespaces": ["web"], "principalz": ["x"]}}]}]});
+        let c = authorization_policy(MeshSettings::default())(&object("AuthorizationPolicy", spec)).unwrap();
+        assert_eq!(c.value.action, mesh::model::Action::Deny);
+        assert_eq!(c.value.selector.get("app").map(String::as_str), Some("a"));
+        assert!(c.problem.as_deref().is_some_and(|p| p.contains("unknown field `principalz`")), "{:?}", c.problem);
+
+        let pa = serde_json::json!({"selector": {"matchLabels": {"app": "a"}}, "mtls": {"mode": "PERMISSIVE", "strict": true}});
+        let c = peer_authentication(&object("PeerAuthentication", pa)).unwrap();
+        assert_eq!(c.value.mode, mesh::model::MtlsMode::Strict);
+    }
 }

@@ -7,7 +7,6 @@
 
 mod assemble;
 mod document;
-mod istio;
 mod pillion;
 #[cfg(test)]
 mod tests;
@@ -71,6 +70,12 @@ impl Problem {
             Some((line, column)) => ConfigError::Invalid { file: file.to_owned(), line, column, problem: self.msg },
             None => ConfigError::Unlocated { file: file.to_owned(), problem: self.msg },
         }
+    }
+}
+
+impl From<crate::istio::SpecError> for Problem {
+    fn from(e: crate::istio::SpecError) -> Self {
+        Self { at: e.location(), msg: e.message().to_owned() }
     }
 }
 

@@ -10,7 +10,9 @@
 //! - [`certs`]: per-workload certificates and their rotation.
 //! - [`hbone`]: the tunnel protocol, server and client pool.
 //! - [`model`]: the workload model and L4 policy evaluation (uses only [`parse`]).
-//! - [`config`]: the local YAML config source and its reloading watcher (uses [`model`]).
+//! - [`istio`]: Istio's security kinds (AuthorizationPolicy, PeerAuthentication), read once
+//!   for the file source, the Kubernetes source and the waypoint (uses [`model`]).
+//! - [`config`]: the local YAML config source and its reloading watcher (uses [`model`], [`istio`]).
 #![forbid(unsafe_code)]
 
 pub mod ca;
@@ -18,6 +20,7 @@ pub mod certs;
 pub mod clock;
 pub mod config;
 pub mod hbone;
+pub mod istio;
 pub mod limits;
 pub mod model;
 pub mod parse;

@@ -97,19 +97,6 @@ pub enum Decision {
     NotAllowed,
 }
 
-/// Parses Istio's wildcard value syntax: `*`, `prefix*`, `*suffix` or an exact value.
-pub fn wildcard(s: &str) -> StringMatch {
-    if s == "*" {
-        StringMatch::Present
-    } else if let Some(rest) = s.strip_prefix('*') {
-        StringMatch::Suffix(rest.to_owned())
-    } else if let Some(rest) = s.strip_suffix('*') {
-        StringMatch::Prefix(rest.to_owned())
-    } else {
-        StringMatch::Exact(s.to_owned())
-    }
-}
-
 fn matcher_ok<T>(m: &Matcher<T>, mut hit: impl FnMut(&T) -> bool) -> bool {
     (m.values.is_empty() || m.values.iter().any(&mut hit)) && !m.not_values.iter().any(hit)
 }

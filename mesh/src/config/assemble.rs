@@ -5,11 +5,9 @@
 use std::collections::HashMap;
 
 use super::document::{Body, Document, ISTIO_SECURITY_APIS, KINDS, PILLION_API};
-use super::{Problem, check_name, istio, pillion};
+use super::{Problem, check_name, pillion};
+use crate::istio::{authorization, peer_authentication};
 use crate::model::{MeshSettings, Model, ModelBuilder, ObjectRef};
-
-/// Istio's annotation for a policy that is evaluated but not enforced.
-const DRY_RUN_ANNOTATION: &str = "istio.io/dry-run";
 
 pub(super) fn parse(text: &str, version: u64) -> Result<Model, Problem> {
     let options = serde_saphyr::options! { with_snippet: false };
@@ -79,19 +77,24 @@ pub(super) fn parse(text: &str, version: u64) -> Result<Model, Problem> {
                 builder.service(pillion::service(namespace, name, &meta.labels, spec)?);
             }
             (Body::AuthorizationPolicy(spec), _) => {
-                let mut p = istio::authorization_policy(&mesh, namespace, &name.value, Some(spec))
-                    .map_err(|e| e.or_at(&d.kind))?;
-                p.dry_run = meta.annotations.get(DRY_RUN_ANNOTATION).is_some_and(|v| v == "true");
-                builder.authorization_policy(p);
+                let a = authorization::compile(&mesh, namespace, &name.value, &meta.annotations, Some(spec))
+                    .map_err(|e| Problem::from(e).or_at(&d.kind))?;
+                builder.authorization_policy(a.policy);
             }
             (Body::Empty, "AuthorizationPolicy") => {
-                builder.authorization_policy(istio::authorization_policy(&mesh, namespace, &name.value, None)?);
+                let a = authorization::compile(&mesh, namespace, &name.value, &meta.annotations, None)
+                    .map_err(|e| Problem::from(e).or_at(&d.kind))?;
+                builder.authorization_policy(a.policy);
             }
             (Body::PeerAuthentication(spec), _) => {
-                builder.peer_authentication(istio::peer_authentication(namespace, name, Some(spec))?);
+                let p = peer_authentication::compile(namespace, &name.value, Some(spec))
+                    .map_err(|e| Problem::from(e).or_at(name))?;
+                builder.peer_authentication(p);
             }
             (Body::Empty, "PeerAuthentication") => {
-                builder.peer_authentication(istio::peer_authentication(namespace, name, None)?);
+                let p = peer_authentication::compile(namespace, &name.value, None)
+                    .map_err(|e| Problem::from(e).or_at(name))?;
+                builder.peer_authentication(p);
             }
             (_, "Namespace") => {
                 builder.namespace(&name.value, meta.labels.clone());

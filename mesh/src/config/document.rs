@@ -11,8 +11,9 @@ use serde::Deserialize;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde_saphyr::Spanned;
 
-use super::istio::{AuthorizationPolicySpec, PeerAuthenticationSpec};
 use super::pillion::{MeshConfigSpec, ServiceSpec, WorkloadSpec};
+use crate::istio::authorization::AuthorizationPolicySpec;
+use crate::istio::peer_authentication::PeerAuthenticationSpec;
 
 pub(crate) const PILLION_API: &str = "pillion.dev/v1alpha1";
 pub(crate) const ISTIO_SECURITY_APIS: &[&str] = &["security.istio.io/v1", "security.istio.io/v1beta1"];
@@ -144,32 +145,5 @@ impl<'de> Visitor<'de> for DocumentVisitor {
             metadata: metadata.ok_or_else(|| de::Error::missing_field("metadata"))?,
             body: body.unwrap_or(Body::Empty),
         })
-    }
-}
-
-/// A port written as a YAML integer or a decimal string (Istio's schema uses strings,
-/// Kubernetes uses integers; people write both).
-#[derive(Debug, Clone)]
-pub(crate) struct PortValue(pub String);
-
-impl<'de> Deserialize<'de> for PortValue {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl Visitor<'_> for V {
-            type Value = PortValue;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a port number")
-            }
-            fn visit_u64<E: de::Error>(self, v: u64) -> Result<PortValue, E> {
-                Ok(PortValue(v.to_string()))
-            }
-            fn visit_i64<E: de::Error>(self, v: i64) -> Result<PortValue, E> {
-                Ok(PortValue(v.to_string()))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<PortValue, E> {
-                Ok(PortValue(v.to_owned()))
-            }
-        }
-        d.deserialize_any(V)
     }
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::Problem;
-use super::document::PortValue;
+use crate::istio::PortValue;
 use crate::model::{
     Endpoints, MeshSettings, PortProtocol, Protocol, Service, ServicePort, Workload, authz::parse_port,
 };

@@ -181,7 +181,18 @@ impl StringMatch {
     /// Parses Istio's wildcard syntax without judging the literal part.
     fn wildcard(s: &str) -> Result<Self, MatchError> {
         let bad = || MatchError::Wildcard(s.chars().take(128).collect());
-        let m = if s == "*" {
+        let m = Self::value(s);
+        match &m {
+            Self::Present => Ok(m),
+            Self::Exact(l) | Self::Prefix(l) | Self::Suffix(l) if !l.is_empty() && !l.contains('*') => Ok(m),
+            _ => Err(bad()),
+        }
+    }
+
+    /// An HTTP value (host, method, path, header) with Istio's wildcards: `*`, `prefix*`,
+    /// `*suffix`; any other `*` is part of the value.
+    pub fn value(s: &str) -> Self {
+        if s == "*" {
             Self::Present
         } else if let Some(rest) = s.strip_prefix('*') {
             Self::Suffix(rest.to_owned())
@@ -189,11 +200,6 @@ impl StringMatch {
             Self::Prefix(rest.to_owned())
         } else {
             Self::Exact(s.to_owned())
-        };
-        match &m {
-            Self::Present => Ok(m),
-            Self::Exact(l) | Self::Prefix(l) | Self::Suffix(l) if !l.is_empty() && !l.contains('*') => Ok(m),
-            _ => Err(bad()),
         }
     }
 

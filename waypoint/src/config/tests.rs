@@ -323,6 +323,21 @@ mod from_the_api {
         }
     }
 
+    /// The waypoint reads principals as the node agent does (`mesh::istio`): a `spiffe://`
+    /// principal never matches a peer, so in this DENY it would have denied nobody.
+    #[test]
+    fn a_spiffe_principal_is_refused_as_the_node_agent_refuses_it() {
+        let p =
+            deny("by-scheme", json!([{"from": [{"source": {"principals": ["spiffe://cluster.local/ns/web/sa/a"]}}]}]));
+        let (c, notes) = from_objects(&[p]).unwrap();
+        assert_eq!(
+            (c.authz[0].action, c.authz[0].rules[0].from.len()),
+            (mesh::model::Action::Deny, 0),
+            "deny-all stand-in"
+        );
+        assert!(notes[0].contains("omit the scheme") && notes[0].contains("deny-all"), "{notes:#?}");
+    }
+
     #[test]
     fn thousands_of_objects_are_read() {
         // More documents than one YAML text may hold (serde-saphyr's budget is 1,024).
