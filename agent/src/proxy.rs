@@ -34,6 +34,22 @@ pub fn reset(stream: TcpStream) {
     drop(stream);
 }
 
+/// Refuses a connection of a pod the model does not attribute (its reason in the access
+/// log, counted as denied): the one answer of both the inbound and the outbound path.
+pub fn refuse_unattributed(
+    pod: &PodContext,
+    client: TcpStream,
+    record: &mut crate::accesslog::ConnRecord,
+    started: std::time::Instant,
+    why: impl std::fmt::Display,
+) {
+    pod.bump(|c| &c.denied);
+    reset(client);
+    record.duration = started.elapsed();
+    record.error = Some(why.to_string());
+    crate::accesslog::log(record);
+}
+
 /// Dials HBONE connections from the source pod's netns (one pool per pod:
 /// pods never share a connection).
 pub struct PodDialer {

@@ -13,3 +13,13 @@ pub use authority::{Authority, AuthorityError, Host};
 pub use forwarded::{ForwardedElement, ForwardedError, Node, parse_forwarded};
 pub use spiffe_id::{Identity, SpiffeId, SpiffeIdError};
 pub use traceparent::{Traceparent, TraceparentError};
+
+/// The value of one hex digit (either case), for percent-decoding.
+pub fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}

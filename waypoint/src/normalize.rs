@@ -19,15 +19,6 @@ pub enum PathError {
     NotAbsolute,
 }
 
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
@@ -40,7 +31,8 @@ fn decode_unreserved(path: &str) -> Result<String, PathError> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let (h, l) = match (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex)) {
+                let digit = |at: usize| bytes.get(at).copied().and_then(mesh::parse::hex_digit);
+                let (h, l) = match (digit(i + 1), digit(i + 2)) {
                     (Some(h), Some(l)) => (h, l),
                     _ => return Err(PathError::BadEscape),
                 };

@@ -9,7 +9,7 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use mesh::telemetry::{ConnectionLabels, Reporter, SecurityPolicy};
 use tokio::net::TcpStream;
 
-use super::{ActiveGuard, PodContext, dial_in, outbound::peer_of, relay::relay, reset};
+use super::{ActiveGuard, PodContext, dial_in, outbound::peer_of, refuse_unattributed, relay::relay, reset};
 use crate::{
     accesslog::{self, ConnRecord, Direction},
     conntrack::Revocable,
@@ -43,12 +43,7 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     let dst_w = match pod.workload_in(&model) {
         Ok(w) => Some(w),
         Err(why) if pod.mesh.unknown_pods.refuses() => {
-            pod.bump(|c| &c.denied);
-            reset(client);
-            record.duration = started.elapsed();
-            record.error = Some(why.to_string());
-            accesslog::log(&record);
-            return;
+            return refuse_unattributed(&pod, client, &mut record, started, why);
         }
         // No model source at all: capture and relay only.
         Err(_) => None,

@@ -14,7 +14,7 @@ use mesh::{
 use pillion_common::{OrigDstKey, SIDE_V4, SIDE_V6};
 use tokio::net::TcpStream;
 
-use super::{ActiveGuard, PodContext, dial_in, observed::Metered, relay::relay, reset};
+use super::{ActiveGuard, PodContext, dial_in, observed::Metered, refuse_unattributed, relay::relay, reset};
 use crate::{
     accesslog::{self, ConnRecord, Direction},
     kernel::addr::socket_addr,
@@ -65,12 +65,7 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
     let src_w = match pod.workload_in(&model) {
         Ok(w) => Some(w),
         Err(why) if pod.mesh.unknown_pods.refuses() => {
-            pod.bump(|c| &c.denied);
-            reset(client);
-            record.duration = started.elapsed();
-            record.error = Some(why.to_string());
-            accesslog::log(&record);
-            return;
+            return refuse_unattributed(&pod, client, &mut record, started, why);
         }
         // No model source at all: capture and relay only.
         Err(_) => None,

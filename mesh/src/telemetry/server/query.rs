@@ -47,23 +47,14 @@ fn decode(s: &str) -> Result<String, QueryError> {
         match b {
             b'+' => out.push(b' '),
             b'%' => {
-                let hi = bytes.next().and_then(hex).ok_or(QueryError::BadEscape)?;
-                let lo = bytes.next().and_then(hex).ok_or(QueryError::BadEscape)?;
+                let hi = bytes.next().and_then(crate::parse::hex_digit).ok_or(QueryError::BadEscape)?;
+                let lo = bytes.next().and_then(crate::parse::hex_digit).ok_or(QueryError::BadEscape)?;
                 out.push(hi << 4 | lo);
             }
             _ => out.push(b),
         }
     }
     String::from_utf8(out).map_err(|_| QueryError::NotUtf8)
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 #[cfg(test)]
