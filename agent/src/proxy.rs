@@ -1,6 +1,7 @@
 //! The L4 proxy: outbound (15001) and inbound plaintext (15006) for each
 //! enrolled pod, relaying to the original destination.
 
+pub mod app_stream;
 pub mod hbone_in;
 pub mod inbound;
 pub mod limits;
@@ -25,6 +26,12 @@ pub async fn dial_in(netns: &Netns, dst: SocketAddr, timeout: Duration) -> io::R
         Ok(result) => result,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect to {dst} timed out after {timeout:?}"))),
     }
+}
+
+/// Dials the app (an original destination) from inside `netns`; see [`app_stream`]
+/// for how the connection is closed.
+pub async fn dial_app(netns: &Netns, dst: SocketAddr, timeout: Duration) -> io::Result<app_stream::AppStream> {
+    dial_in(netns, dst, timeout).await.map(app_stream::AppStream::new)
 }
 
 /// Closes `stream` with a TCP reset, so the peer sees a refusal rather than a

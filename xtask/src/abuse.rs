@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use scene::{ECHO_PORT, Scene};
 
 /// Counts and bounds for one run.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub victim_rps: u64,
     pub reset_streams: u64,
@@ -34,6 +34,8 @@ pub struct Plan {
     pub slow_secs: u64,
     /// Bytes of each body left to trickle after the fast part (never all sent).
     pub slow_tail: usize,
+    /// Case-name filters (empty: every case).
+    pub only: Vec<String>,
 }
 
 impl Plan {
@@ -51,6 +53,7 @@ impl Plan {
             // Past the waypoint's 60 s default body deadline.
             slow_secs: 75,
             slow_tail: 128 * 1024,
+            only: Vec::new(),
         }
     }
 
@@ -67,6 +70,7 @@ impl Plan {
             slow_bodies: 50,
             slow_secs: 8,
             slow_tail: 64 * 1024,
+            only: Vec::new(),
         }
     }
 }
@@ -96,7 +100,10 @@ fn case(
     name: &str,
     target: &str,
     attack: impl FnOnce() -> anyhow::Result<Value>,
-) -> anyhow::Result<Value> {
+) -> anyhow::Result<Option<Value>> {
+    if !plan.only.is_empty() && !plan.only.iter().any(|o| name.contains(o.as_str())) {
+        return Ok(None);
+    }
     println!("[abuse] {name} (target: {target})");
     let bound = (plan.slow_secs + plan.reset_secs + 600).to_string();
     let mut victim = scene.victim.spawn(&["victim", Scene::vip(), &plan.victim_rps.to_string(), &bound]);
@@ -118,7 +125,7 @@ fn case(
                    "p99_ms": v["latency"]["p99_us"].as_f64().map(|u| u / 1e3)},
     });
     println!("[abuse]   {}", serde_json::to_string(&result)?);
-    Ok(result)
+    Ok(Some(result))
 }
 
 /// Holds `count` connections from the outsider to `to` (silently or with
@@ -147,7 +154,7 @@ fn run_cases(scene: &Scene, plan: &Plan) -> anyhow::Result<Vec<Value>> {
     let hbone = scene.open.addr4(HBONE_PORT).to_string();
     let echo = scene.open.addr4(ECHO_PORT).to_string();
     let (streams, frames) = (plan.reset_streams.to_string(), plan.flood_frames.to_string());
-    Ok(vec![
+    let cases = [
         case(scene, plan, "slow 4 MiB bodies", "waypoint", || {
             let args = [plan.slow_bodies, BODY, plan.slow_tail, 1024].map(|n| n.to_string());
             let mut r = scene.attacker.spawn(&[
@@ -190,7 +197,8 @@ fn run_cases(scene: &Scene, plan: &Plan) -> anyhow::Result<Vec<Value>> {
             ]);
             tool_result(&v, "hbone-continuation-flood")
         })?,
-    ])
+    ];
+    Ok(cases.into_iter().flatten().collect())
 }
 
 /// Every figure a report needs, and the victim's floor: what `--quick` checks.
@@ -223,7 +231,7 @@ pub fn problems(cases: &[Value]) -> Vec<String> {
     out
 }
 
-pub fn abuse(quick: bool, out: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn abuse(quick: bool, out: Option<PathBuf>, only: &[String]) -> anyhow::Result<()> {
     ensure!(
         pillion_e2e::is_root(),
         "the abuse run builds network namespaces and loads eBPF programs: run `sudo cargo xtask abuse`"
@@ -231,7 +239,8 @@ pub fn abuse(quick: bool, out: Option<PathBuf>) -> anyhow::Result<()> {
     if crate::setup::needed() {
         crate::setup::setup()?;
     }
-    let plan = if quick { Plan::quick() } else { Plan::full() };
+    let mut plan = if quick { Plan::quick() } else { Plan::full() };
+    plan.only = only.to_vec();
     println!("[abuse] building the agent, the waypoint and the pod tool (debug)");
     crate::bench::build_for_harness(&["--workspace"], false)?;
     let started = std::time::Instant::now();

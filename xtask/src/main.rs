@@ -59,6 +59,10 @@ enum Command {
         /// Output directory (default target/abuse).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Run only the cases whose name contains one of these (repeatable),
+        /// in the usual order: for chasing one finding.
+        #[arg(long)]
+        only: Vec<String>,
     },
     /// The kind cluster e2e tier (needs Docker and kind; not part of `test`).
     E2eKind,
@@ -90,7 +94,7 @@ fn main() -> ExitCode {
         Command::Test => return test::test(),
         Command::Demo => demo::demo(),
         Command::Bench { quick, out, rounds } => bench::bench(quick, out, rounds),
-        Command::Abuse { quick, out } => abuse::abuse(quick, out),
+        Command::Abuse { quick, out, only } => abuse::abuse(quick, out, &only),
         Command::E2eKind => return kind::e2e_kind(),
         Command::Images { registry, tag } => return images::images(&registry, &tag),
         Command::Manifests { check } => manifests::run(&workspace(), check),

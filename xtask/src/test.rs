@@ -155,7 +155,7 @@ pub fn test() -> ExitCode {
             // The hostile-peer run must keep producing every figure and the
             // victim tenant must keep ≥ 99% success; timings are not judged.
             let abuse = phases.run("abuse --quick", || {
-                crate::abuse::abuse(true, Some(crate::workspace().join("target/abuse-quick")))
+                crate::abuse::abuse(true, Some(crate::workspace().join("target/abuse-quick")), &[])
             });
             tally.check("abuse --quick", abuse);
         } else if std::env::var_os("CI").is_some() {

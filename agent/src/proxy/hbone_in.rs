@@ -14,9 +14,9 @@ use mesh::{
     tls::WorkloadCert,
 };
 use pillion_common::{HBONE_PORT, INBOUND_PORT, OUTBOUND_PORT};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
-use super::{PodContext, dial_in, observed::Observed, outbound::peer_of};
+use super::{PodContext, app_stream::AppStream, dial_app, observed::Observed, outbound::peer_of};
 use crate::{
     accesslog::{ConnRecord, Direction},
     conntrack::Revocable,
@@ -126,7 +126,7 @@ pub struct PodUpstream(pub Arc<PodContext>);
 
 #[async_trait]
 impl UpstreamDialer for PodUpstream {
-    type Stream = Observed<Revocable<TcpStream, TrackedConn>>;
+    type Stream = Observed<Revocable<AppStream, TrackedConn>>;
 
     async fn dial(&self, req: &ConnectRequest) -> io::Result<Self::Stream> {
         let pod = &self.0;
@@ -140,7 +140,7 @@ impl UpstreamDialer for PodUpstream {
         if let Admission::Denied(reason) = MeshCtx::admit(&model, &conn) {
             return Err(io::Error::new(io::ErrorKind::PermissionDenied, reason));
         }
-        let app = dial_in(&pod.netns, conn.dst, pod.connect_timeout).await.inspect_err(|_| {
+        let app = dial_app(&pod.netns, conn.dst, pod.connect_timeout).await.inspect_err(|_| {
             bump(&pod.counters.upstream_failed);
         })?;
         let src_w = model.workload_by_ip(conn.src_ip);

@@ -9,7 +9,7 @@ use std::{net::SocketAddr, sync::Arc, time::Instant};
 use mesh::telemetry::{ConnectionLabels, Reporter, SecurityPolicy};
 use tokio::net::TcpStream;
 
-use super::{ActiveGuard, PodContext, dial_in, outbound::peer_of, refuse_unattributed, relay::relay, reset};
+use super::{ActiveGuard, PodContext, dial_app, outbound::peer_of, refuse_unattributed, relay::relay, reset};
 use crate::{
     accesslog::{self, ConnRecord, Direction},
     conntrack::Revocable,
@@ -76,7 +76,7 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
         // No model source (see above): plain passthrough.
         None => None,
     };
-    let upstream = match dial_in(&pod.netns, dst, pod.connect_timeout).await {
+    let upstream = match dial_app(&pod.netns, dst, pod.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             pod.bump(|c| &c.upstream_failed);

@@ -14,7 +14,7 @@ use mesh::{
 use pillion_common::{OrigDstKey, SIDE_V4, SIDE_V6};
 use tokio::net::TcpStream;
 
-use super::{ActiveGuard, PodContext, dial_in, observed::Metered, refuse_unattributed, relay::relay, reset};
+use super::{ActiveGuard, PodContext, dial_app, observed::Metered, refuse_unattributed, relay::relay, reset};
 use crate::{
     accesslog::{self, ConnRecord, Direction},
     kernel::addr::socket_addr,
@@ -92,7 +92,7 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
         record.dst_namespace = dst_key.as_ref().map(|k| k.namespace.clone()).unwrap_or_default();
         let dst_peer = peer_of(dst_w);
         match hop {
-            Hop::Plain { dst: addr, .. } => match dial_in(&pod.netns, *addr, pod.connect_timeout).await {
+            Hop::Plain { dst: addr, .. } => match dial_app(&pod.netns, *addr, pod.connect_timeout).await {
                 Ok(upstream) => {
                     record.dst = Some(*addr);
                     let labels = ConnectionLabels::new(
