@@ -41,8 +41,6 @@ pub mod settings {
     /// Streams the client resets before the server accepts them; beyond this the server
     /// answers GOAWAY(ENHANCE_YOUR_CALM) (HTTP/2 "rapid reset" defence).
     pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
-    /// Relay buffer per direction.
-    pub const RELAY_BUFFER: usize = 256 * 1024;
 }
 
 /// Headers HBONE carries end to end.

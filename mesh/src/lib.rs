@@ -5,6 +5,7 @@
 //! - [`parse`]: untrusted-input parsers, `std` only (fuzzed on their own).
 //! - [`clock`]: injectable time.
 //! - [`limits`]: accept back-off and connection caps (tokio only).
+//! - [`buffer`]: read sizes for the byte relays.
 //! - [`tls`]: the crypto provider, X.509-SVID rules, verifiers, trust bundles, TLS configs.
 //! - [`ca`]: certificate sources (embedded CA, Istio CA client) and the CA server.
 //! - [`certs`]: per-workload certificates and their rotation.
@@ -15,6 +16,7 @@
 //! - [`config`]: the local YAML config source and its reloading watcher (uses [`model`], [`istio`]).
 #![forbid(unsafe_code)]
 
+pub mod buffer;
 pub mod ca;
 pub mod certs;
 pub mod clock;

@@ -84,7 +84,8 @@ impl L7Config {
     }
 }
 
-/// Parses the L7 objects of `text` (the contents of `file`, named in errors).
-pub fn parse(text: &str, file: &str) -> Result<L7Config, L7ConfigError> {
-    document::parse(text).map_err(|p| p.into_error(file))
+/// Parses the L7 objects of `text` (the contents of `file`, named in errors), for a mesh
+/// whose trust domain is `trust_domain` (principals written `cluster.local/…` mean it).
+pub fn parse(text: &str, file: &str, trust_domain: &str) -> Result<L7Config, L7ConfigError> {
+    document::parse(text, trust_domain).map_err(|p| p.into_error(file))
 }

@@ -32,7 +32,7 @@ use crate::upstream::{HboneUpstream, Target, forwarded_for};
 mod tests;
 
 /// Bytes buffered between the tunnel and the HTTP server per direction.
-const PIPE_BUFFER: usize = 256 * 1024;
+const PIPE_BUFFER: usize = 64 * 1024;
 
 /// Where an accepted tunnel leads.
 enum Destination {

@@ -34,7 +34,7 @@ pub fn load(path: &Path, version: u64) -> anyhow::Result<Snapshot> {
 /// same version of the file (reading it twice could mix a file being written).
 pub fn parse(text: &str, file: &str, version: u64) -> anyhow::Result<Snapshot> {
     let model = mesh::config::parse(text, file, version)?;
-    let l7 = crate::config::parse(text, file)?;
+    let l7 = crate::config::parse(text, file, &model.mesh().trust_domain)?;
     Ok(Snapshot { model: Arc::new(model), l7: Arc::new(l7) })
 }
 
@@ -94,8 +94,8 @@ pub async fn follow_file(path: PathBuf, proxy: Arc<Proxy>, stop: CancellationTok
 }
 
 /// The L7 configuration of `objects`, with what was left out or replaced logged.
-fn l7_of(objects: &[L7Object]) -> anyhow::Result<L7Config> {
-    let (config, notes) = crate::config::from_objects(objects)?;
+fn l7_of(objects: &[L7Object], model: &Model) -> anyhow::Result<L7Config> {
+    let (config, notes) = crate::config::from_objects(objects, &model.mesh().trust_domain)?;
     for n in &notes {
         tracing::warn!("{n}");
     }
@@ -142,7 +142,7 @@ pub async fn start_kube(
     let mut objects = source.l7_objects();
     let l7 = loop {
         let now = objects.borrow_and_update().clone();
-        match l7_of(&now) {
+        match l7_of(&now, &models.borrow()) {
             Ok(l7) => break l7,
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "L7 configuration refused; not ready until it is fixed")
@@ -168,7 +168,7 @@ pub async fn follow_kube(kube: KubeFollow, proxy: Arc<Proxy>, stop: Cancellation
         let model = models.borrow_and_update().clone();
         let l7 = if l7_changed {
             let now = objects.borrow_and_update().clone();
-            match l7_of(&now) {
+            match l7_of(&now, &model) {
                 Ok(l7) => Arc::new(l7),
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "L7 configuration refused; keeping the last good one");

@@ -87,7 +87,7 @@ spec: {clusterIPs: [10.96.0.4], ports: [{name: http, port: 80, targetPort: 9090}
 pub fn snapshot(extra: &str) -> Snapshot {
     let text = format!("{MESH}\n---\n{extra}");
     let model = mesh::config::parse(&text, "test.yaml", 1).unwrap_or_else(|e| panic!("model: {e}"));
-    let l7 = crate::config::parse(&text, "test.yaml").unwrap_or_else(|e| panic!("l7: {e}"));
+    let l7 = crate::config::parse(&text, "test.yaml", "cluster.local").unwrap_or_else(|e| panic!("l7: {e}"));
     Snapshot { model: Arc::new(model), l7: Arc::new(l7) }
 }
 

@@ -2,18 +2,11 @@
 
 use std::io;
 
-use mesh::telemetry::ConnGuard;
+use mesh::{buffer::ReadSize, telemetry::ConnGuard};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
-
-/// Copy buffers start small (most connections are small, and idle ones must
-/// cost little: 2 × 16 KiB per idle connection let one client pod grow the
-/// agent to its memory limit) and grow ×4 once a read fills one (bulk
-/// transfers want fewer, larger syscalls): 4 → 16 → 64 → 256 KiB.
-const BUF_START: usize = 4 * 1024;
-const BUF_MAX: usize = 256 * 1024;
 
 /// What a finished relay moved, and why it stopped if not cleanly.
 #[derive(Debug)]
@@ -26,24 +19,29 @@ pub struct Relayed {
 }
 
 /// Copies until EOF, then half-closes the writer so the peer sees EOF too.
-/// `on_bytes` sees every chunk as it goes (live metrics).
+/// `on_bytes` sees every chunk as it goes (live metrics). The buffer follows
+/// [`ReadSize`]: small while idle, large during bulk (`mesh::buffer`).
 async fn copy_half<R, W>(mut reader: R, mut writer: W, count: &mut u64, on_bytes: impl Fn(u64)) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; BUF_START];
+    let mut size = ReadSize::default();
+    let mut buf = vec![0u8; size.get()];
     loop {
         let n = reader.read(&mut buf).await?;
         if n == 0 {
             return writer.shutdown().await;
         }
-        let full = n == buf.len();
         writer.write_all(&buf[..n]).await?;
         *count += n as u64;
         on_bytes(n as u64);
-        if full && buf.len() < BUF_MAX {
-            buf.resize(buf.len() * 4, 0);
+        size.after_read(n, buf.len());
+        if size.get() > buf.len() {
+            buf.resize(size.get(), 0);
+        } else if size.oversized(buf.len()) {
+            // A fresh allocation: shrinking in place would keep the large one.
+            buf = vec![0u8; size.get()];
         }
     }
 }

@@ -10,7 +10,7 @@ use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::settings::RELAY_BUFFER;
+use crate::buffer::ReadSize;
 
 /// Bytes moved: (from the HTTP/2 peer to upstream, from upstream to the HTTP/2 peer).
 pub async fn relay<U>(send: SendStream<Bytes>, recv: RecvStream, upstream: U) -> io::Result<(u64, u64)>
@@ -61,14 +61,20 @@ async fn h2_to_upstream<W: AsyncWrite + Unpin>(mut recv: RecvStream, pending: By
 async fn upstream_to_h2<R: AsyncRead + Unpin>(mut r: R, mut send: SendStream<Bytes>) -> io::Result<u64> {
     let reset = |e: h2::Error| io::Error::new(io::ErrorKind::ConnectionReset, e);
     let mut total = 0u64;
-    let mut buf = BytesMut::with_capacity(RELAY_BUFFER);
+    let mut size = ReadSize::default();
+    let mut buf = BytesMut::new();
     loop {
-        if buf.capacity() < RELAY_BUFFER / 4 {
-            buf.reserve(RELAY_BUFFER);
+        // Chunks handed to h2 keep their allocation alive until written, so a fresh buffer
+        // is taken rather than grown in place; see `crate::buffer` for the sizes.
+        if buf.capacity() < size.get() / 2 || size.oversized(buf.capacity()) {
+            buf = BytesMut::with_capacity(size.get());
         }
-        if r.read_buf(&mut buf).await? == 0 {
+        let offered = buf.capacity() - buf.len();
+        let n = r.read_buf(&mut buf).await?;
+        if n == 0 {
             break;
         }
+        size.after_read(n, offered);
         let mut chunk = buf.split().freeze();
         total += chunk.len() as u64;
         while !chunk.is_empty() {

@@ -6,7 +6,7 @@ use super::*;
 use crate::config;
 
 fn policies(yaml: &str) -> Vec<L7Policy> {
-    config::parse(yaml, "t.yaml").unwrap().authz
+    config::parse(yaml, "t.yaml", "cluster.local").unwrap().authz
 }
 
 fn check(p: &[L7Policy], method: &str, path: &str, principal: &str, headers: &HeaderMap) -> Decision {
@@ -89,4 +89,25 @@ fn a_repeated_header_cannot_hide_a_value_from_a_deny() {
     assert_eq!(check(&p, "GET", "/", WEB, &h), Decision::Allow);
     h.append("x-user", "admin".parse().unwrap());
     assert!(matches!(check(&p, "GET", "/", WEB, &h), Decision::Denied(_)), "the second copy is judged too");
+}
+
+#[test]
+fn principals_are_read_in_the_meshs_own_trust_domain() {
+    // A mesh in trust domain corp.example: its peers' principals arrive as
+    // corp.example/…, and a policy's `cluster.local/…` means this mesh (as Istio reads it).
+    let mesh = "apiVersion: pillion.dev/v1alpha1\nkind: MeshConfig\nmetadata: {name: mesh}\nspec: {trustDomain: corp.example}\n";
+    let deny = policy(
+        "deny-web",
+        "{kind: Service, name: svc}",
+        "DENY",
+        "[{from: [{source: {principals: [\"cluster.local/ns/web/sa/client\"]}}]}]",
+    );
+    let snapshot = crate::source::parse(&format!("{mesh}{deny}"), "t.yaml", 1).unwrap();
+    let h = HeaderMap::new();
+    assert_eq!(
+        check(&snapshot.l7.authz, "GET", "/", "corp.example/ns/web/sa/client", &h),
+        Decision::Denied("shop/deny-web".into()),
+        "a DENY compiled for another trust domain would never match this mesh's peers"
+    );
+    assert_eq!(check(&snapshot.l7.authz, "GET", "/", "corp.example/ns/ops/sa/admin", &h), Decision::Allow);
 }

@@ -35,17 +35,17 @@ pub(super) fn targets(spec: &serde_json::Value) -> Option<Vec<PolicyTarget>> {
 }
 
 /// `None` when the policy does not bind to a waypoint or Service.
-pub(super) fn policy(o: &Object<'_>) -> Result<Option<L7Policy>, Problem> {
+pub(super) fn policy(o: &Object<'_>, trust_domain: &str) -> Result<Option<L7Policy>, Problem> {
     // Selector policies are the node agent's, whatever else they hold.
     if targets(o.spec).ok_or_else(|| o.problem("targetRef/targetRefs: each needs `kind` and `name`"))?.is_empty() {
         return Ok(None);
     }
     let fail = |e: SpecError| o.problem(e.message());
     let spec = decode::<authorization::AuthorizationPolicySpec>(o.spec).map_err(fail)?;
-    // The trust domain only rewrites `cluster.local` principals; the waypoint compares
-    // peers' principals in the form they arrive, as before.
-    let compiled = authorization::compile(&MeshSettings::default(), o.namespace, o.name, o.annotations, spec.as_ref())
-        .map_err(fail)?;
+    // The mesh's trust domain: Istio reads `cluster.local/…` principals as this mesh's, and
+    // peers' principals arrive in it (a DENY compiled for the wrong one would never match).
+    let mesh = MeshSettings { trust_domain: trust_domain.to_owned(), ..MeshSettings::default() };
+    let compiled = authorization::compile(&mesh, o.namespace, o.name, o.annotations, spec.as_ref()).map_err(fail)?;
     let action = match compiled.policy.action {
         a @ (Action::Allow | Action::Deny) => a,
         // CUSTOM delegates the decision to an external authorizer the waypoint does not

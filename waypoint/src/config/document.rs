@@ -62,7 +62,7 @@ impl Object<'_> {
 
 const NULL: serde_json::Value = serde_json::Value::Null;
 
-pub(super) fn parse(text: &str) -> Result<L7Config, Problem> {
+pub(super) fn parse(text: &str, trust_domain: &str) -> Result<L7Config, Problem> {
     let options = serde_saphyr::options! { with_snippet: false };
     let docs: Vec<RawDoc> = serde_saphyr::from_multiple_with_options(text, options).map_err(|e| {
         let at = e.location().map(|l| (l.line(), l.column()));
@@ -88,7 +88,7 @@ pub(super) fn parse(text: &str) -> Result<L7Config, Problem> {
         })
         .collect();
 
-    build(&objects)
+    build(&objects, trust_domain)
 }
 
 /// Whether a document of this `apiVersion` and `kind` is one the waypoint reads.
@@ -98,7 +98,7 @@ pub(super) fn is_l7_kind(api: &str, kind: &str) -> bool {
 }
 
 /// The configuration of a set of objects (from a file or the API server).
-pub(super) fn build(objects: &[Object<'_>]) -> Result<L7Config, Problem> {
+pub(super) fn build(objects: &[Object<'_>], trust_domain: &str) -> Result<L7Config, Problem> {
     let mut config = L7Config::default();
     let mut grants = Grants::default();
     for o in objects {
@@ -137,7 +137,7 @@ pub(super) fn build(objects: &[Object<'_>]) -> Result<L7Config, Problem> {
                 }
             }
             "AuthorizationPolicy" => {
-                if let Some(p) = authz::policy(o)? {
+                if let Some(p) = authz::policy(o, trust_domain)? {
                     config.authz.push(p);
                 }
             }

@@ -67,7 +67,10 @@ impl Owned {
 /// The configuration built from `objects`, and one line per object left out or replaced
 /// and why. One object never blocks the others: an AuthorizationPolicy whose targets cannot
 /// be read is deny-all on its whole namespace.
-pub fn from_objects<O: Borrow<Value>>(objects: &[O]) -> Result<(L7Config, Vec<String>), L7ConfigError> {
+pub fn from_objects<O: Borrow<Value>>(
+    objects: &[O],
+    trust_domain: &str,
+) -> Result<(L7Config, Vec<String>), L7ConfigError> {
     let owned: Vec<Owned> = objects.iter().filter_map(|o| Owned::read(o.borrow())).collect();
     let mut notes = Vec::new();
     // Objects that routes refer to come first and go with every route's check.
@@ -76,7 +79,7 @@ pub fn from_objects<O: Borrow<Value>>(objects: &[O]) -> Result<(L7Config, Vec<St
 
     let mut good: Vec<Object<'_>> = Vec::new();
     for f in faults {
-        match build(&[f.object()]) {
+        match build(&[f.object()], trust_domain) {
             Ok(_) => good.push(f.object()),
             Err(p) => notes.push(format!("{} left out: {}", f.describe(), p.msg)),
         }
@@ -86,7 +89,7 @@ pub fn from_objects<O: Borrow<Value>>(objects: &[O]) -> Result<(L7Config, Vec<St
     for o in others {
         let mut with_faults = good[..faults_ok].to_vec();
         with_faults.push(o.object());
-        let Err(p) = build(&with_faults) else {
+        let Err(p) = build(&with_faults, trust_domain) else {
             good.push(o.object());
             continue;
         };
@@ -118,7 +121,8 @@ pub fn from_objects<O: Borrow<Value>>(objects: &[O]) -> Result<(L7Config, Vec<St
     }
     // Objects valid one by one are valid together today; if that ever changes, the
     // update is refused rather than half-applied.
-    let mut config = build(&good).map_err(|p| L7ConfigError::Unlocated { file: SOURCE.into(), problem: p.msg })?;
+    let mut config =
+        build(&good, trust_domain).map_err(|p| L7ConfigError::Unlocated { file: SOURCE.into(), problem: p.msg })?;
     config.authz.extend(stand_ins);
     Ok((config, notes))
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::*;
 
 fn err(text: &str) -> L7ConfigError {
-    parse(text, "mesh.yaml").expect_err("expected an error")
+    parse(text, "mesh.yaml", "cluster.local").expect_err("expected an error")
 }
 
 const MODEL: &str =
@@ -17,7 +17,7 @@ fn the_same_file_loads_as_model_and_as_l7_config() {
         "{MODEL}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n  parentRefs: [{{kind: Service, name: svc}}]\n  rules: [{{backendRefs: [{{name: svc, port: 80}}]}}]\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: svc, namespace: shop}}\nspec:\n  host: svc.shop.svc.cluster.local\n  trafficPolicy:\n    connectionPool: {{tcp: {{maxConnections: 7}}, http: {{http1MaxPendingRequests: 3, http2MaxRequests: 9}}}}\n    outlierDetection: {{consecutive5xxErrors: 4, baseEjectionTime: 1m, maxEjectionPercent: 40}}\n    loadBalancer: {{simple: ROUND_ROBIN}}\n---\napiVersion: gateway.networking.x-k8s.io/v1alpha1\nkind: XBackendTrafficPolicy\nmetadata: {{name: b, namespace: shop}}\nspec:\n  targetRefs: [{{group: \"\", kind: Service, name: svc}}]\n  retryConstraint: {{budget: {{percent: 30, interval: 5s}}, minRetryRate: {{count: 3, interval: 2s}}}}\n"
     );
     mesh::config::parse(&text, "mesh.yaml", 1).expect("the model skips the waypoint's kinds");
-    let c = parse(&text, "mesh.yaml").unwrap();
+    let c = parse(&text, "mesh.yaml", "cluster.local").unwrap();
     let svc = ServiceKey::new("shop", "svc");
     assert!(c.routes.has_routes(&svc, 80, None));
     let p = c.backend_policy(&svc, None);
@@ -76,7 +76,7 @@ fn routes_on_gateways_and_kinds_of_others_are_ignored() {
     let text = format!(
         "{MODEL}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n  parentRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: ingress}}]\n  rules: [{{}}]\n---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: shop}}\n"
     );
-    let c = parse(&text, "mesh.yaml").unwrap();
+    let c = parse(&text, "mesh.yaml", "cluster.local").unwrap();
     assert!(c.routes.is_empty());
 }
 
@@ -85,7 +85,7 @@ fn the_example_file_loads_in_both_readers() {
     let text = include_str!("../../examples/waypoint.yaml");
     let model = mesh::config::parse(text, "waypoint.yaml", 1).unwrap_or_else(|e| panic!("{e}"));
     assert!(model.service("shop", "reviews").and_then(|s| s.waypoint.as_ref()).is_some());
-    let c = parse(text, "waypoint.yaml").unwrap_or_else(|e| panic!("{e}"));
+    let c = parse(text, "waypoint.yaml", "cluster.local").unwrap_or_else(|e| panic!("{e}"));
     assert!(c.routes.has_routes(&ServiceKey::new("shop", "reviews"), 80, None));
     assert_eq!(c.authz.len(), 1);
     assert_eq!(c.backend_policy(&ServiceKey::new("shop", "reviews-v2"), None).budget.percent, 50.0);
@@ -142,7 +142,7 @@ mod from_the_api {
             route("d", "d", json!([{"type": "Bogus"}])),
             deny("no-admin", json!([{"to": [{"operation": {"paths": ["/admin"]}}]}])),
         ];
-        let (c, skipped) = from_objects(&objects).unwrap();
+        let (c, skipped) = from_objects(&objects, "cluster.local").unwrap();
         assert!(c.routes.has_routes(&ServiceKey::new("shop", "a"), 80, None));
         assert!(c.routes.has_routes(&ServiceKey::new("shop", "b"), 80, None));
         assert!(!c.routes.has_routes(&ServiceKey::new("shop", "c"), 80, None));
@@ -197,7 +197,7 @@ mod from_the_api {
                 json!({"selector": {"matchLabels": {"app": "a"}}, "action": "DENYY"}),
             ),
         ];
-        let (c, notes) = from_objects(&objects).unwrap();
+        let (c, notes) = from_objects(&objects, "cluster.local").unwrap();
         assert!(c.routes.has_routes(&ServiceKey::new("shop", "a"), 80, None), "the rest applies");
         let stand_ins: Vec<_> = c.authz.iter().map(|p| (p.name.as_str(), p.action, p.rules.len())).collect();
         assert_eq!(
@@ -254,7 +254,8 @@ mod from_the_api {
                 ),
             ),
         ];
-        let (c, notes) = from_objects(&objects).expect("one tenant's bad object never freezes the others");
+        let (c, notes) =
+            from_objects(&objects, "cluster.local").expect("one tenant's bad object never freezes the others");
         assert!(c.routes.has_routes(&ServiceKey::new("shop", "a"), 80, None), "the rest applies");
         assert_eq!(notes.len(), 2, "{notes:#?}");
         assert!(
@@ -291,7 +292,7 @@ mod from_the_api {
             json!({"targetRefs": [{"kind": "Service", "name": "a"}], "action": "CUSTOM",
                    "provider": {"name": "opa"}, "rules": [{"to": [{"operation": {"paths": ["/x"]}}]}]}),
         );
-        let (c, notes) = from_objects(&[custom]).unwrap();
+        let (c, notes) = from_objects(&[custom], "cluster.local").unwrap();
         assert_eq!(c.authz.len(), 1);
         assert_eq!((c.authz[0].action, c.authz[0].rules.len()), (mesh::model::Action::Deny, 1));
         assert!(notes[0].contains("action CUSTOM") && notes[0].contains("deny-all"), "{notes:#?}");
@@ -313,7 +314,7 @@ mod from_the_api {
                 "open",
                 json!({"targetRefs": [{"kind": "Service", "name": "a"}], "action": "ALLOW", "rules": rules}),
             );
-            let (c, notes) = from_objects(&[allow]).unwrap();
+            let (c, notes) = from_objects(&[allow], "cluster.local").unwrap();
             assert_eq!(c.authz.len(), 1, "{rules}");
             assert_eq!(c.authz[0].action, mesh::model::Action::Deny, "{rules}: deny-all instead of allow-all");
             assert!(
@@ -329,7 +330,7 @@ mod from_the_api {
     fn a_spiffe_principal_is_refused_as_the_node_agent_refuses_it() {
         let p =
             deny("by-scheme", json!([{"from": [{"source": {"principals": ["spiffe://cluster.local/ns/web/sa/a"]}}]}]));
-        let (c, notes) = from_objects(&[p]).unwrap();
+        let (c, notes) = from_objects(&[p], "cluster.local").unwrap();
         assert_eq!(
             (c.authz[0].action, c.authz[0].rules[0].from.len()),
             (mesh::model::Action::Deny, 0),
@@ -342,14 +343,14 @@ mod from_the_api {
     fn thousands_of_objects_are_read() {
         // More documents than one YAML text may hold (serde-saphyr's budget is 1,024).
         let objects: Vec<Value> = (0..3000).map(|i| route(&format!("r{i}"), &format!("s{i}"), json!([]))).collect();
-        let (c, notes) = from_objects(&objects).unwrap();
+        let (c, notes) = from_objects(&objects, "cluster.local").unwrap();
         assert!(notes.is_empty());
         assert!(c.routes.has_routes(&ServiceKey::new("shop", "s2999"), 80, None));
     }
 
     #[test]
     fn no_objects_is_an_empty_configuration() {
-        let (c, skipped) = from_objects::<Value>(&[]).unwrap();
+        let (c, skipped) = from_objects::<Value>(&[], "cluster.local").unwrap();
         assert!(c.routes.is_empty() && c.authz.is_empty() && skipped.is_empty());
     }
 }
@@ -364,7 +365,7 @@ spec:
   host: payments.bank
   trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}, http: {http1MaxPendingRequests: 1}}}
 "#;
-    let c = parse(text, "t.yaml").unwrap();
+    let c = parse(text, "t.yaml", "cluster.local").unwrap();
     let payments = ServiceKey::new("bank", "payments");
     let default = crate::resilience::BackendPolicy::default();
     assert_eq!(c.backend_policy(&payments, None), default, "not for everyone");

@@ -187,7 +187,7 @@ async fn mesh_with(extra: &str) -> Mesh {
     let text = config(http_port, echo_port, legacy_port) + &extra.replace("{HTTP_PORT}", &http_port.to_string());
     let snapshot = Snapshot {
         model: Arc::new(mesh::config::parse(&text, "e2e.yaml", 1).unwrap()),
-        l7: Arc::new(crate::config::parse(&text, "e2e.yaml").unwrap()),
+        l7: Arc::new(crate::config::parse(&text, "e2e.yaml", "cluster.local").unwrap()),
     };
     let pool = Pool::new(PoolConfig::default(), DirectTcpDialer, Arc::new(certs.clone()));
     let mut upstream = HboneUpstream::new(pool, id("shop", "waypoint"), "shop/waypoint-0");

@@ -9,7 +9,7 @@ fn table(rules: &str) -> RouteTable {
     let text = format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n  parentRefs: [{{kind: Service, name: svc}}]\n  rules:\n{rules}"
     );
-    config::parse(&text, "t.yaml").unwrap().routes
+    config::parse(&text, "t.yaml", "cluster.local").unwrap().routes
 }
 
 /// The index of the rule a request selects (`None`: no match).
@@ -84,7 +84,7 @@ fn equal_precedence_keeps_rule_order_and_a_rule_without_matches_matches_all() {
 #[test]
 fn parent_port_limits_where_a_route_applies() {
     let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: shop}\nspec:\n  parentRefs: [{kind: Service, name: svc, port: 8080}]\n  rules: [{}]\n";
-    let t = config::parse(text, "t.yaml").unwrap().routes;
+    let t = config::parse(text, "t.yaml", "cluster.local").unwrap().routes;
     let svc = ServiceKey::new("shop", "svc");
     assert!(t.has_routes(&svc, 8080, None));
     assert!(!t.has_routes(&svc, 80, None));
@@ -117,7 +117,7 @@ fn chosen(t: &RouteTable, client: Option<&str>) -> Option<String> {
 fn a_route_from_another_namespace_applies_only_to_that_namespaces_clients() {
     let text = route_doc("shop", "own", "{name: svc, port: 80}")
         + &route_doc("evil", "hijack", "{name: sink, namespace: evil, port: 80}");
-    let t = config::parse(&text, "t.yaml").unwrap().routes;
+    let t = config::parse(&text, "t.yaml", "cluster.local").unwrap().routes;
     // Everyone else keeps the Service owner's route: the consumer route is not theirs.
     assert_eq!(chosen(&t, Some("shop")).as_deref(), Some("shop/own"));
     assert_eq!(chosen(&t, Some("web")).as_deref(), Some("shop/own"));
@@ -125,9 +125,13 @@ fn a_route_from_another_namespace_applies_only_to_that_namespaces_clients() {
     // Its own namespace's clients get it, ahead of the producer route (GAMMA).
     assert_eq!(chosen(&t, Some("evil")).as_deref(), Some("evil/hijack"));
     // A consumer route alone does not give other clients routes at all.
-    let t = config::parse(&route_doc("evil", "hijack", "{name: sink, namespace: evil, port: 80}"), "t.yaml")
-        .unwrap()
-        .routes;
+    let t = config::parse(
+        &route_doc("evil", "hijack", "{name: sink, namespace: evil, port: 80}"),
+        "t.yaml",
+        "cluster.local",
+    )
+    .unwrap()
+    .routes;
     assert!(!t.has_routes(&ServiceKey::new("shop", "svc"), 80, Some("web")));
     assert!(t.has_routes(&ServiceKey::new("shop", "svc"), 80, Some("evil")));
 }
@@ -135,10 +139,11 @@ fn a_route_from_another_namespace_applies_only_to_that_namespaces_clients() {
 #[test]
 fn a_backend_in_another_namespace_needs_a_reference_grant() {
     let cross = route_doc("web", "to-shop", "{name: legacy, namespace: shop, port: 80}");
-    let e = config::parse(&cross, "t.yaml").expect_err("no grant").to_string();
+    let e = config::parse(&cross, "t.yaml", "cluster.local").expect_err("no grant").to_string();
     assert!(e.contains("no ReferenceGrant in shop allows HTTPRoutes of namespace web"), "{e}");
     let mirror = "---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: m, namespace: shop}\nspec:\n  parentRefs: [{kind: Service, name: svc}]\n  rules:\n  - backendRefs: [{name: svc, port: 80}]\n    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: tap, namespace: evil, port: 80}}}]\n";
-    let e = config::parse(mirror, "t.yaml").expect_err("a mirror into another namespace needs a grant too");
+    let e = config::parse(mirror, "t.yaml", "cluster.local")
+        .expect_err("a mirror into another namespace needs a grant too");
     assert!(e.to_string().contains("ReferenceGrant in evil"), "{e}");
 
     let grant = |to: &str| {
@@ -153,7 +158,7 @@ fn a_backend_in_another_namespace_needs_a_reference_grant() {
         ("{group: \"\", kind: Service, name: other}", false),
         ("{group: \"\", kind: Secret}", false),
     ] {
-        let got = config::parse(&(cross.clone() + &grant(to)), "t.yaml");
+        let got = config::parse(&(cross.clone() + &grant(to)), "t.yaml", "cluster.local");
         assert_eq!(got.is_ok(), ok, "grant to {to}: {:?}", got.err());
     }
 }
