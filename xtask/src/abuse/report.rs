@@ -21,7 +21,7 @@ pub fn markdown(result: &Value) -> String {
     let mut md = String::from("# Pillion hostile-peer run (`cargo xtask abuse`)\n\n");
     let _ = writeln!(
         md,
-        "{}, {} mode, **{} build**. Machine: kernel {}, {} cores ({}), shared with other builds. \
+        "{}, {} mode, **{} build**. Machine: kernel {}, {} cores ({}), the attackers, the victim and the mesh sharing them. \
          The agents' open-file limit: {}. Plan: `{}`. Total {:.0} s.\n",
         result["date"].as_str().unwrap_or("?"),
         result["mode"].as_str().unwrap_or("?"),
