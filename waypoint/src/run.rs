@@ -118,6 +118,12 @@ pub fn waypoint_service(
         .with_context(|| format!("no Service in {namespace} selects workload {workload}: add the waypoint's Service or pass --waypoint-service"))
 }
 
+/// HTTP/2 receive windows of the waypoint's HBONE server (per stream, per connection).
+/// Bytes a peer sends ahead of what the HTTP side has read wait in these windows, outside
+/// the body budget: smaller than the agents' (4 / 16 MiB) so that a pod's stalled uploads
+/// hold at most 4 MiB per connection here, still 10 GB/s per stream at a 100 µs RTT.
+const RECEIVE_WINDOWS: (u32, u32) = (1024 * 1024, 4 * 1024 * 1024);
+
 pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let (snapshot, follow, origin) = match &args.config {
         Some(path) => {
@@ -182,6 +188,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
         ))
         .connection_limit(ConnLimit::new("hbone_connections", me, args.max_hbone_connections, &limit_metrics))
         .idle_timeout(args.hbone_idle_timeout)
+        .receive_windows(RECEIVE_WINDOWS.0, RECEIVE_WINDOWS.1)
         .build();
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

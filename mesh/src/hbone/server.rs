@@ -178,6 +178,9 @@ pub struct HboneServer<R, H, D> {
     tunnels: Option<ConnLimit>,
     /// An established connection with no open stream for this long gets GOAWAY.
     idle_timeout: Duration,
+    /// HTTP/2 receive windows (per stream, per connection): what a peer may send ahead
+    /// of what the upstream has taken, held in this process.
+    windows: (u32, u32),
     /// Bound on dialling the upstream; past it the client gets 503.
     upstream_timeout: Duration,
     default_baggage: String,
@@ -246,6 +249,14 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServerBuilde
         self
     }
 
+    /// HTTP/2 receive windows per stream and per connection (default
+    /// [`settings::INITIAL_STREAM_WINDOW`], [`settings::INITIAL_CONNECTION_WINDOW`]): the
+    /// most a peer's bytes can wait here for a slow upstream.
+    pub fn receive_windows(mut self, stream: u32, connection: u32) -> Self {
+        self.server.windows = (stream, connection);
+        self
+    }
+
     /// How long dialling the upstream may take before the client gets 503.
     pub fn upstream_timeout(mut self, t: Duration) -> Self {
         self.server.upstream_timeout = t;
@@ -291,6 +302,7 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
                 ),
                 tunnels: None,
                 idle_timeout: DEFAULT_IDLE_TIMEOUT,
+                windows: (settings::INITIAL_STREAM_WINDOW, settings::INITIAL_CONNECTION_WINDOW),
                 upstream_timeout: DEFAULT_CONNECT_TIMEOUT,
                 default_baggage: String::new(),
                 extra_trust_domains: Vec::new(),
@@ -359,8 +371,8 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
             let peer_identity = identity_of(leaf)?;
             let h2 = h2::server::Builder::new()
                 .max_concurrent_streams(settings::MAX_CONCURRENT_STREAMS)
-                .initial_window_size(settings::INITIAL_STREAM_WINDOW)
-                .initial_connection_window_size(settings::INITIAL_CONNECTION_WINDOW)
+                .initial_window_size(self.windows.0)
+                .initial_connection_window_size(self.windows.1)
                 .max_frame_size(settings::MAX_FRAME_SIZE)
                 .max_header_list_size(settings::MAX_HEADER_LIST_SIZE)
                 .max_pending_accept_reset_streams(settings::MAX_PENDING_ACCEPT_RESETS)
