@@ -78,10 +78,6 @@ enum Command {
     },
 }
 
-/// jemalloc returns freed memory to the system after a load (see .cargo/config.toml).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> ExitCode {
     // One process-wide TLS provider, chosen before any client (kube, CA) is built.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();

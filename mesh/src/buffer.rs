@@ -4,9 +4,9 @@
 //! Idle and request/response connections must cost little (the agent holds thousands,
 //! and a client pod can open them on purpose), while bulk transfers want fewer, larger
 //! syscalls. So a read buffer starts small, grows ×4 whenever a read fills it, and
-//! shrinks ×4 whenever a read uses less than an eighth of it; a buffer held above twice its
-//! size is dropped for a new one, so a connection that goes quiet after a burst gives its
-//! memory back instead of keeping the burst's buffer for its whole life.
+//! shrinks ×4 after two reads in a row used less than an eighth of it (one short read is
+//! common in bulk transfers); a buffer held above twice its size is dropped for a new one,
+//! so a connection that turns chatty after a burst gives the burst's memory back.
 //!
 //! Growth beyond the smallest size is drawn from a process-wide [`Budget`]: whatever the
 //! peers do (a pod can open thousands of connections, upload fast and stop reading), the
@@ -59,6 +59,8 @@ pub static GLOBAL: Budget = Budget::new(GLOBAL_BUDGET);
 #[derive(Debug)]
 pub struct ReadSize {
     size: usize,
+    /// The last read used less than an eighth of the buffer.
+    short: bool,
     budget: &'static Budget,
 }
 
@@ -76,7 +78,7 @@ impl Drop for ReadSize {
 
 impl ReadSize {
     pub fn with_budget(budget: &'static Budget) -> Self {
-        Self { size: MIN_READ, budget }
+        Self { size: MIN_READ, short: false, budget }
     }
 
     pub fn get(&self) -> usize {
@@ -85,16 +87,18 @@ impl ReadSize {
 
     /// Learns from a read of `n` bytes into `offered` bytes of room.
     pub fn after_read(&mut self, n: usize, offered: usize) {
+        let short = n < self.size / 8;
         if n >= offered && n >= self.size {
             let grown = (self.size * 4).min(MAX_READ);
             if self.budget.take(grown - self.size) {
                 self.size = grown;
             }
-        } else if n < self.size / 8 {
+        } else if short && self.short {
             let shrunk = (self.size / 4).max(MIN_READ);
             self.budget.give(self.size - shrunk);
             self.size = shrunk;
         }
+        self.short = short;
     }
 
     /// Whether a buffer of `capacity` is held far above the current size (and should be
@@ -120,8 +124,10 @@ mod tests {
         s.after_read(MAX_READ / 2, MAX_READ);
         assert_eq!(s.get(), MAX_READ);
         assert!(!s.oversized(MAX_READ));
-        // A burst ends with a small read: the size steps down and the burst's buffer is
-        // oversized.
+        // One short read is bulk as usual; two in a row step the size down, and the burst's
+        // buffer is oversized.
+        s.after_read(100, MAX_READ);
+        assert_eq!(s.get(), MAX_READ);
         s.after_read(100, MAX_READ);
         assert_eq!(s.get(), MAX_READ / 4);
         assert!(s.oversized(MAX_READ));
@@ -155,6 +161,7 @@ mod tests {
         drop(second);
         grow(&mut third);
         assert_eq!(third.get(), 64 * 1024);
+        first.after_read(1, first.get());
         first.after_read(1, first.get());
         assert_eq!(first.get(), 16 * 1024);
         drop(first);

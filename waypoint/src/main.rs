@@ -23,10 +23,6 @@ enum Command {
     },
 }
 
-/// jemalloc returns freed memory to the system after a load (see .cargo/config.toml).
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> anyhow::Result<()> {
     let (filter, _logs) = mesh::telemetry::LogControl::from_env("PILLION_LOG", "info")?;
     tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer()).init();

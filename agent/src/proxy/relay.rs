@@ -27,21 +27,24 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut size = ReadSize::default();
-    let mut buf = vec![0u8; size.get()];
+    // Read into spare capacity: nothing is zeroed when the buffer grows.
+    let mut buf: Vec<u8> = Vec::with_capacity(size.get());
     loop {
-        let n = reader.read(&mut buf).await?;
+        buf.clear();
+        let offered = buf.capacity();
+        let n = reader.read_buf(&mut buf).await?;
         if n == 0 {
             return writer.shutdown().await;
         }
-        writer.write_all(&buf[..n]).await?;
+        writer.write_all(&buf).await?;
         *count += n as u64;
         on_bytes(n as u64);
-        size.after_read(n, buf.len());
-        if size.get() > buf.len() {
-            buf.resize(size.get(), 0);
-        } else if size.oversized(buf.len()) {
+        size.after_read(n, offered);
+        if size.get() > buf.capacity() {
+            buf.reserve_exact(size.get());
+        } else if size.oversized(buf.capacity()) {
             // A fresh allocation: shrinking in place would keep the large one.
-            buf = vec![0u8; size.get()];
+            buf = Vec::with_capacity(size.get());
         }
     }
 }

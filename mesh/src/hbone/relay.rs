@@ -6,7 +6,7 @@
 use std::future::poll_fn;
 use std::io;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use h2::{RecvStream, SendStream};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -64,35 +64,32 @@ async fn upstream_to_h2<R: AsyncRead + Unpin>(mut r: R, mut send: SendStream<Byt
     let mut size = ReadSize::default();
     let mut buf = BytesMut::new();
     loop {
-        // Window first, then read: a stream the peer is not draining holds no read buffer
-        // here; its bytes wait in the upstream's socket, which slows the upstream (TCP
-        // backpressure). h2 signals only increases of capacity, so capacity already held
-        // is used without waiting.
-        send.reserve_capacity(size.get());
-        let granted = match send.capacity() {
-            0 => match poll_fn(|cx| send.poll_capacity(cx)).await {
-                Some(Ok(n)) => n,
-                Some(Err(e)) => return Err(reset(e)),
-                None => return Err(io::ErrorKind::BrokenPipe.into()),
-            },
-            n => n,
-        };
-        if granted == 0 {
-            continue;
-        }
-        let want = granted.min(size.get());
         // Chunks handed to h2 keep their allocation alive until written, so a fresh buffer
         // is taken rather than grown in place; see `crate::buffer` for the sizes.
-        if buf.capacity() < want || size.oversized(buf.capacity()) {
+        if buf.capacity() < size.get() / 2 || size.oversized(buf.capacity()) {
             buf = BytesMut::with_capacity(size.get());
         }
-        let n = r.read_buf(&mut (&mut buf).limit(want)).await?;
+        let offered = buf.capacity();
+        let n = r.read_buf(&mut buf).await?;
         if n == 0 {
             break;
         }
-        size.after_read(n, want);
-        total += n as u64;
-        send.send_data(buf.split().freeze(), false).map_err(reset)?;
+        size.after_read(n, offered);
+        let mut chunk = buf.split().freeze();
+        total += chunk.len() as u64;
+        while !chunk.is_empty() {
+            send.reserve_capacity(chunk.len());
+            let granted = match poll_fn(|cx| send.poll_capacity(cx)).await {
+                Some(Ok(n)) => n,
+                Some(Err(e)) => return Err(reset(e)),
+                None => return Err(io::ErrorKind::BrokenPipe.into()),
+            };
+            if granted == 0 {
+                continue;
+            }
+            let part = chunk.split_to(granted.min(chunk.len()));
+            send.send_data(part, false).map_err(reset)?;
+        }
     }
     send.send_data(Bytes::new(), true).map_err(reset)?;
     Ok(total)
