@@ -3,6 +3,8 @@
 //! to) and a copy of the CA's root certificate (`<name>-ca-root`, a pod can only mount a
 //! ConfigMap of its own namespace), all owned by the Gateway so that deleting it removes
 //! them, and the Gateway's status (`Accepted`, `Programmed`, the Service's address).
+//! A HorizontalPodAutoscaler and a PodDisruptionBudget come from the ConfigMap the
+//! Gateway's `spec.infrastructure.parametersRef` names ([`scaling`]).
 //!
 //! The waypoints' read access to the cluster (ClusterRole `pillion-waypoint`) is granted
 //! through one ClusterRoleBinding, `pillion-waypoints`, installed empty with Pillion and
@@ -15,6 +17,7 @@
 //! right no node should hold (a compromised node could then run anything anywhere).
 //! `istio-waypoint` Gateways are left to Istio's own controller.
 
+pub mod scaling;
 #[cfg(test)]
 mod tests;
 
@@ -24,16 +27,19 @@ use std::time::Duration;
 use futures::StreamExt;
 use gateway_api::apis::experimental::gateways::Gateway;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::labels::GATEWAY_NAME;
+use scaling::{ParamsError, Scaling};
 
 pub const CLASS: &str = "pillion-waypoint";
 const MANAGER: &str = "pillion-waypoint-controller";
@@ -61,6 +67,8 @@ pub enum ControllerError {
         "updating ClusterRoleBinding {BINDING}: {0}; it is part of deploy/install.yaml (reinstall if it was deleted) and the controller needs get/update on it and bind on ClusterRole pillion-waypoint"
     )]
     Binding(Box<kube::Error>),
+    #[error("Gateway {gateway}: {source}")]
+    Params { gateway: String, source: ParamsError },
     #[error(
         "ServiceAccount {0} exists and does not belong to the Gateway of the same name; the waypoint would take it over (and deleting the Gateway would delete it): rename the Gateway"
     )]
@@ -96,9 +104,9 @@ impl Settings {
     }
 }
 
-/// The four objects a waypoint Gateway gets, as server-side-apply bodies: ServiceAccount,
-/// Deployment, Service and the root-certificate ConfigMap (holding `root_pem`).
-pub fn desired(gw: &Gateway, s: &Settings, root_pem: &str) -> Result<[Value; 4], ControllerError> {
+/// The metadata of every object made for `gw`: its name and namespace, the Gateway's label
+/// and the Gateway as controlling owner.
+fn owned_meta(gw: &Gateway) -> Result<Value, ControllerError> {
     let name = gw.name_any();
     let (Some(ns), Some(uid)) = (gw.namespace(), gw.uid()) else { return Err(ControllerError::Unowned(name)) };
     let owner = OwnerReference {
@@ -109,7 +117,26 @@ pub fn desired(gw: &Gateway, s: &Settings, root_pem: &str) -> Result<[Value; 4],
         controller: Some(true),
         block_owner_deletion: Some(true),
     };
-    let meta = json!({"name": name, "namespace": ns, "labels": {GATEWAY_NAME: name}, "ownerReferences": [owner]});
+    Ok(json!({"name": name, "namespace": ns, "labels": {GATEWAY_NAME: name}, "ownerReferences": [owner]}))
+}
+
+/// The four objects a waypoint Gateway gets, as server-side-apply bodies: ServiceAccount,
+/// Deployment, Service and the root-certificate ConfigMap (holding `root_pem`).
+pub fn desired(gw: &Gateway, s: &Settings, root_pem: &str) -> Result<[Value; 4], ControllerError> {
+    desired_scaled(gw, s, root_pem, &Scaling::default())
+}
+
+/// As [`desired`], for a waypoint scaled as `scaling` says: with an autoscaler the
+/// Deployment leaves `replicas` to it and requests CPU (utilization is measured against it).
+pub fn desired_scaled(
+    gw: &Gateway,
+    s: &Settings,
+    root_pem: &str,
+    scaling: &Scaling,
+) -> Result<[Value; 4], ControllerError> {
+    let meta = owned_meta(gw)?;
+    let name = gw.name_any();
+    let ns = gw.namespace().unwrap_or_default();
     let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta});
     let root_map = format!("{name}-ca-root");
     let mut root_meta = meta.clone();
@@ -161,11 +188,68 @@ pub fn desired(gw: &Gateway, s: &Settings, root_pem: &str) -> Result<[Value; 4],
             }
         }
     });
+    let mut deployment = deployment;
+    if scaling.hpa.is_some() {
+        let spec = deployment["spec"].as_object_mut().expect("a spec");
+        spec.remove("replicas");
+        deployment["spec"]["template"]["spec"]["containers"][0]["resources"] =
+            json!({"requests": {"cpu": scaling::DEFAULT_CPU_REQUEST}});
+    }
     let service = json!({
         "apiVersion": "v1", "kind": "Service", "metadata": meta,
         "spec": {"selector": {GATEWAY_NAME: name}, "ports": [{"name": "mesh", "port": 15008, "targetPort": 15008}]}
     });
     Ok([sa, deployment, service, root])
+}
+
+/// The HorizontalPodAutoscaler and PodDisruptionBudget bodies `scaling` asks for, aimed
+/// at the waypoint's own Deployment and pods whatever the parameters say.
+pub fn scaling_objects(gw: &Gateway, scaling: &Scaling) -> Result<(Option<Value>, Option<Value>), ControllerError> {
+    let meta = owned_meta(gw)?;
+    let name = gw.name_any();
+    let hpa = scaling.hpa.as_ref().map(|spec| {
+        let mut spec = spec.clone();
+        spec["scaleTargetRef"] = json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": name});
+        json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": meta, "spec": spec})
+    });
+    let pdb = scaling.pdb.as_ref().map(|spec| {
+        let mut spec = spec.clone();
+        spec["selector"] = json!({"matchLabels": {GATEWAY_NAME: name}});
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta, "spec": spec})
+    });
+    Ok((hpa, pdb))
+}
+
+/// What the Gateway's `spec.infrastructure.parametersRef` asks for (nothing without one).
+async fn scaling_of(client: &Client, gw: &Gateway) -> Result<Scaling, ControllerError> {
+    let (ns, name) = (gw.namespace().unwrap_or_default(), gw.name_any());
+    let Some(r) = gw.spec.infrastructure.as_ref().and_then(|i| i.parameters_ref.as_ref()) else {
+        return Ok(Scaling::default());
+    };
+    let params = |source| ControllerError::Params { gateway: format!("{ns}/{name}"), source };
+    if !r.group.is_empty() || r.kind != "ConfigMap" {
+        return Err(params(ParamsError::Kind { group: r.group.clone(), kind: r.kind.clone() }));
+    }
+    let map = Api::<ConfigMap>::namespaced(client.clone(), &ns).get_opt(&r.name).await.map_err(|e| {
+        ControllerError::Apply { what: "parameters ConfigMap", gateway: format!("{ns}/{name}"), source: Box::new(e) }
+    })?;
+    let map = map.ok_or_else(|| params(ParamsError::Missing(r.name.clone())))?;
+    Scaling::from_data(&map.data.unwrap_or_default()).map_err(params)
+}
+
+/// Applies `body` as `name`, or deletes an earlier one when `body` is `None`.
+async fn apply_or_remove<K>(api: Api<K>, name: &str, body: Option<&Value>) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    match body {
+        Some(b) => api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(b)).await.map(drop),
+        None => match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            Err(e) => Err(e),
+        },
+    }
 }
 
 /// The binding's subjects: the service accounts the controller made for waypoint Gateways
@@ -298,16 +382,22 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Co
     };
     if let Err(e) = check_account(c, &gw).await {
         if let ControllerError::AccountTaken(_) = &e {
-            let body = status_with(&gw, Err(e.to_string()), None, false);
-            // Best effort: the error itself is logged and retried either way.
-            let _ = Api::<Gateway>::namespaced(c.clone(), &ns)
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
-                .await;
+            refuse(c, &gw, &e).await;
         }
         return Err(e);
     }
+    let scaling = match scaling_of(c, &gw).await {
+        Ok(s) => s,
+        Err(e) => {
+            if let ControllerError::Params { .. } = &e {
+                refuse(c, &gw, &e).await;
+            }
+            return Err(e);
+        }
+    };
     let root = root_pem(c, &ctx.settings).await?;
-    let [sa, deployment, service, root] = desired(&gw, &ctx.settings, &root)?;
+    let [sa, deployment, service, root] = desired_scaled(&gw, &ctx.settings, &root, &scaling)?;
+    let (hpa, pdb) = scaling_objects(&gw, &scaling)?;
     Api::<ConfigMap>::namespaced(c.clone(), &ns)
         .patch(&format!("{name}-ca-root"), &pp, &Patch::Apply(&root))
         .await
@@ -326,6 +416,12 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Co
         .patch(&name, &pp, &Patch::Apply(&service))
         .await
         .map_err(fail("Service"))?;
+    apply_or_remove(Api::<HorizontalPodAutoscaler>::namespaced(c.clone(), &ns), &name, hpa.as_ref())
+        .await
+        .map_err(fail("HorizontalPodAutoscaler"))?;
+    apply_or_remove(Api::<PodDisruptionBudget>::namespaced(c.clone(), &ns), &name, pdb.as_ref())
+        .await
+        .map_err(fail("PodDisruptionBudget"))?;
     let ready = d.status.and_then(|s| s.available_replicas).unwrap_or(0) > 0;
     let address = svc.spec.and_then(|s| s.cluster_ip).filter(|ip| ip != "None");
     let body = status(&gw, address.as_deref(), ready);
@@ -336,6 +432,15 @@ pub async fn reconcile(gw: Arc<Gateway>, ctx: Arc<Context>) -> Result<Action, Co
     // Owned Deployments and Services trigger a reconcile when they change; the requeue
     // is a backstop for missed events.
     Ok(Action::requeue(Duration::from_secs(300)))
+}
+
+/// Reports `e` in the Gateway's `Accepted` condition (best effort: the error itself is
+/// logged and retried either way).
+async fn refuse(c: &Client, gw: &Gateway, e: &ControllerError) {
+    let body = status_with(gw, Err(e.to_string()), None, false);
+    let _ = Api::<Gateway>::namespaced(c.clone(), &gw.namespace().unwrap_or_default())
+        .patch_status(&gw.name_any(), &PatchParams::default(), &Patch::Merge(&body))
+        .await;
 }
 
 fn error_policy(_gw: Arc<Gateway>, e: &ControllerError, _ctx: Arc<Context>) -> Action {

@@ -33,6 +33,8 @@ struct World {
     account: Option<Value>,
     /// PUTs of the binding answered 409 first.
     conflicts: u32,
+    /// `data` of ConfigMap shop/wp-params (the Gateway's parameters), if it exists.
+    params: Option<Value>,
 }
 
 fn not_found() -> Value {
@@ -55,7 +57,7 @@ fn account(owner_uid: Option<&str>) -> Value {
 /// root ConfigMap; every other PATCH answered with the applied object plus what the API
 /// server would add (a cluster IP, a ready replica). Records `(method, path, body)`.
 fn server(seen: Seen, world: World) -> kube::Client {
-    let World { gateways, mut bound, mut account, mut conflicts } = world;
+    let World { gateways, mut bound, mut account, mut conflicts, params } = world;
     let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     tokio::spawn(async move {
         while let Some((req, tx)) = handle.next_request().await {
@@ -95,6 +97,15 @@ fn server(seen: Seen, world: World) -> kube::Client {
                     json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "pillion-ca-root-cert"},
                            "data": {"root-cert.pem": "-----BEGIN CERTIFICATE-----\nroot\n"}})
                 }
+                ("GET", "/api/v1/namespaces/shop/configmaps/wp-params") if params.is_some() => {
+                    json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "wp-params", "namespace": "shop"},
+                           "data": params})
+                }
+                // Nothing made earlier to delete.
+                ("DELETE", _) => {
+                    code = 404;
+                    not_found()
+                }
                 (_, p) if p.ends_with("/services/wp") => {
                     let mut a = body.clone();
                     a["spec"]["clusterIP"] = json!("10.96.7.7");
@@ -128,6 +139,7 @@ fn world() -> World {
         bound: json!([]),
         account: None,
         conflicts: 0,
+        params: None,
     }
 }
 
@@ -154,6 +166,9 @@ async fn a_waypoint_gateway_gets_owned_objects_and_a_status() {
             ("PUT", BINDING_PATH),
             ("PATCH", "/apis/apps/v1/namespaces/shop/deployments/wp"),
             ("PATCH", "/api/v1/namespaces/shop/services/wp"),
+            // No parameters: no autoscaler or disruption budget (one made earlier goes).
+            ("DELETE", "/apis/autoscaling/v2/namespaces/shop/horizontalpodautoscalers/wp"),
+            ("DELETE", "/apis/policy/v1/namespaces/shop/poddisruptionbudgets/wp"),
             ("PATCH", "/apis/gateway.networking.k8s.io/v1/namespaces/shop/gateways/wp/status"),
         ]
     );
@@ -167,7 +182,7 @@ async fn a_waypoint_gateway_gets_owned_objects_and_a_status() {
         assert_eq!((owner["kind"].as_str(), owner["uid"].as_str()), (Some("Gateway"), Some("gw-uid")));
         assert_eq!(owner["controller"], true, "deleting the Gateway deletes its waypoint");
     }
-    let seen: Vec<&(String, String, Value)> = [3, 8, 9, 10].iter().map(|&i| &seen[i]).collect();
+    let seen: Vec<&(String, String, Value)> = [3, 8, 9, 12].iter().map(|&i| &seen[i]).collect();
     let pod = &seen[1].2["spec"]["template"];
     let pod_labels = &pod["metadata"]["labels"];
     assert_eq!(pod_labels["gateway.networking.k8s.io/gateway-name"], "wp", "the source recognises waypoint pods by it");
@@ -234,6 +249,7 @@ async fn the_binding_follows_deleted_gateways_and_survives_a_conflict() {
         bound: json!([{"kind": "ServiceAccount", "name": "wp", "namespace": "shop"}]),
         account: Some(account(Some("gw-uid"))),
         conflicts: 1,
+        params: None,
     };
     sync_binding(&server(seen.clone(), stale)).await.unwrap();
     let seen = seen.lock().unwrap();
@@ -284,4 +300,72 @@ async fn without_the_ca_root_nothing_is_applied() {
     let msg = e.to_string();
     assert!(msg.contains("ConfigMap pillion-system/absent") && msg.contains("is pillion-ca running"), "{msg}");
     assert!(seen.lock().unwrap().iter().all(|(m, _, _)| m == "GET"), "no waypoint without a CA to trust");
+}
+
+fn with_params(params_ref: Value) -> Gateway {
+    let mut gw = serde_json::to_value(gateway("pillion-waypoint")).unwrap();
+    gw["spec"]["infrastructure"] = json!({"parametersRef": params_ref});
+    serde_json::from_value(gw).unwrap()
+}
+
+const PARAMS: fn() -> Value = || json!({"group": "", "kind": "ConfigMap", "name": "wp-params"});
+
+#[tokio::test]
+async fn parameters_give_the_waypoint_an_autoscaler_and_a_disruption_budget_aimed_at_itself() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let world = World {
+        params: Some(json!({
+            "horizontalPodAutoscaler": "spec:\n  minReplicas: 2\n  maxReplicas: 6\n",
+            "podDisruptionBudget": "spec:\n  maxUnavailable: 1\n",
+        })),
+        ..world()
+    };
+    reconcile(Arc::new(with_params(PARAMS())), context(seen.clone(), world)).await.unwrap();
+    let seen = seen.lock().unwrap();
+    let body = |suffix: &str| {
+        seen.iter()
+            .find(|(m, p, _)| m == "PATCH" && p.ends_with(suffix))
+            .map(|(_, _, b)| b.clone())
+            .unwrap_or_else(|| panic!("no PATCH of {suffix}"))
+    };
+    let hpa = body("/horizontalpodautoscalers/wp");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    assert_eq!(hpa["spec"]["scaleTargetRef"], json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "wp"}));
+    assert_eq!((hpa["spec"]["minReplicas"].as_i64(), hpa["spec"]["maxReplicas"].as_i64()), (Some(2), Some(6)));
+    assert_eq!(hpa["metadata"]["ownerReferences"][0]["uid"], "gw-uid", "deleted with the Gateway");
+    let pdb = body("/poddisruptionbudgets/wp");
+    assert_eq!(pdb["spec"]["selector"]["matchLabels"]["gateway.networking.k8s.io/gateway-name"], "wp");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    let deployment = body("/deployments/wp");
+    assert!(deployment["spec"].get("replicas").is_none(), "replicas are the autoscaler's to set");
+    assert_eq!(deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"], "100m");
+    assert!(!seen.iter().any(|(m, _, _)| m == "DELETE"));
+}
+
+#[tokio::test]
+async fn bad_or_missing_parameters_are_reported_on_the_gateway_and_nothing_is_applied() {
+    let cases = [
+        (
+            PARAMS(),
+            Some(json!({"horizontalPodAutoscaler": "spec: {maxReplicas: 3, scaleTargetRef: {name: payments}}"})),
+            "scaleTargetRef cannot be set",
+        ),
+        (PARAMS(), None, "ConfigMap wp-params (spec.infrastructure.parametersRef) does not exist"),
+        (json!({"group": "example.com", "kind": "Params", "name": "x"}), None, "must name a ConfigMap"),
+    ];
+    for (params_ref, params, why) in cases {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let world = World { params, ..world() };
+        let e = reconcile(Arc::new(with_params(params_ref)), context(seen.clone(), world)).await.unwrap_err();
+        assert!(e.to_string().contains(why), "{e}");
+        let seen = seen.lock().unwrap();
+        assert!(
+            seen.iter().all(|(m, p, _)| m == "GET" || p.ends_with("/status")),
+            "nothing applied: {:?}",
+            seen.iter().map(|(m, p, _)| format!("{m} {p}")).collect::<Vec<_>>()
+        );
+        let status = &seen.last().unwrap().2["status"]["conditions"][0];
+        assert_eq!((status["type"].as_str(), status["status"].as_str()), (Some("Accepted"), Some("False")));
+        assert!(status["message"].as_str().unwrap().contains(why), "{status}");
+    }
 }
