@@ -126,7 +126,7 @@ pub fn build_for_harness(selection: &[&str], release: bool) -> anyhow::Result<()
         build.arg("--release");
     }
     run(&mut build)?;
-    let bin = crate::workspace().join("target").join(if release { "release" } else { "debug" });
+    let bin = crate::target_dir()?.join(if release { "release" } else { "debug" });
     // SAFETY: set before any thread is started.
     unsafe {
         std::env::set_var("PILLION_AGENT_BIN", bin.join("pillion-agent"));

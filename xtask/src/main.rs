@@ -85,6 +85,21 @@ pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask is inside the workspace").to_path_buf()
 }
 
+/// Where cargo puts the workspace's builds: `target/` unless `CARGO_TARGET_DIR` or a
+/// cargo config says otherwise, as `cargo metadata` reports it.
+pub fn target_dir() -> anyhow::Result<PathBuf> {
+    target_dir_of(&mut std::process::Command::new(env!("CARGO")))
+}
+
+fn target_dir_of(cargo: &mut std::process::Command) -> anyhow::Result<PathBuf> {
+    use anyhow::Context;
+    let cmd = cargo.current_dir(workspace()).args(["metadata", "--format-version", "1", "--no-deps"]);
+    let out = run::output(cmd).context("`cargo metadata` failed: is the workspace's Cargo.toml readable?")?;
+    let meta: serde_json::Value = serde_json::from_str(&out).context("`cargo metadata` printed no JSON")?;
+    let dir = meta["target_directory"].as_str().context("`cargo metadata` reported no target_directory")?;
+    Ok(PathBuf::from(dir))
+}
+
 fn main() -> ExitCode {
     let result = match Cli::parse().command {
         Command::Setup => setup::setup(),
@@ -105,5 +120,18 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod target_dir_tests {
+    #[test]
+    fn the_target_directory_follows_cargo_target_dir() {
+        let mut cargo = std::process::Command::new(env!("CARGO"));
+        cargo.env("CARGO_TARGET_DIR", "/tmp/pillion-elsewhere");
+        assert_eq!(super::target_dir_of(&mut cargo).unwrap(), std::path::Path::new("/tmp/pillion-elsewhere"));
+        let mut cargo = std::process::Command::new(env!("CARGO"));
+        cargo.env_remove("CARGO_TARGET_DIR");
+        assert_eq!(super::target_dir_of(&mut cargo).unwrap(), super::workspace().join("target"));
     }
 }
