@@ -1,6 +1,10 @@
 //! Where requests go once routed: the [`Upstream`] trait (scripted in tests) and its HBONE
-//! implementation, which opens a tunnel per request through the mesh pool with the
-//! waypoint's identity and speaks the client's HTTP version over it.
+//! implementation, which speaks the client's HTTP version to the endpoint over pooled
+//! connections ([`clients`]), each an HBONE tunnel opened with the waypoint's identity
+//! (or plain TCP to an endpoint outside the mesh).
+
+mod clients;
+pub use clients::Clients;
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,7 +14,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use mesh::hbone::{DirectTcpDialer, HBONE_PORT, Pool, PoolKey, Tunnel, TunnelRequest};
 use mesh::{Authority, Identity};
 use tokio::net::TcpStream;
@@ -78,11 +81,13 @@ pub struct HboneUpstream {
     pub src_pod: String,
     /// The endpoints' HBONE port (15008 except in tests).
     pub hbone_port: u16,
+    /// Pooled HTTP connections to endpoints.
+    pub clients: Clients,
 }
 
 impl HboneUpstream {
     pub fn new(pool: Pool<DirectTcpDialer>, identity: Identity, src_pod: impl Into<String>) -> Self {
-        Self { pool, identity, src_pod: src_pod.into(), hbone_port: HBONE_PORT }
+        Self { pool, identity, src_pod: src_pod.into(), hbone_port: HBONE_PORT, clients: Clients::default() }
     }
 
     /// A raw tunnel to `addr` (also used for the L4 pass-through).
@@ -143,20 +148,26 @@ impl Upstream for HboneUpstream {
         request: Request<Full<Bytes>>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let addr = target.addr;
-        let connect = |e: &dyn std::fmt::Display| UpstreamError::Connect { addr, reason: e.to_string() };
-        let reset = |e: hyper::Error| UpstreamError::Reset { addr, reason: e.to_string() };
-        let io = TokioIo::new(self.connect(target).await.map_err(|e| connect(&e))?);
-        // One tunnel per request: the connection task ends once the response is read.
-        let response = if target.http2 {
-            let (mut send, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), io).await.map_err(|e| connect(&e))?;
-            tokio::spawn(conn);
-            send.send_request(request).await.map_err(reset)?
-        } else {
-            let (mut send, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| connect(&e))?;
-            tokio::spawn(conn);
-            send.send_request(request).await.map_err(reset)?
-        };
+        let mut request = request;
+        absolute_form(&mut request);
+        let response = self.clients.get(self, target).request(request).await.map_err(|e| {
+            // The source of a client error says what failed (the dial, or the exchange).
+            let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
+            if e.is_connect() { UpstreamError::Connect { addr, reason } } else { UpstreamError::Reset { addr, reason } }
+        })?;
         Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+    }
+}
+
+/// The pooled client wants `http://<authority>/…`; it sends HTTP/1.1 in origin form again.
+/// The authority is the request's own (its `Host`), never the endpoint's address.
+fn absolute_form(request: &mut Request<Full<Bytes>>) {
+    if request.uri().authority().is_some() {
+        return;
+    }
+    let host = request.headers().get(http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let pq = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    if let Ok(uri) = format!("http://{host}{pq}").parse() {
+        *request.uri_mut() = uri;
     }
 }

@@ -162,6 +162,8 @@ struct Mesh {
     http_port: u16,
     tcp: TcpMetrics,
     endpoint: Arc<AllowAll>,
+    /// The waypoint's pooled connections to endpoints.
+    upstreams: crate::upstream::Clients,
     _stop: tokio_util::sync::DropGuard,
 }
 
@@ -198,6 +200,7 @@ async fn mesh_with(extra: &str) -> Mesh {
             .with_metrics(metrics.clone()),
     );
     let (l, waypoint) = listener().await;
+    let upstreams = upstream.clients.clone();
     let mut dialer = WaypointDialer::new(proxy.clone(), upstream);
     let tcp = TcpMetrics::default();
     dialer.tcp_metrics = Some(tcp.clone());
@@ -205,7 +208,7 @@ async fn mesh_with(extra: &str) -> Mesh {
     tokio::spawn(server.serve(l, stop.clone()));
 
     let client = Pool::new(PoolConfig::default(), DirectTcpDialer, Arc::new(certs));
-    Mesh { client, waypoint, metrics, echo_port, http_port, tcp, endpoint, _stop: stop.drop_guard() }
+    Mesh { client, waypoint, metrics, echo_port, http_port, tcp, endpoint, upstreams, _stop: stop.drop_guard() }
 }
 
 impl Mesh {
@@ -497,4 +500,17 @@ spec:
     let m = mesh_with(&web("")).await;
     let e = within(m.tunnel(target)).await.unwrap_err();
     assert!(matches!(e, mesh::hbone::HboneError::Refused { status: 401, .. }), "{e}");
+}
+
+#[tokio::test]
+async fn requests_reuse_pooled_connections_to_the_endpoint() {
+    let m = mesh().await;
+    for i in 0..10 {
+        let (status, _, body) = within(m.get(&format!("/n{i}"))).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    // One tunnel per request before pooling. A connection goes back to the pool just after
+    // its response ends, so a request may rarely find it not back yet.
+    let opened = m.upstreams.opened();
+    assert!((1..=2).contains(&opened), "10 requests opened {opened} connections to the endpoint");
 }
