@@ -69,9 +69,22 @@ fn agents_and_waypoint_follow_the_cluster_through_the_api() {
         v["src.identity"] == json!("spiffe://cluster.local/ns/web/sa/client")
             && v["dst.identity"] == json!("spiffe://cluster.local/ns/shop/sa/waypoint")
     });
-    b.wait_access_log("from the waypoint", |v| {
-        v["direction"] == "inbound" && v["src.identity"] == json!("spiffe://cluster.local/ns/shop/sa/waypoint")
-    });
+    // The waypoint keeps its connections to the backends open for reuse, and agents write
+    // an access-log line when a connection ends: agent b's metrics count them at open.
+    let from_waypoint =
+        [("reporter", "destination"), ("source_principal", "spiffe://cluster.local/ns/shop/sa/waypoint")];
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, m) = topo.http_get(&b.node, "127.0.0.1:15020", "/metrics");
+        assert_eq!(status, 200, "{m}");
+        let opened = crate::mesh::series(&m, "istio_tcp_connections_opened_total", &from_waypoint).unwrap_or(0.0);
+        if opened >= 1.0 {
+            assert!(opened < 400.0, "{opened} connections from the waypoint for 400 requests: not pooled");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "agent b counted no connection from the waypoint:\n{m}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     // The listed AuthorizationPolicy denies /admin at L7.
     let forbidden = requests(&client, 1, "/admin");
     assert_eq!(forbidden["statuses"], json!({"403": 1}), "{forbidden}");

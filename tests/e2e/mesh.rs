@@ -114,7 +114,7 @@ impl TwoNodes {
 }
 
 /// The value of the first series of `name` whose labels include all `want`.
-fn series(metrics: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn series(metrics: &str, name: &str, want: &[(&str, &str)]) -> Option<f64> {
     metrics.lines().filter(|l| l.starts_with(&format!("{name}{{"))).find_map(|l| {
         let ok = want.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")));
         ok.then(|| l.rsplit(' ').next().and_then(|v| v.parse().ok())).flatten()
