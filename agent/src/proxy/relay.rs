@@ -40,10 +40,9 @@ where
         *count += n as u64;
         on_bytes(n as u64);
         size.after_read(n, offered);
-        if size.get() > buf.capacity() {
-            buf.reserve_exact(size.get());
-        } else if size.oversized(buf.capacity()) {
-            // A fresh allocation: shrinking in place would keep the large one.
+        // A fresh allocation of exactly the new size, growing or shrinking (in place, a
+        // shrink would keep the large one and a growth would keep the bytes just written).
+        if size.get() > buf.capacity() || size.oversized(buf.capacity()) {
             buf = Vec::with_capacity(size.get());
         }
     }
