@@ -7,6 +7,7 @@ pub mod budget;
 mod deadline;
 mod filters;
 mod forward;
+pub mod replay;
 mod respond;
 mod serve;
 #[cfg(test)]
@@ -24,6 +25,7 @@ use mesh::{Authority, Identity};
 use tokio::time::Instant;
 
 pub use budget::{BodyBudget, Exhausted};
+pub use replay::{DEFAULT_RETRY_BUFFER, Replay, ReplayBody};
 pub use respond::ResponseFlags;
 pub use serve::{ServeLimits, serve_http};
 
@@ -35,12 +37,9 @@ use crate::route::{Filter, ServiceKey};
 use crate::telemetry::{Metered, RequestMetrics, RequestRecord, TraceContext};
 use crate::upstream::{BoxError, ResponseBody, Upstream};
 
-/// Request bodies are buffered (so any attempt can be retried or mirrored) up to this size;
-/// larger ones get 413.
-pub const DEFAULT_MAX_REQUEST_BODY: usize = 4 * 1024 * 1024;
-/// Time for a client to send a whole request body when its route sets no request timeout:
-/// a slow sender must not hold buffer memory for ever.
-pub const DEFAULT_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(60);
+/// A request body that makes no progress for this long is cut (408), so a stalled sender
+/// does not hold a stream, an upstream connection and its buffer for ever.
+pub const DEFAULT_BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Istio's cluster domain.
 pub const DEFAULT_DOMAIN: &str = "cluster.local";
 
@@ -56,11 +55,12 @@ pub struct ProxyConfig {
     /// The waypoint's own Service (`namespace/name`): policies with `targetRefs` kind
     /// `Gateway` of this name bind here.
     pub waypoint: ServiceKey,
-    pub max_request_body: usize,
-    /// Bounds the bytes of buffered bodies in all and per client identity.
+    /// Bytes of each request body kept so that it can be retried or mirrored.
+    pub retry_buffer: usize,
+    /// Bounds the bytes kept for retries in all and per client identity.
     pub body_budget: Arc<BodyBudget>,
-    /// Deadline for receiving a body when the route has no request timeout.
-    pub body_deadline: std::time::Duration,
+    /// A request body idle for this long is cut.
+    pub body_idle_timeout: std::time::Duration,
     pub domain: String,
 }
 
@@ -68,9 +68,9 @@ impl ProxyConfig {
     pub fn new(waypoint: ServiceKey) -> Self {
         Self {
             waypoint,
-            max_request_body: DEFAULT_MAX_REQUEST_BODY,
+            retry_buffer: DEFAULT_RETRY_BUFFER,
             body_budget: BodyBudget::new(budget::DEFAULT_TOTAL, budget::DEFAULT_PER_PEER),
-            body_deadline: DEFAULT_BODY_DEADLINE,
+            body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
             domain: DEFAULT_DOMAIN.into(),
         }
     }
@@ -230,7 +230,7 @@ impl Proxy {
         ctx.route = rule.route.clone();
 
         // The backend is chosen before the body is read so that its breaker is consulted
-        // first: a request that would overflow it is not buffered at all.
+        // first: a request that would overflow it reads no body at all.
         let chosen = forward::pick_backend(&rule.backends, &self.rng);
         if let Some(c) = chosen {
             let scoped = snapshot.l7.scoped_backend_policy(&c.backend.service, client.as_deref());
@@ -242,34 +242,18 @@ impl Proxy {
                 );
             }
         }
-        // The body is read only for a request that is allowed and routed, within the route's
-        // request timeout (which covers the whole exchange) or else the default body deadline,
-        // and within the buffer budgets.
+        // The body streams to the backend as it arrives (only for a request that is allowed
+        // and routed), its first bytes kept for retries and mirrors within the budgets.
         let deadline = rule.timeouts.request.map(|t| start + t);
         let peer =
             down.peer_identity.as_ref().map_or_else(|| down.peer_addr.ip().to_string(), |i| i.as_str().to_owned());
-        let mut reservation = self.config.body_budget.reservation(&peer);
-        let collect = read_body(body, self.config.max_request_body, &mut reservation);
-        let body_deadline = deadline.unwrap_or(start + self.config.body_deadline);
-        let body = match tokio::time::timeout_at(body_deadline, collect).await {
-            Ok(Ok(b)) => b,
-            Ok(Err(BodyError::TooLarge)) => {
-                return ctx.local(StatusCode::PAYLOAD_TOO_LARGE, ResponseFlags::NONE, "request body too large");
-            }
-            Ok(Err(BodyError::Budget(e))) => {
-                tracing::debug!(error = %e, "request refused: buffer budget");
-                return ctx.local(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    ResponseFlags::UPSTREAM_OVERFLOW,
-                    "request buffer budget exhausted",
-                );
-            }
-            Ok(Err(BodyError::Aborted)) => {
-                return ctx.local(StatusCode::BAD_REQUEST, ResponseFlags::DOWNSTREAM_RESET, "request body aborted");
-            }
-            Err(_) => return ctx.local(StatusCode::REQUEST_TIMEOUT, ResponseFlags::NONE, "request body timeout"),
-        };
-        ctx.request_bytes = body.len() as u64;
+        let body = Replay::new(
+            body.map_err(Into::into).boxed_unsync(),
+            self.config.retry_buffer,
+            self.config.body_budget.reservation(&peer),
+            self.config.body_idle_timeout,
+            ctx.request_bytes.clone(),
+        );
 
         let filters: Vec<&Filter> = rule.filters.iter().collect();
         if let Some(done) = self.request_filters(&mut ctx, &filters, &mut parts, matched, &body, port).await {
@@ -282,8 +266,10 @@ impl Proxy {
         if let Some(done) = self.request_filters(&mut ctx, &backend_filters, &mut parts, matched, &body, port).await {
             return done;
         }
-        let request = Request::from_parts(parts, Full::new(body));
-        let result = self.forward(&mut ctx, &snapshot, rule, &chosen.backend, port, request, trace, deadline).await;
+        let result =
+            self.forward(&mut ctx, &snapshot, rule, &chosen.backend, port, parts, &body, trace, deadline).await;
+        // The response head is here (or none will come): retries are over.
+        body.close_retries();
         let (mut response, flags) = match result {
             Ok(r) => r,
             Err((status, flags, msg)) => return ctx.local(status, flags, msg),
@@ -293,36 +279,8 @@ impl Proxy {
                 m.apply(response.headers_mut());
             }
         }
-        // The body's bytes stay reserved until the response head is here (retries are over).
-        drop(reservation);
         ctx.finish_with_flags(response, flags)
     }
-}
-
-enum BodyError {
-    TooLarge,
-    Budget(Exhausted),
-    Aborted,
-}
-
-/// Reads a whole request body, frame by frame, taking each frame's bytes from the budget
-/// before keeping them.
-async fn read_body<B>(body: B, max: usize, reservation: &mut budget::Reservation) -> Result<Bytes, BodyError>
-where
-    B: hyper::body::Body<Data = Bytes>,
-{
-    let mut body = std::pin::pin!(body);
-    let mut buf = bytes::BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| BodyError::Aborted)?;
-        let Ok(data) = frame.into_data() else { continue };
-        if buf.len() + data.len() > max {
-            return Err(BodyError::TooLarge);
-        }
-        reservation.grow(data.len()).map_err(BodyError::Budget)?;
-        buf.extend_from_slice(&data);
-    }
-    Ok(buf.freeze())
 }
 
 /// Replaces the URI's path by its normalised form, keeping the query.

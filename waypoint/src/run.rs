@@ -67,16 +67,21 @@ pub struct RunArgs {
     /// The endpoints' HBONE port (only tests change it).
     #[arg(long, default_value_t = mesh::hbone::HBONE_PORT)]
     pub hbone_port: u16,
-    /// Bytes of request bodies buffered at once (for retries and mirrors), in all; beyond
-    /// it a request gets 503 (flag UO) instead of growing the waypoint.
+    /// Bytes of each request body kept so that it can be retried or mirrored (Envoy's
+    /// per-request buffer limit). Bodies stream whatever their size; a larger one is not
+    /// retried (flag RBO) nor mirrored.
+    #[arg(long, env = "PILLION_RETRY_BUFFER_BYTES", default_value_t = crate::proxy::DEFAULT_RETRY_BUFFER)]
+    pub retry_buffer_bytes: usize,
+    /// Bytes of request bodies kept for retries at once, in all; past it bodies still stream
+    /// but are not kept (not retried).
     #[arg(long, env = "PILLION_MAX_BUFFERED_BYTES", default_value_t = crate::proxy::budget::DEFAULT_TOTAL)]
     pub max_buffered_bytes: usize,
     /// The same bound for one client identity.
     #[arg(long, env = "PILLION_MAX_BUFFERED_BYTES_PER_PEER", default_value_t = crate::proxy::budget::DEFAULT_PER_PEER)]
     pub max_buffered_bytes_per_peer: usize,
-    /// Time for a client to send a whole request body when its route sets no timeout.
+    /// A request body that makes no progress for this long is cut (408).
     #[arg(long, default_value = "60s", value_parser = crate::config::parse_duration)]
-    pub body_deadline: Duration,
+    pub body_idle_timeout: Duration,
     /// TLS handshakes in progress at once on 15008; the excess is closed at once.
     #[arg(long, env = "PILLION_MAX_HBONE_HANDSHAKES", default_value_t = DEFAULT_MAX_HBONE_HANDSHAKES)]
     pub max_hbone_handshakes: usize,
@@ -172,7 +177,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut config = ProxyConfig::new(waypoint);
     config.domain = args.cluster_domain.clone();
     config.body_budget = crate::proxy::BodyBudget::new(args.max_buffered_bytes, args.max_buffered_bytes_per_peer);
-    config.body_deadline = args.body_deadline;
+    config.body_idle_timeout = args.body_idle_timeout;
+    config.retry_buffer = args.retry_buffer_bytes;
     let proxy = Arc::new(Proxy::new(config, snapshot, Arc::new(upstream.clone())).with_metrics(metrics));
     let hook = WaypointHook { proxy: proxy.clone() };
     let mut dialer = WaypointDialer::new(proxy.clone(), upstream);

@@ -12,7 +12,7 @@ use mesh::{Authority, Identity};
 use crate::proxy::{Downstream, Proxy, ProxyConfig, Snapshot};
 use crate::route::ServiceKey;
 use crate::telemetry::RequestMetrics;
-use crate::upstream::{BoxError, ResponseBody, Target, Upstream, UpstreamError};
+use crate::upstream::{BoxError, RequestBody, ResponseBody, Target, Upstream, UpstreamError};
 
 /// Namespace `shop` uses waypoint `waypoint`; `reviews` has three endpoints (two v1, one
 /// v2), `reviews-v1`/`reviews-v2` select by version, `shadow` receives mirrors.
@@ -111,6 +111,7 @@ pub struct Call {
     pub uri: http::Uri,
     pub headers: HeaderMap,
     pub body: Bytes,
+    pub trailers: Option<HeaderMap>,
 }
 
 type Script = dyn Fn(&Call, usize) -> Reply + Send + Sync;
@@ -144,11 +145,21 @@ impl Upstream for Scripted {
     async fn send(
         &self,
         target: &Target,
-        request: Request<Full<Bytes>>,
+        request: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let (parts, body) = request.into_parts();
-        let body = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-        let call = Call { target: target.clone(), method: parts.method, uri: parts.uri, headers: parts.headers, body };
+        // As a real connection: a body that breaks off fails the exchange.
+        let body =
+            body.collect().await.map_err(|e| UpstreamError::Reset { addr: target.addr, reason: e.to_string() })?;
+        let (trailers, body) = (body.trailers().cloned(), body.to_bytes());
+        let call = Call {
+            target: target.clone(),
+            method: parts.method,
+            uri: parts.uri,
+            headers: parts.headers,
+            body,
+            trailers,
+        };
         let n = {
             let mut calls = self.calls.lock().unwrap();
             calls.push(call.clone());

@@ -12,8 +12,8 @@ use std::net::SocketAddr;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{Request, Response};
+use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Full};
 use mesh::hbone::{DirectTcpDialer, HBONE_PORT, Pool, PoolKey, Tunnel, TunnelRequest};
 use mesh::{Authority, Identity};
 use tokio::net::TcpStream;
@@ -24,6 +24,9 @@ use crate::route::ServiceKey;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Response bodies stream through; `Unsync` because hyper's incoming body is not `Sync`.
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+/// Request bodies stream through too (an attempt's [`ReplayBody`](crate::proxy::ReplayBody),
+/// or a mirror's copy).
+pub type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// One endpoint chosen for one attempt.
 #[derive(Debug, Clone)]
@@ -53,8 +56,8 @@ pub fn forwarded_for(client: SocketAddr) -> String {
     }
 }
 
-/// Why an attempt produced no response. Both are safe to retry: the request body is
-/// buffered and no response byte reached the client.
+/// Why an attempt produced no response. Both are safe to retry while the request body is
+/// still kept (see `proxy::replay`): no response byte reached the client.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("connecting to {addr} failed: {reason}; is the endpoint's agent up and the workload listening?")]
@@ -68,7 +71,7 @@ pub trait Upstream: Send + Sync + 'static {
     async fn send(
         &self,
         target: &Target,
-        request: Request<Full<Bytes>>,
+        request: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError>;
 }
 
@@ -145,7 +148,7 @@ impl Upstream for HboneUpstream {
     async fn send(
         &self,
         target: &Target,
-        request: Request<Full<Bytes>>,
+        request: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let addr = target.addr;
         let mut request = request;
@@ -161,7 +164,7 @@ impl Upstream for HboneUpstream {
 
 /// The pooled client wants `http://<authority>/…`; it sends HTTP/1.1 in origin form again.
 /// The authority is the request's own (its `Host`), never the endpoint's address.
-fn absolute_form(request: &mut Request<Full<Bytes>>) {
+fn absolute_form<B>(request: &mut Request<B>) {
     if request.uri().authority().is_some() {
         return;
     }

@@ -1,16 +1,18 @@
 //! Request filters in rule order — fault injection, redirects, header modifiers, URL
-//! rewrites — and request mirroring, which copies the (buffered) request to another backend
-//! in the background.
+//! rewrites — and request mirroring, which copies the request to another backend in the
+//! background once its body has arrived whole within the retry buffer (a larger body is not
+//! mirrored, as with Envoy's buffer limit).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
 
 use super::Proxy;
 use super::forward::{endpoints, upstream_form, upstream_http2};
+use super::replay::Replay;
 use super::respond::{Context, ResponseFlags};
 use crate::route::{BackendRef, Filter, PathMatch, RouteMatch, rewrite_path, with_path};
 use crate::telemetry::Metered;
@@ -35,7 +37,7 @@ impl Proxy {
         filters: &[&Filter],
         parts: &mut http::request::Parts,
         matched: Option<&RouteMatch>,
-        body: &Bytes,
+        body: &Replay,
         port: u16,
     ) -> Option<Response<Metered>> {
         for f in filters {
@@ -112,8 +114,8 @@ impl Proxy {
 
     /// Sends a copy of the request to `backend` in the background; its response is dropped
     /// and its failure only logged.
-    fn mirror(self: &Arc<Self>, backend: BackendRef, port: u16, parts: &http::request::Parts, body: Bytes) {
-        let mut req = Request::new(Full::new(body));
+    fn mirror(self: &Arc<Self>, backend: BackendRef, port: u16, parts: &http::request::Parts, body: Replay) {
+        let mut req = Request::new(());
         *req.method_mut() = parts.method.clone();
         *req.uri_mut() = parts.uri.clone();
         *req.headers_mut() = parts.headers.clone();
@@ -147,7 +149,13 @@ impl Proxy {
                 forwarded: None,
             };
             let sent = tokio::time::timeout(MIRROR_TIMEOUT, async {
-                let r = proxy.upstream.send(&target, req).await?;
+                let Some((data, trailers)) = body.whole().await else {
+                    tracing::debug!("request not mirrored: its body outgrew the retry buffer or broke off");
+                    return Ok(());
+                };
+                let frames = data.into_iter().map(Frame::data).chain(trailers.map(Frame::trailers));
+                let body = StreamBody::new(futures::stream::iter(frames.map(Ok::<_, crate::upstream::BoxError>)));
+                let r = proxy.upstream.send(&target, req.map(|()| body.boxed_unsync())).await?;
                 let _ = r.into_body().collect().await;
                 Ok::<_, UpstreamError>(())
             });

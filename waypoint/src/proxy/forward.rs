@@ -4,13 +4,12 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
-use http_body_util::Full;
 use mesh::Identity;
 use mesh::model::WaypointRef;
 use mesh::telemetry::Peer;
 
+use super::replay::{ClientFailure, Replay};
 use super::respond::{Context, ResponseFlags};
 use super::{Proxy, Snapshot, Trace};
 use crate::resilience::{Outcome, RetryPolicy};
@@ -120,7 +119,7 @@ pub(super) fn upstream_http2(
 }
 
 /// Puts the request in the form the upstream connection needs.
-pub(super) fn upstream_form(request: &mut Request<Full<Bytes>>, http2: bool) {
+pub(super) fn upstream_form<B>(request: &mut Request<B>, http2: bool) {
     let authority = request
         .uri()
         .authority()
@@ -177,24 +176,31 @@ impl Proxy {
         rule: &RouteRule,
         backend: &BackendRef,
         port: u16,
-        mut request: Request<Full<Bytes>>,
+        head: http::request::Parts,
+        replay: &Replay,
         trace: Trace,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<(Response<ResponseBody>, ResponseFlags), Failure> {
-        let http2 = upstream_http2(snapshot, backend, port, request.version(), request.headers());
-        upstream_form(&mut request, http2);
-        let attempts = self.attempts(ctx, snapshot, rule, backend, port, request, http2, trace);
+        let mut head = Request::from_parts(head, ());
+        let http2 = upstream_http2(snapshot, backend, port, head.version(), head.headers());
+        upstream_form(&mut head, http2);
+        let attempts = self.attempts(ctx, snapshot, rule, backend, port, &head, replay, http2, trace);
         match deadline {
             // The request timeout covers the whole exchange (Gateway API), counted from the
             // request's arrival: the response headers here, the body through the wrapper.
-            Some(deadline) => {
-                let (response, flags) = tokio::time::timeout_at(deadline, attempts).await.unwrap_or(Err((
-                    StatusCode::GATEWAY_TIMEOUT,
-                    ResponseFlags::UPSTREAM_TIMEOUT,
-                    "upstream request timeout",
-                )))?;
-                Ok((response.map(|b| super::deadline::until(b, deadline)), flags))
-            }
+            Some(deadline) => match tokio::time::timeout_at(deadline, attempts).await {
+                Ok(result) => {
+                    let (response, flags) = result?;
+                    Ok((response.map(|b| super::deadline::until(b, deadline)), flags))
+                }
+                // Still waiting for the client's body: the client is the slow one.
+                Err(_) if replay.receiving() => {
+                    Err((StatusCode::REQUEST_TIMEOUT, ResponseFlags::NONE, "request body timeout"))
+                }
+                Err(_) => {
+                    Err((StatusCode::GATEWAY_TIMEOUT, ResponseFlags::UPSTREAM_TIMEOUT, "upstream request timeout"))
+                }
+            },
             None => attempts.await,
         }
     }
@@ -207,7 +213,8 @@ impl Proxy {
         rule: &RouteRule,
         backend: &BackendRef,
         port: u16,
-        request: Request<Full<Bytes>>,
+        head: &Request<()>,
+        replay: &Replay,
         http2: bool,
         trace: Trace,
     ) -> Result<(Response<ResponseBody>, ResponseFlags), Failure> {
@@ -240,7 +247,15 @@ impl Proxy {
             let Ok(permit) = state.breaker.acquire().await else {
                 return Err((StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UPSTREAM_OVERFLOW, "upstream overflow"));
             };
-            let mut req = request.clone();
+            // Tries after the first are made only while the body is kept (checked below).
+            let Some(body) = replay.attempt() else {
+                return Err((
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    ResponseFlags::RETRY_BUFFER_OVERFLOW,
+                    "request not retryable",
+                ));
+            };
+            let mut req = head.clone().map(|()| body.boxed());
             // Envoy's header: lets backends (and tests) see which try this is.
             if let Ok(v) = HeaderValue::from_str(&(attempt + 1).to_string()) {
                 req.headers_mut().insert("x-envoy-attempt-count", v);
@@ -259,11 +274,16 @@ impl Proxy {
                 Some(t) => tokio::time::timeout(t, sent).await.ok(),
                 None => Some(sent.await),
             };
-            // Whether another try may follow: within `attempts`, and the retry budget has
-            // one (taken here, when the retry is decided).
+            // A try is due within `attempts`; it is made if the body can be sent again and
+            // the retry budget has one (taken here, when the retry is decided).
+            let due = attempt < retry.attempts;
+            let outgrew = || due && !replay.replayable();
             let may_retry = || {
-                let ok = attempt < retry.attempts && state.budget.try_retry();
-                if !ok && attempt < retry.attempts {
+                if !due || outgrew() {
+                    return false;
+                }
+                let ok = state.budget.try_retry();
+                if !ok {
                     tracing::debug!(backend = %backend.service, "retry budget exhausted; not retrying");
                 }
                 ok
@@ -277,7 +297,9 @@ impl Proxy {
                         // Drop the body: the connection closes, nothing reached the client.
                         continue;
                     }
-                    let flags = if retry.retries_code(code) {
+                    let flags = if retry.retries_code(code) && outgrew() {
+                        ResponseFlags::RETRY_BUFFER_OVERFLOW
+                    } else if retry.retries_code(code) {
                         ResponseFlags::RETRY_LIMIT_EXCEEDED
                     } else {
                         ResponseFlags::NONE
@@ -289,6 +311,20 @@ impl Proxy {
                     return Ok((Response::from_parts(parts, super::deadline::holding(body, permit)), flags));
                 }
                 Some(Err(e)) => {
+                    // The client's body broke off: not the endpoint's fault, and nothing to retry.
+                    match replay.client_failure() {
+                        Some(ClientFailure::Aborted) => {
+                            return Err((
+                                StatusCode::BAD_REQUEST,
+                                ResponseFlags::DOWNSTREAM_RESET,
+                                "request body aborted",
+                            ));
+                        }
+                        Some(ClientFailure::Stalled) => {
+                            return Err((StatusCode::REQUEST_TIMEOUT, ResponseFlags::NONE, "request body timeout"));
+                        }
+                        None => {}
+                    }
                     state.outlier.record(addr, Outcome::LocalFailure, addrs.len());
                     tracing::debug!(error = %e, attempt, "upstream attempt failed");
                     match e {
@@ -311,7 +347,8 @@ impl Proxy {
             };
             if !may_retry() {
                 // No try produced a response to pass on; answer locally.
-                return Err(failure);
+                let (status, flags, msg) = failure;
+                return Err(if outgrew() { (status, flags.with_retry_buffer_overflow(), msg) } else { failure });
             }
         }
         // Not reached: the last try never retries. Kept total rather than panicking.

@@ -2,6 +2,7 @@
 //! ones, both wrapped so that the request is measured and logged once it completes.
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use http::{Response, StatusCode};
 use mesh::telemetry::{Peer, ServiceRef};
@@ -29,6 +30,22 @@ impl ResponseFlags {
     pub const FAULT_ABORT: Self = Self("FI");
     pub const FAULT_DELAY: Self = Self("DI");
     pub const DOWNSTREAM_RESET: Self = Self("DR");
+    /// Pillion's own flag (Envoy has none): a retry was due but the request body had outgrown
+    /// the retry buffer, so the failed attempt's outcome was passed on.
+    pub const RETRY_BUFFER_OVERFLOW: Self = Self("RBO");
+    pub const CONNECT_FAILURE_RETRY_BUFFER_OVERFLOW: Self = Self("UF,RBO");
+    pub const RESET_RETRY_BUFFER_OVERFLOW: Self = Self("UR,RBO");
+    pub const TIMEOUT_RETRY_BUFFER_OVERFLOW: Self = Self("UT,RBO");
+
+    /// These flags with `RBO` added.
+    pub fn with_retry_buffer_overflow(self) -> Self {
+        match self {
+            Self::UPSTREAM_CONNECT_FAILURE => Self::CONNECT_FAILURE_RETRY_BUFFER_OVERFLOW,
+            Self::UPSTREAM_RESET => Self::RESET_RETRY_BUFFER_OVERFLOW,
+            Self::UPSTREAM_TIMEOUT => Self::TIMEOUT_RETRY_BUFFER_OVERFLOW,
+            _ => Self::RETRY_BUFFER_OVERFLOW,
+        }
+    }
 }
 
 /// What is known about a request while it is being served.
@@ -44,7 +61,8 @@ pub(crate) struct Context {
     pub route: String,
     pub upstream: String,
     pub attempts: u32,
-    pub request_bytes: u64,
+    /// Bytes of the request body read so far (counted by its [`Replay`](super::Replay)).
+    pub request_bytes: Arc<AtomicU64>,
     /// A fault delay was injected (reported with the final flags).
     pub delayed: bool,
     /// `Forwarded` for the upstream CONNECT (the client's address).
@@ -84,7 +102,7 @@ impl Context {
             route: "-".into(),
             upstream: "-".into(),
             attempts: 0,
-            request_bytes: 0,
+            request_bytes: Arc::default(),
             delayed: false,
             forwarded: Some(crate::upstream::forwarded_for(down.peer_addr)),
             client_namespace: down.peer_identity.as_ref().map(|i| i.namespace().to_owned()),
@@ -111,7 +129,7 @@ impl Context {
             route: self.route.clone(),
             upstream: self.upstream.clone(),
             attempts: self.attempts,
-            request_bytes: self.request_bytes,
+            request_bytes: self.request_bytes.clone(),
             trace: self.trace,
             request_id: self.request_id.clone(),
         }

@@ -3,6 +3,8 @@
 //! and response size cover the whole streamed response.
 
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -24,16 +26,19 @@ pub struct RequestRecord {
     pub route: String,
     pub upstream: String,
     pub attempts: u32,
-    pub request_bytes: u64,
+    /// Read when the request is logged: a streaming upload may still be arriving when the
+    /// response starts.
+    pub request_bytes: Arc<AtomicU64>,
     pub trace: TraceContext,
     pub request_id: String,
 }
 
 impl RequestRecord {
     fn finish(self, response_bytes: u64) {
+        let request_bytes = self.request_bytes.load(Ordering::Relaxed);
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
         if let Some(m) = &self.metrics {
-            m.record(&self.labels, ms, self.request_bytes, response_bytes);
+            m.record(&self.labels, ms, request_bytes, response_bytes);
         }
         tracing::info!(
             target: "access",
@@ -46,7 +51,7 @@ impl RequestRecord {
             upstream = %self.upstream,
             attempts = self.attempts,
             duration_ms = ms as u64,
-            bytes_received = self.request_bytes,
+            bytes_received = request_bytes,
             bytes_sent = response_bytes,
             src = %self.labels.source_principal,
             dst_service = %self.labels.destination_service,

@@ -17,9 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::Uri;
-use http_body_util::Full;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection};
@@ -29,7 +27,7 @@ use mesh::hbone::Tunnel;
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
-use super::{HboneUpstream, Target};
+use super::{HboneUpstream, RequestBody, Target};
 
 /// How long an idle pooled connection is kept (Envoy's default idle timeout is 1 h; a
 /// waypoint's connections each hold a tunnel and the endpoint agent's socket to the app).
@@ -48,7 +46,7 @@ struct Key {
     forwarded: Option<String>,
 }
 
-type HttpClient = Client<Dial, Full<Bytes>>;
+type HttpClient = Client<Dial, RequestBody>;
 
 /// The pooled clients of one waypoint.
 #[derive(Clone, Default)]
