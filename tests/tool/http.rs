@@ -22,15 +22,20 @@ struct Backend {
     delay: Duration,
     /// Requests whose path starts with `/slow` wait this long first.
     slow_path: Duration,
+    /// Requests with a body larger than this fail (503) once the body is read.
+    fail_uploads_over: Option<usize>,
     attempts: AtomicU64,
     failed: AtomicU64,
 }
 
-/// `http-backend <addr> <name> [fail=<seed>:<pct>] [delay-ms=<n>] [slow-path-ms=<n>]`.
+/// `http-backend <addr> <name> [fail=<seed>:<pct>] [delay-ms=<n>] [slow-path-ms=<n>]
+/// [fail-uploads-over=<bytes>]`. Bodies are read as they come and counted (`body_bytes`,
+/// `body_ok`: every byte was the upload pattern's).
 pub fn backend(addr: SocketAddr, name: String, opts: &[String]) {
     let mut fail = None;
     let mut delay = Duration::ZERO;
     let mut slow_path = Duration::ZERO;
+    let mut fail_uploads_over = None;
     for o in opts {
         if let Some(v) = o.strip_prefix("fail=") {
             let (seed, pct) = v.split_once(':').expect("fail=<seed>:<pct>");
@@ -39,10 +44,19 @@ pub fn backend(addr: SocketAddr, name: String, opts: &[String]) {
             delay = Duration::from_millis(v.parse().expect("delay-ms"));
         } else if let Some(v) = o.strip_prefix("slow-path-ms=") {
             slow_path = Duration::from_millis(v.parse().expect("slow-path-ms"));
+        } else if let Some(v) = o.strip_prefix("fail-uploads-over=") {
+            fail_uploads_over = Some(v.parse().expect("fail-uploads-over"));
         }
     }
-    let backend =
-        Arc::new(Backend { name, fail, delay, slow_path, attempts: AtomicU64::new(0), failed: AtomicU64::new(0) });
+    let backend = Arc::new(Backend {
+        name,
+        fail,
+        delay,
+        slow_path,
+        fail_uploads_over,
+        attempts: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+    });
     let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
     println!("{}", json!({"event": "ready"}));
     std::io::stdout().flush().ok();
@@ -77,10 +91,7 @@ fn serve(b: &Backend, stream: TcpStream) {
                 headers.push(format!("{}={}", k.to_ascii_lowercase(), v.trim()));
             }
         }
-        let mut body = vec![0u8; len];
-        if r.read_exact(&mut body).is_err() {
-            return;
-        }
+        let Some(body_ok) = read_pattern(&mut r, len) else { return };
         let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
         let (status, text) = if path == "/__stats" {
             let s = json!({"attempts": b.attempts.load(Ordering::SeqCst), "failed": b.failed.load(Ordering::SeqCst)});
@@ -94,11 +105,19 @@ fn serve(b: &Backend, stream: TcpStream) {
                 std::thread::sleep(b.slow_path);
             }
             match b.fail {
+                _ if b.fail_uploads_over.is_some_and(|max| len > max) => {
+                    b.failed.fetch_add(1, Ordering::SeqCst);
+                    (503, format!("{} refused an upload of {len} bytes", b.name))
+                }
                 Some((seed, pct)) if schedule_fails(seed, pct, n) => {
                     b.failed.fetch_add(1, Ordering::SeqCst);
                     (503, format!("{} attempt {n} failed on schedule", b.name))
                 }
-                _ => (200, json!({"backend": b.name, "path": path, "headers": headers}).to_string()),
+                _ => (
+                    200,
+                    json!({"backend": b.name, "path": path, "headers": headers, "body_bytes": len, "body_ok": body_ok})
+                        .to_string(),
+                ),
             }
         };
         let reason = if status == 200 { "OK" } else { "Service Unavailable" };
@@ -142,6 +161,38 @@ pub fn requests(to: SocketAddr, count: u64, path: &str, headers: &[String]) -> s
     json!({"ok": true, "statuses": statuses, "backends": backends, "errors": errors, "last_body": last_body, "max_ms": max_ms as u64})
 }
 
+/// Reads a body of `len` bytes in chunks (an upload may be far larger than memory should
+/// hold); whether every byte was `crate::pattern`'s. `None` if the connection broke.
+fn read_pattern(r: &mut impl Read, len: usize) -> Option<bool> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    let (mut at, mut ok) = (0usize, true);
+    while at < len {
+        let n = (len - at).min(chunk.len());
+        r.read_exact(&mut chunk[..n]).ok()?;
+        ok &= chunk[..n].iter().enumerate().all(|(i, b)| *b == pattern_byte(at + i));
+        at += n;
+    }
+    Some(ok)
+}
+
+fn pattern_byte(i: usize) -> u8 {
+    (i % 251) as u8
+}
+
+/// `http-upload <addr> <path> <bytes>`: one POST of `bytes` (with `Content-Length`, written
+/// in 64 KiB pieces); its status, body and rate.
+pub fn upload(to: SocketAddr, path: &str, bytes: usize) -> serde_json::Value {
+    let started = Instant::now();
+    let mut conn = None;
+    match request_on(&mut conn, to, "POST", path, "", bytes) {
+        Ok((status, _, body, _)) => {
+            let secs = started.elapsed().as_secs_f64();
+            json!({"ok": true, "status": status, "body": body, "secs": secs, "mib_per_s": bytes as f64 / secs / 1048576.0})
+        }
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
+    }
+}
+
 /// A keep-alive connection: the writer and a buffered reader of one socket.
 pub type KeepAlive = Option<(TcpStream, BufReader<TcpStream>)>;
 
@@ -153,18 +204,20 @@ pub fn get(
     path: &str,
     extra: &str,
 ) -> std::io::Result<(u16, Option<String>, String)> {
-    let result = get_on(conn, to, path, extra);
+    let result = request_on(conn, to, "GET", path, extra, 0);
     if matches!(result, Err(_) | Ok((.., true))) {
         *conn = None;
     }
     result.map(|(status, backend, body, _)| (status, backend, body))
 }
 
-fn get_on(
+fn request_on(
     conn: &mut KeepAlive,
     to: SocketAddr,
+    method: &str,
     path: &str,
     extra: &str,
+    upload: usize,
 ) -> std::io::Result<(u16, Option<String>, String, bool)> {
     if conn.is_none() {
         let s = TcpStream::connect_timeout(&to, Duration::from_secs(3))?;
@@ -174,7 +227,17 @@ fn get_on(
     }
     let (w, r) = conn.as_mut().expect("connected");
     // One write: `write!` would send the pieces as separate segments.
-    w.write_all(format!("GET {path} HTTP/1.1\r\nHost: {to}\r\n{extra}\r\n").as_bytes())?;
+    let length = if upload > 0 { format!("Content-Length: {upload}\r\n") } else { String::new() };
+    w.write_all(format!("{method} {path} HTTP/1.1\r\nHost: {to}\r\n{length}{extra}\r\n").as_bytes())?;
+    let mut chunk = Vec::with_capacity(64 * 1024);
+    let mut at = 0;
+    while at < upload {
+        let n = (upload - at).min(64 * 1024);
+        chunk.clear();
+        chunk.extend((at..at + n).map(pattern_byte));
+        w.write_all(&chunk)?;
+        at += n;
+    }
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
         return Err(std::io::ErrorKind::UnexpectedEof.into());

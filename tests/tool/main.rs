@@ -32,7 +32,8 @@ fn usage() -> ! {
          \x20      pillion-pod-tool hbone-continuation-flood <addr> <ca-dir> <client-id> <server-id> <max-frames> <secs>\n\
          \x20      pillion-pod-tool slow-bodies <addr> <count> <length> <tail> <trickle-bytes-per-s> <secs>\n\
          \x20      pillion-pod-tool victim <addr> <rps> <max-secs>\n\
-         \x20      pillion-pod-tool http-backend <addr> <name> [fail=<seed>:<pct>] [delay-ms=<n>]\n\
+         \x20      pillion-pod-tool http-backend <addr> <name> [fail=<seed>:<pct>] [delay-ms=<n>] [slow-path-ms=<n>] [fail-uploads-over=<bytes>]\n\
+         \x20      pillion-pod-tool http-upload <addr> <path> <bytes>\n\
          \x20      pillion-pod-tool http-requests <addr> <count> <path> [header:value ...]"
     );
     std::process::exit(2)
@@ -104,6 +105,7 @@ fn main() {
         ),
         "victim" => abuse::victim(addr(1), num(&arg(2)) as u64, num(&arg(3)) as u64),
         "http-backend" => http::backend(addr(1), arg(2), &args[3..]),
+        "http-upload" => println!("{}", http::upload(addr(1), &arg(2), num(&arg(3)))),
         "http-requests" => println!("{}", http::requests(addr(1), num(&arg(2)) as u64, &arg(3), &args[4..])),
         "capture" => {
             let secs: u64 = arg(2).parse().unwrap_or_else(|_| usage());

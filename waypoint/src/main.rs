@@ -25,7 +25,9 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let (filter, _logs) = mesh::telemetry::LogControl::from_env("PILLION_LOG", "info")?;
-    tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer()).init();
+    // Colours only on a terminal: log files and collectors get plain `key=value` text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer().with_ansi(ansi)).init();
     match Cli::parse().command {
         Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(pillion_waypoint::run::run(*args)),
         Command::Check { config } => {
