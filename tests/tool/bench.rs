@@ -81,14 +81,24 @@ pub fn http_server(addr: SocketAddr, size: usize) {
             let mut r = BufReader::new(stream);
             let mut line = String::new();
             loop {
-                // Request line and headers up to the blank line (GET, no body).
-                let mut headers_done = false;
+                // Request line and headers up to the blank line; a body (uploads) is read
+                // and dropped as it comes.
+                let (mut headers_done, mut body) = (false, 0u64);
                 while !headers_done {
                     line.clear();
                     match r.read_line(&mut line) {
                         Ok(0) | Err(_) => return,
                         Ok(_) => headers_done = line == "\r\n",
                     }
+                    if let Some((k, v)) = line.trim_end().split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        body = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                match std::io::copy(&mut (&mut r).take(body), &mut std::io::sink()) {
+                    Ok(n) if n == body => {}
+                    _ => return,
                 }
                 if w.write_all(&response).is_err() {
                     return;

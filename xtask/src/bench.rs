@@ -34,6 +34,8 @@ pub struct Plan {
     pub pods: &'static [usize],
     pub held: &'static [usize],
     pub retention_secs: u64,
+    /// W: one upload of this many MiB through the waypoint.
+    pub upload_mib: usize,
 }
 
 impl Plan {
@@ -48,6 +50,7 @@ impl Plan {
             pods: &[1, 10, 50, 100],
             held: &[1000, 5000, 10000],
             retention_secs: 30,
+            upload_mib: 1024,
         }
     }
 
@@ -63,6 +66,7 @@ impl Plan {
             pods: &[1, 4],
             held: &[200],
             retention_secs: 1,
+            upload_mib: 32,
         }
     }
 }

@@ -177,6 +177,18 @@ fn measure_waypoint(plan: &Plan) -> anyhow::Result<Figures> {
     }
     if let Some((wp, _)) = &scene.waypoint {
         f.insert("rss_waypoint_mb".into(), super::scene::rss_bytes(wp.pid()) as f64 / 1e6);
+        // One large upload through the route: the body streams, so the waypoint's peak
+        // memory during it stays near where it was.
+        let before = super::scene::rss_bytes(wp.pid());
+        super::scene::reset_peak_rss(wp.pid())?;
+        let bytes = plan.upload_mib << 20;
+        let v = tool(&scene, &["http-upload", super::scene::WAYPOINT_VIP, "/upload", &bytes.to_string()])?;
+        if v["status"] != 200 {
+            bail!("upload of {} MiB through the waypoint: {v}", plan.upload_mib);
+        }
+        f.insert("upload_mib_per_s".into(), number(&v, &["mib_per_s"])?);
+        let peak = super::scene::peak_rss_bytes(wp.pid());
+        f.insert("upload_waypoint_rss_growth_mb".into(), peak.saturating_sub(before) as f64 / 1e6);
     }
     Ok(f)
 }

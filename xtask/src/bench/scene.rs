@@ -163,11 +163,24 @@ pub fn cgroup_usage_us(dir: &std::path::Path) -> u64 {
 }
 
 pub fn rss_bytes(pid: u32) -> u64 {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// The peak RSS since start or since [`reset_peak_rss`].
+pub fn peak_rss_bytes(pid: u32) -> u64 {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// Restarts the peak RSS count at the current RSS (`clear_refs` 5).
+pub fn reset_peak_rss(pid: u32) -> anyhow::Result<()> {
+    std::fs::write(format!("/proc/{pid}/clear_refs"), "5").map_err(|e| anyhow::anyhow!("reset peak RSS of {pid}: {e}"))
+}
+
+fn status_bytes(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()))
+            s.lines().find_map(|l| l.strip_prefix(field).and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok()))
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
