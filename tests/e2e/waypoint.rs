@@ -161,3 +161,30 @@ fn large_uploads_stream_through_the_waypoint_and_are_not_retried_past_its_buffer
         up["mib_per_s"], refused["mib_per_s"]
     );
 }
+
+#[test]
+fn a_websocket_is_routed_through_the_waypoint_and_echoed_until_it_closes() {
+    let s = scene();
+    let ws = s.client.run(&["ws-client", "10.96.0.1:80", "reviews.shop.svc.cluster.local", "/chat", "200"]);
+    assert_eq!(ws["status"], json!(101), "{ws}");
+    assert_eq!((ws["echoed"].clone(), ws["clean_close"].clone()), (json!(200), json!(true)), "{ws}");
+    // One request, logged when the connection closed, with the bytes both ways
+    // (200 messages of 100..20,000 bytes, plus WebSocket framing).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let log = std::fs::read_to_string(&s.waypoint.log).unwrap_or_default();
+        if let Some(l) = log.lines().find(|l| l.contains("path=/chat") && l.contains("response_code=101")) {
+            break l.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no access-log line for the WebSocket:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let field = |k: &str| -> u64 {
+        line.split_whitespace().find_map(|f| f.strip_prefix(k)?.parse().ok()).unwrap_or_else(|| panic!("{k} in {line}"))
+    };
+    let payload = (1..=200u64).map(|n| n * 100).sum::<u64>();
+    assert!(field("bytes_received=") > payload && field("bytes_sent=") > payload, "{line}");
+    // The denied path stays denied for upgrades.
+    let denied = s.client.run(&["ws-client", "10.96.0.1:80", "reviews.shop.svc.cluster.local", "/admin/chat", "1"]);
+    assert!(denied["error"].as_str().is_some_and(|e| e.contains("403")), "{denied}");
+}

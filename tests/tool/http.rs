@@ -76,6 +76,7 @@ fn serve(b: &Backend, stream: TcpStream) {
         }
         let mut len = 0usize;
         let mut headers = Vec::new();
+        let (mut websocket, mut key) = (false, None);
         loop {
             let mut line = String::new();
             if r.read_line(&mut line).unwrap_or(0) == 0 {
@@ -88,8 +89,17 @@ fn serve(b: &Backend, stream: TcpStream) {
                 if k.eq_ignore_ascii_case("content-length") {
                     len = v.trim().parse().unwrap_or(0);
                 }
+                websocket |= k.eq_ignore_ascii_case("upgrade") && v.trim().eq_ignore_ascii_case("websocket");
+                if k.eq_ignore_ascii_case("sec-websocket-key") {
+                    key = Some(v.trim().to_owned());
+                }
                 headers.push(format!("{}={}", k.to_ascii_lowercase(), v.trim()));
             }
+        }
+        if let (true, Some(key)) = (websocket, &key) {
+            // The client sends nothing more until it has the 101: nothing is left buffered.
+            drop(w);
+            return crate::ws::serve_upgraded(r.into_inner(), key);
         }
         let Some(body_ok) = read_pattern(&mut r, len) else { return };
         let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();

@@ -16,6 +16,7 @@ mod capture;
 mod h2raw;
 mod hbone_flood;
 mod http;
+mod ws;
 
 fn usage() -> ! {
     eprintln!(
@@ -34,6 +35,7 @@ fn usage() -> ! {
          \x20      pillion-pod-tool victim <addr> <rps> <max-secs>\n\
          \x20      pillion-pod-tool http-backend <addr> <name> [fail=<seed>:<pct>] [delay-ms=<n>] [slow-path-ms=<n>] [fail-uploads-over=<bytes>]\n\
          \x20      pillion-pod-tool http-upload <addr> <path> <bytes>\n\
+         \x20      pillion-pod-tool ws-client <addr> <host> <path> <count>\n\
          \x20      pillion-pod-tool http-requests <addr> <count> <path> [header:value ...]"
     );
     std::process::exit(2)
@@ -105,6 +107,7 @@ fn main() {
         ),
         "victim" => abuse::victim(addr(1), num(&arg(2)) as u64, num(&arg(3)) as u64),
         "http-backend" => http::backend(addr(1), arg(2), &args[3..]),
+        "ws-client" => println!("{}", ws::client(addr(1), &arg(2), &arg(3), num(&arg(4)))),
         "http-upload" => println!("{}", http::upload(addr(1), &arg(2), num(&arg(3)))),
         "http-requests" => println!("{}", http::requests(addr(1), num(&arg(2)) as u64, &arg(3), &args[4..])),
         "capture" => {

@@ -12,6 +12,7 @@ mod respond;
 mod serve;
 #[cfg(test)]
 mod tests;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -176,6 +177,7 @@ impl Proxy {
         let start = Instant::now();
         let snapshot = self.snapshot();
         let (mut parts, body) = request.into_parts();
+        let upgrade = upgrade::requested(&mut parts);
         let trace = crate::telemetry::next_hop(&mut parts.headers, &self.rng);
         // Policy, routes and the backend see one spelling of the path (see `normalize`).
         let normalized = normalize_uri(&mut parts.uri);
@@ -266,8 +268,8 @@ impl Proxy {
         if let Some(done) = self.request_filters(&mut ctx, &backend_filters, &mut parts, matched, &body, port).await {
             return done;
         }
-        let result =
-            self.forward(&mut ctx, &snapshot, rule, &chosen.backend, port, parts, &body, trace, deadline).await;
+        let to = forward::To { backend: &chosen.backend, port, upgrade: upgrade.as_ref() };
+        let result = self.forward(&mut ctx, &snapshot, rule, to, parts, &body, trace, deadline).await;
         // The response head is here (or none will come): retries are over.
         body.close_retries();
         let (mut response, flags) = match result {
@@ -278,6 +280,11 @@ impl Proxy {
             if let Filter::ResponseHeaders(m) = f {
                 m.apply(response.headers_mut());
             }
+        }
+        if let Some(up) = upgrade
+            && response.status() == StatusCode::SWITCHING_PROTOCOLS
+        {
+            return upgrade::relay(&ctx, up, response, flags);
         }
         ctx.finish_with_flags(response, flags)
     }

@@ -63,7 +63,27 @@ async fn http_backend(ip: [u8; 4]) -> SocketAddr {
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
-            let svc = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+            let svc = hyper::service::service_fn(|mut req: Request<hyper::body::Incoming>| async move {
+                if let Some(proto) = req.headers().get("upgrade").cloned() {
+                    // An upgrade: switch, then echo whatever comes.
+                    let key = req.headers().contains_key("sec-websocket-key");
+                    let on = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        if let Ok(io) = on.await {
+                            let (mut r, mut w) = tokio::io::split(TokioIo::new(io));
+                            let _ = tokio::io::copy(&mut r, &mut w).await;
+                            let _ = w.shutdown().await;
+                        }
+                    });
+                    let r = Response::builder()
+                        .status(101)
+                        .header("connection", "upgrade")
+                        .header("upgrade", proto)
+                        .header("x-saw-key", key.to_string())
+                        .body(Full::new(Bytes::new()))
+                        .unwrap();
+                    return Ok::<_, Infallible>(r);
+                }
                 let tp = req.headers().get("traceparent").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned();
                 let mut text = format!("backend {} parent={tp}", req.uri().path());
                 if req.method() == http::Method::POST {
@@ -74,7 +94,9 @@ async fn http_backend(ip: [u8; 4]) -> SocketAddr {
                 }
                 Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(text))))
             });
-            tokio::spawn(hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc));
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(s), svc).with_upgrades(),
+            );
         }
     });
     addr
@@ -547,4 +569,99 @@ async fn large_uploads_stream_through_with_their_length_or_chunked() {
     assert_eq!((status, body.as_str()), (200, "uploaded Ok(25165824) content-length=Some(\"25165824\")"));
     let (status, body) = within(upload(&m, 100, 10_000, false)).await;
     assert_eq!((status, body.as_str()), (200, "uploaded Ok(1000000) content-length=None"), "chunked stays chunked");
+}
+
+/// Writes `msg` on an upgraded stream and reads it back, then closes it.
+async fn echo_once(io: hyper::upgrade::Upgraded, msg: &[u8]) -> Vec<u8> {
+    let mut io = TokioIo::new(io);
+    io.write_all(msg).await.unwrap();
+    let mut back = vec![0u8; msg.len()];
+    io.read_exact(&mut back).await.unwrap();
+    io.shutdown().await.unwrap();
+    back
+}
+
+/// Waits (bounded) until the waypoint has recorded a request with `code`: an upgraded one is
+/// recorded when its relay ends.
+async fn recorded(m: &Mesh, code: u16) {
+    let dst = mesh::telemetry::Peer::workload("reviews-0", "shop")
+        .pod_labels([("app", "reviews")])
+        .identity(&id("shop", "reviews"));
+    let src = mesh::telemetry::Peer { namespace: Some("web".into()), ..mesh::telemetry::Peer::unknown() }
+        .identity(&id("web", "client"));
+    let svc = mesh::telemetry::ServiceRef::new("reviews", "shop", TD);
+    let labels = crate::telemetry::RequestLabels::new(&src, &dst, Some(&svc), code, "-");
+    for _ in 0..200 {
+        if m.metrics.requests(&labels) == 1 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no request with status {code} recorded");
+}
+
+#[tokio::test]
+async fn websocket_upgrades_are_routed_then_relayed_both_ways() {
+    let m = mesh().await;
+    let tunnel = within(m.tunnel("reviews.shop.svc.cluster.local:80")).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tunnel)).await.unwrap();
+    tokio::spawn(conn.with_upgrades());
+    let req = Request::get("/chat")
+        .header("host", "reviews.shop.svc.cluster.local")
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .header("sec-websocket-version", "13")
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let res = within(send.send_request(req)).await.unwrap();
+    assert_eq!(res.status(), 101);
+    assert_eq!(res.headers()["upgrade"], "websocket");
+    assert_eq!(res.headers()["x-via"], "waypoint", "the route's response filters applied");
+    let io = within(hyper::upgrade::on(res)).await.unwrap();
+    assert_eq!(within(echo_once(io, b"hello over websocket")).await, b"hello over websocket");
+    within(recorded(&m, 101)).await;
+    // The L7 DENY applies to upgrades as to any request.
+    let (status, _, _) = within(m.get("/admin/ws")).await;
+    assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn http2_extended_connect_becomes_an_http1_upgrade_to_the_backend() {
+    let m = mesh().await;
+    let tunnel = within(m.tunnel("reviews.shop.svc.cluster.local:80")).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), TokioIo::new(tunnel))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let connect = || {
+        let mut req = Request::builder()
+            .method("CONNECT")
+            .uri("http://reviews.shop.svc.cluster.local/chat")
+            .version(http::Version::HTTP_2)
+            .header("sec-websocket-version", "13")
+            .body(Empty::<Bytes>::new())
+            .unwrap();
+        req.extensions_mut().insert(hyper::ext::Protocol::from_static("websocket"));
+        req
+    };
+    // The client may send only once the waypoint's SETTINGS (which enable extended CONNECT)
+    // have arrived; until then h2 refuses the request locally.
+    let mut res = None;
+    for _ in 0..200 {
+        match send.send_request(connect()).await {
+            Ok(r) => {
+                res = Some(r);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    let res = res.expect("extended CONNECT never accepted");
+    assert_eq!(res.status(), 200, "RFC 8441: 200 for an established tunnel");
+    assert_eq!(res.headers()["x-saw-key"], "true", "the backend got a WebSocket key for its HTTP/1.1 handshake");
+    let io = within(hyper::upgrade::on(res)).await.unwrap();
+    assert_eq!(within(echo_once(io, b"frames over h2")).await, b"frames over h2");
+    within(recorded(&m, 200)).await;
 }

@@ -19,6 +19,14 @@ use crate::upstream::{ResponseBody, Target, UpstreamError};
 
 pub(crate) type Failure = (StatusCode, ResponseFlags, &'static str);
 
+/// Where a request goes: the backend Service, the port it was addressed on, and the upgrade
+/// the client asked for.
+pub(super) struct To<'a> {
+    pub backend: &'a BackendRef,
+    pub port: u16,
+    pub upgrade: Option<&'a super::upgrade::Requested>,
+}
+
 /// The rule used for a Service that has L7 policy but no HTTPRoute: everything to itself.
 pub(super) fn default_rule(service: &ServiceKey) -> RouteRule {
     RouteRule {
@@ -174,16 +182,20 @@ impl Proxy {
         ctx: &mut Context,
         snapshot: &Snapshot,
         rule: &RouteRule,
-        backend: &BackendRef,
-        port: u16,
+        to: To<'_>,
         head: http::request::Parts,
         replay: &Replay,
         trace: Trace,
         deadline: Option<tokio::time::Instant>,
     ) -> Result<(Response<ResponseBody>, ResponseFlags), Failure> {
+        let (backend, port) = (to.backend, to.port);
         let mut head = Request::from_parts(head, ());
-        let http2 = upstream_http2(snapshot, backend, port, head.version(), head.headers());
+        // Upgrades go to the backend as HTTP/1.1 upgrades.
+        let http2 = to.upgrade.is_none() && upstream_http2(snapshot, backend, port, head.version(), head.headers());
         upstream_form(&mut head, http2);
+        if let Some(up) = to.upgrade {
+            super::upgrade::upstream_head(&mut head, up, &self.rng);
+        }
         let attempts = self.attempts(ctx, snapshot, rule, backend, port, &head, replay, http2, trace);
         match deadline {
             // The request timeout covers the whole exchange (Gateway API), counted from the

@@ -117,7 +117,7 @@ impl Context {
         self.service = Some(ServiceRef::new(&service.name, &service.namespace, domain));
     }
 
-    fn record(&self, code: StatusCode, flags: ResponseFlags) -> Record {
+    pub(super) fn record(&self, code: StatusCode, flags: ResponseFlags) -> Record {
         let flags = if self.delayed && flags == ResponseFlags::NONE { ResponseFlags::FAULT_DELAY } else { flags };
         Record {
             metrics: self.metrics.clone(),

@@ -64,8 +64,10 @@ where
         .timer(TokioTimer::new())
         .max_header_list_size(limits.max_header_list_size)
         .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams);
-    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
+        // WebSockets over HTTP/2 (RFC 8441).
+        .enable_connect_protocol();
+    if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
         tracing::debug!(error = %e, "HTTP on tunnel ended with an error");
     }
 }

@@ -34,7 +34,7 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    fn finish(self, response_bytes: u64) {
+    pub(crate) fn finish(self, response_bytes: u64) {
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
         if let Some(m) = &self.metrics {
@@ -72,6 +72,11 @@ pub struct Metered {
 impl Metered {
     pub fn new(inner: ResponseBody, record: RequestRecord) -> Self {
         Self { inner, record: Some(record), bytes: 0 }
+    }
+
+    /// A body whose request is recorded elsewhere (an upgraded connection, at its end).
+    pub fn unrecorded(inner: ResponseBody) -> Self {
+        Self { inner, record: None, bytes: 0 }
     }
 
     fn done(&mut self) {
