@@ -287,9 +287,10 @@ fn waypoint_scene() -> anyhow::Result<()> {
     for (pod, name, extra) in [
         (&v1, "v1", "delay-ms=0".to_string()),
         (&v2, "v2", "delay-ms=0".to_string()),
-        (&flaky, "flaky", "fail=7:30".to_string()),
+        (&flaky, "flaky", "fail=7:30 fail-uploads-over=1048576".to_string()),
     ] {
-        let s = pod.spawn(&["http-backend", "[::]:8080", name, &extra]);
+        let args: Vec<&str> = ["http-backend", "[::]:8080", name].into_iter().chain(extra.split(' ')).collect();
+        let s = pod.spawn(&args);
         s.wait_event("ready", Duration::from_secs(10));
         backends.push(s);
     }
@@ -321,10 +322,10 @@ fn waypoint_scene() -> anyhow::Result<()> {
     for l in log
         .lines()
         .filter(|l| l.contains("attempts") && l.contains("flaky"))
-        .filter(|l| !l.contains("attempts\u{1b}[0m\u{1b}[2m=\u{1b}[0m1 "))
+        .filter(|l| !l.contains("attempts=1 "))
         .take(2)
     {
-        println!("   waypoint access log: {}", strip_ansi(l).trim());
+        println!("   waypoint access log: {}", l.trim());
     }
     let m = wp.run(&["http-get", "127.0.0.1:15020", "/metrics"]);
     for l in m["body"].as_str().unwrap_or_default().lines().filter(|l| l.starts_with("istio_requests_total{")) {
@@ -337,6 +338,29 @@ fn waypoint_scene() -> anyhow::Result<()> {
             pick("response_code")
         );
     }
+    checkpoint()?;
+
+    say("a WebSocket and large uploads through the waypoint (bodies stream; 64 KiB kept for retries)");
+    let ws = client.run(&["ws-client", "10.96.0.1:80", "reviews.shop.svc.cluster.local", "/chat", "100"]);
+    println!(
+        "   WebSocket /chat: status {}, {} messages echoed, closed cleanly: {}",
+        ws["status"], ws["echoed"], ws["clean_close"]
+    );
+    ensure!(ws["echoed"] == 100 && ws["clean_close"] == true, "the WebSocket failed: {ws}");
+    let up = client.run(&["http-upload", "10.96.0.1:80", "/upload", &(64 << 20).to_string()]);
+    println!(
+        "   POST 64 MiB to reviews → {} at {:.0} MiB/s (was 413 past 4 MiB)",
+        up["status"],
+        up["mib_per_s"].as_f64().unwrap_or(0.0)
+    );
+    ensure!(up["status"] == 200, "the upload failed: {up}");
+    let up = client.run(&["http-upload", "10.96.0.4:80", "/upload", &(16 << 20).to_string()]);
+    println!("   POST 16 MiB to flaky (refuses uploads over 1 MiB) → {}, tried once:", up["status"]);
+    let log = std::fs::read_to_string(&waypoint.log).unwrap_or_default();
+    if let Some(l) = log.lines().find(|l| l.contains("response_flags=RBO")) {
+        println!("   waypoint access log: {}", l.trim());
+    }
+    ensure!(up["status"] == 503, "the refused upload: {up}");
     drop(waypoint);
     drop(backends);
     drop((a, b));
@@ -344,20 +368,3 @@ fn waypoint_scene() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Log lines in text format carry colour codes; show them plain.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
