@@ -324,6 +324,7 @@ pub type L7Object = Arc<serde_json::Value>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum L7Kind {
     HttpRoute,
+    GrpcRoute,
     /// Watched raw as well: the agent's compiled form drops the L7 fields.
     AuthorizationPolicy,
     DestinationRule,
@@ -334,8 +335,9 @@ pub enum L7Kind {
 }
 
 impl L7Kind {
-    pub const ALL: [L7Kind; 6] = [
+    pub const ALL: [L7Kind; 7] = [
         Self::HttpRoute,
+        Self::GrpcRoute,
         Self::AuthorizationPolicy,
         Self::DestinationRule,
         Self::BackendTrafficPolicy,
@@ -351,6 +353,7 @@ impl L7Kind {
     pub fn resource(self) -> (&'static str, &'static str, &'static str, &'static str) {
         match self {
             Self::HttpRoute => ("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes"),
+            Self::GrpcRoute => ("gateway.networking.k8s.io", "v1", "GRPCRoute", "grpcroutes"),
             Self::AuthorizationPolicy => ("security.istio.io", "v1", "AuthorizationPolicy", "authorizationpolicies"),
             Self::DestinationRule => ("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
             Self::BackendTrafficPolicy => {

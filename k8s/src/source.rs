@@ -161,6 +161,7 @@ type Merged = Pin<Box<dyn Stream<Item = Result<Change, WatchFailure>> + Send>>;
 const OPTIONAL_KINDS: &[&str] = &[
     "Gateway",
     "HTTPRoute",
+    "GRPCRoute",
     "AuthorizationPolicy",
     "PeerAuthentication",
     "DestinationRule",
@@ -223,6 +224,7 @@ fn streams(client: &Client, o: &Options) -> Vec<Merged> {
             // `dynamic` takes a plain fn to wrap events; the kind is matched here instead.
             let wrap: fn(Ev<L7Object>) -> Change = match kind {
                 L7Kind::HttpRoute => |e| Change::L7(L7Kind::HttpRoute, e),
+                L7Kind::GrpcRoute => |e| Change::L7(L7Kind::GrpcRoute, e),
                 L7Kind::AuthorizationPolicy => |e| Change::L7(L7Kind::AuthorizationPolicy, e),
                 L7Kind::DestinationRule => |e| Change::L7(L7Kind::DestinationRule, e),
                 L7Kind::BackendTrafficPolicy => |e| Change::L7(L7Kind::BackendTrafficPolicy, e),

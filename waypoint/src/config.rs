@@ -11,6 +11,7 @@ mod document;
 mod duration;
 mod gateway;
 mod grant;
+mod grpc;
 mod istio;
 mod objects;
 #[cfg(test)]

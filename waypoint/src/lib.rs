@@ -5,7 +5,7 @@
 //! and forwards to the chosen endpoint over HBONE. Services without routes or L7 policy are
 //! passed through at L4.
 //!
-//! Layering, lowest first: [`rng`], [`normalize`], [`route`], [`fault`], [`resilience`], [`authz`] (pure
+//! Layering, lowest first: [`rng`], [`normalize`], [`grpc`], [`route`], [`fault`], [`resilience`], [`authz`] (pure
 //! types and decisions) → [`config`] (YAML into those types) → [`telemetry`] →
 //! [`upstream`] (where requests go) → [`proxy`] (the request pipeline) → [`hbone`] (tunnels
 //! in and out) → [`source`] (file or Kubernetes) → [`run`] (the binary's wiring).
@@ -14,6 +14,7 @@
 pub mod authz;
 pub mod config;
 pub mod fault;
+pub mod grpc;
 pub mod hbone;
 pub mod normalize;
 pub mod proxy;

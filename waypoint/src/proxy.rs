@@ -246,7 +246,14 @@ impl Proxy {
         }
         // The body streams to the backend as it arrives (only for a request that is allowed
         // and routed), its first bytes kept for retries and mirrors within the budgets.
-        let deadline = rule.timeouts.request.map(|t| start + t);
+        // A gRPC client's `grpc-timeout` bounds the request too (Istio leaves Envoy's
+        // `max_grpc_timeout` at the route's timeout, so the sooner one wins).
+        let grpc_deadline =
+            crate::grpc::is_grpc(&parts.headers).then(|| crate::grpc::timeout(&parts.headers)).flatten();
+        let deadline = match (rule.timeouts.request, grpc_deadline) {
+            (Some(a), Some(b)) => Some(start + a.min(b)),
+            (a, b) => a.or(b).map(|t| start + t),
+        };
         let peer =
             down.peer_identity.as_ref().map_or_else(|| down.peer_addr.ip().to_string(), |i| i.as_str().to_owned());
         let body = Replay::new(

@@ -15,6 +15,7 @@ pub use breaker::{BreakerLimits, CircuitBreaker, Overflow, Permit};
 pub use budget::{BudgetConfig, RetryBudget};
 pub use outlier::{Outcome, OutlierConfig, OutlierDetector};
 
+use crate::grpc::GrpcStatus;
 use crate::rng::Rng;
 use crate::route::BackendRef;
 
@@ -28,15 +29,25 @@ pub struct RetryPolicy {
     pub codes: Vec<u16>,
     /// Base of the exponential backoff.
     pub backoff: Duration,
+    /// gRPC statuses that are retried, when the backend answers with the status in the
+    /// response headers (a trailers-only response, as every immediate gRPC error is): a
+    /// status in trailers comes after the body has gone to the client.
+    pub grpc: Vec<GrpcStatus>,
 }
 
 /// Cap of one backoff pause, as Envoy's default (10 × the base) but never more than this.
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 impl Default for RetryPolicy {
-    /// Istio's default for mesh traffic: 2 retries of 503, connect failures and resets, 25 ms base.
+    /// Istio's default for mesh traffic: 2 retries of 503, gRPC `cancelled` and
+    /// `unavailable`, connect failures and resets, 25 ms base.
     fn default() -> Self {
-        Self { attempts: 2, codes: vec![503], backoff: Duration::from_millis(25) }
+        Self {
+            attempts: 2,
+            codes: vec![503],
+            backoff: Duration::from_millis(25),
+            grpc: vec![GrpcStatus::CANCELLED, GrpcStatus::UNAVAILABLE],
+        }
     }
 }
 
@@ -54,6 +65,11 @@ impl RetryPolicy {
 
     pub fn retries_code(&self, code: u16) -> bool {
         self.codes.contains(&code)
+    }
+
+    /// Whether a response (its code, or a trailers-only gRPC status) is retried.
+    pub fn retries_response(&self, code: u16, headers: &http::HeaderMap) -> bool {
+        self.retries_code(code) || GrpcStatus::of(headers).is_some_and(|s| self.grpc.contains(&s))
     }
 }
 

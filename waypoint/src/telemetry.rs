@@ -76,6 +76,8 @@ pub struct RequestLabels {
     pub response_code: u16,
     pub response_flags: String,
     pub connection_security_policy: String,
+    /// gRPC's status (`0`–`16`) for gRPC requests; empty otherwise.
+    pub grpc_response_status: String,
 }
 
 impl RequestLabels {
@@ -114,7 +116,15 @@ impl RequestLabels {
             response_code,
             response_flags: c.response_flags,
             connection_security_policy: c.connection_security_policy.as_str().to_owned(),
+            grpc_response_status: String::new(),
         }
+    }
+
+    /// A gRPC request: `request_protocol="grpc"` and its status, when one came.
+    pub fn grpc(mut self, status: Option<crate::grpc::GrpcStatus>) -> Self {
+        self.request_protocol = "grpc".to_owned();
+        self.grpc_response_status = status.map(|s| s.0.to_string()).unwrap_or_default();
+        self
     }
 }
 

@@ -101,6 +101,8 @@ pub enum Reply {
     SlowBody(u16, Duration),
     ConnectFail,
     Reset,
+    /// A trailers-only gRPC answer with this status.
+    Grpc(u8),
 }
 
 /// One request a backend received.
@@ -167,7 +169,12 @@ impl Upstream for Scripted {
         };
         let addr = target.addr;
         let mut body_delay = None;
+        let mut grpc = None;
         let status = match (self.script)(&call, n) {
+            Reply::Grpc(code) => {
+                grpc = Some(code);
+                200
+            }
             Reply::Status(s) => s,
             Reply::SlowBody(s, d) => {
                 body_delay = Some(d);
@@ -194,6 +201,10 @@ impl Upstream for Scripted {
         let mut r = Response::new(body);
         *r.status_mut() = StatusCode::from_u16(status).unwrap();
         r.headers_mut().insert("x-upstream", target.addr.to_string().parse().unwrap());
+        if let Some(code) = grpc {
+            r.headers_mut().insert("content-type", "application/grpc".parse().unwrap());
+            r.headers_mut().insert("grpc-status", code.to_string().parse().unwrap());
+        }
         if let Some(tp) = call.headers.get("traceparent") {
             r.headers_mut().insert("x-seen-traceparent", tp.clone());
         }

@@ -367,4 +367,3 @@ fn waypoint_scene() -> anyhow::Result<()> {
     drop(topo);
     Ok(())
 }
-

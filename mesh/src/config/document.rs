@@ -23,6 +23,7 @@ pub(crate) const KINDS: &[&str] =
 /// versions: the model skips them so one file can hold the whole mesh, L7 included.
 pub const WAYPOINT_KINDS: &[(&str, &[&str])] = &[
     ("HTTPRoute", &["gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1"]),
+    ("GRPCRoute", &["gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1alpha2"]),
     ("XBackendTrafficPolicy", &["gateway.networking.x-k8s.io/v1alpha1"]),
     ("DestinationRule", &["networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"]),
     ("FaultInjection", &[PILLION_API]),

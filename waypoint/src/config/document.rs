@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde_saphyr::Spanned;
 
 use super::grant::Grants;
-use super::{L7Config, Problem, authz, gateway, grant, istio, traffic};
+use super::{L7Config, Problem, authz, gateway, grant, grpc, istio, traffic};
 use crate::resilience::BackendPolicy;
 use crate::route::ServiceKey;
 
@@ -117,6 +117,11 @@ pub(super) fn build(objects: &[Object<'_>], trust_domain: &str) -> Result<L7Conf
         match o.kind {
             "HTTPRoute" => {
                 for (rule, parents) in gateway::http_route(o, &config.faults, &grants)? {
+                    config.routes.add(rule, o.namespace, &parents);
+                }
+            }
+            "GRPCRoute" => {
+                for (rule, parents) in grpc::grpc_route(o, &config.faults, &grants)? {
                     config.routes.add(rule, o.namespace, &parents);
                 }
             }

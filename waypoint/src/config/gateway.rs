@@ -34,7 +34,7 @@ struct HttpRouteSpec {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct ParentRef {
+pub(super) struct ParentRef {
     #[serde(default)]
     group: Option<String>,
     #[serde(default)]
@@ -91,18 +91,18 @@ struct PathSpec {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NameValueMatch {
+pub(super) struct NameValueMatch {
     #[serde(default, rename = "type")]
     kind: Option<String>,
-    name: String,
+    pub name: String,
     value: String,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct FilterSpec {
+pub(super) struct FilterSpec {
     #[serde(rename = "type")]
-    kind: String,
+    pub kind: String,
     #[serde(default)]
     request_header_modifier: Option<HeaderModifierSpec>,
     #[serde(default)]
@@ -202,7 +202,7 @@ struct ExtensionRefSpec {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct BackendRefSpec {
+pub(super) struct BackendRefSpec {
     #[serde(default)]
     group: Option<String>,
     #[serde(default)]
@@ -215,7 +215,7 @@ struct BackendRefSpec {
     #[serde(default)]
     weight: Option<u32>,
     #[serde(default)]
-    filters: Vec<FilterSpec>,
+    pub filters: Vec<FilterSpec>,
 }
 
 #[derive(Deserialize)]
@@ -238,7 +238,7 @@ struct RetrySpec {
     backoff: Option<String>,
 }
 
-type Parents = Vec<(ServiceKey, Option<u16>)>;
+pub(super) type Parents = Vec<(ServiceKey, Option<u16>)>;
 
 /// The rules of one HTTPRoute with the Service ports they attach to. Parents that are not
 /// Services (a Gateway) are the ingress gateway's business and are ignored here.
@@ -250,15 +250,7 @@ pub(super) fn http_route(
     let refs = Refs { faults, grants };
     let spec: HttpRouteSpec = o.spec()?;
     let _ = &spec.hostnames;
-    let parents: Parents = spec
-        .parent_refs
-        .iter()
-        .filter(|p| p.kind.as_deref() == Some("Service") && p.group.as_deref().unwrap_or("").is_empty())
-        .map(|p| {
-            let _ = &p.section_name;
-            (ServiceKey::new(p.namespace.as_deref().unwrap_or(o.namespace), &p.name), p.port)
-        })
-        .collect();
+    let parents = service_parents(o, &spec.parent_refs);
     if parents.is_empty() {
         return Ok(Vec::new());
     }
@@ -269,21 +261,7 @@ pub(super) fn http_route(
         let _ = (&r.name, &r.session_persistence);
         let matches = r.matches.iter().map(|m| compile_match(m).map_err(&at)).collect::<Result<_, _>>()?;
         let filters = r.filters.iter().map(|f| compile_filter(o, f, &refs).map_err(&at)).collect::<Result<_, _>>()?;
-        let backends = r
-            .backend_refs
-            .iter()
-            .map(|b| {
-                Ok(WeightedBackend {
-                    backend: backend_ref(o, b, grants).map_err(&at)?,
-                    weight: b.weight.unwrap_or(1),
-                    filters: b
-                        .filters
-                        .iter()
-                        .map(|f| compile_filter(o, f, &refs).map_err(&at))
-                        .collect::<Result<_, _>>()?,
-                })
-            })
-            .collect::<Result<_, Problem>>()?;
+        let backends = weighted_backends(o, &r.backend_refs, &refs).map_err(&at)?;
         let duration = |s: &Option<String>| s.as_deref().map(parse_duration).transpose().map_err(&at);
         let timeouts = match &r.timeouts {
             // `0s` disables the timeout, as in Gateway API.
@@ -300,6 +278,7 @@ pub(super) fn http_route(
                     attempts: s.attempts.unwrap_or(d.attempts),
                     codes: s.codes.clone().unwrap_or(d.codes),
                     backoff: duration(&s.backoff)?.unwrap_or(d.backoff),
+                    grpc: d.grpc,
                 })
             }
             None => None,
@@ -312,12 +291,40 @@ pub(super) fn http_route(
     Ok(out)
 }
 
-fn regex(v: &str) -> Result<Regex, String> {
+/// The Services among a route's parents (a Gateway parent is the ingress gateway's business).
+pub(super) fn service_parents(o: &Object<'_>, refs: &[ParentRef]) -> Parents {
+    refs.iter()
+        .filter(|p| p.kind.as_deref() == Some("Service") && p.group.as_deref().unwrap_or("").is_empty())
+        .map(|p| {
+            let _ = &p.section_name;
+            (ServiceKey::new(p.namespace.as_deref().unwrap_or(o.namespace), &p.name), p.port)
+        })
+        .collect()
+}
+
+pub(super) fn weighted_backends(
+    o: &Object<'_>,
+    specs: &[BackendRefSpec],
+    refs: &Refs<'_>,
+) -> Result<Vec<WeightedBackend>, String> {
+    specs
+        .iter()
+        .map(|b| {
+            Ok(WeightedBackend {
+                backend: backend_ref(o, b, refs.grants)?,
+                weight: b.weight.unwrap_or(1),
+                filters: b.filters.iter().map(|f| compile_filter(o, f, refs)).collect::<Result<_, _>>()?,
+            })
+        })
+        .collect()
+}
+
+pub(super) fn regex(v: &str) -> Result<Regex, String> {
     // Anchored: Gateway API (like Envoy) matches the whole value.
     Regex::new(&format!("^(?:{v})$")).map_err(|e| format!("invalid regular expression {v:?}: {e}"))
 }
 
-fn value_match(m: &NameValueMatch) -> Result<ValueMatch, String> {
+pub(super) fn value_match(m: &NameValueMatch) -> Result<ValueMatch, String> {
     match m.kind.as_deref().unwrap_or("Exact") {
         "Exact" => Ok(ValueMatch::Exact(m.value.clone())),
         "RegularExpression" => regex(&m.value).map(ValueMatch::Regex),
@@ -384,28 +391,29 @@ fn path_modifier(p: &PathModifierSpec) -> Result<PathRewrite, String> {
 }
 
 /// What filters and backends of a route may refer to.
-struct Refs<'a> {
-    faults: &'a HashMap<ServiceKey, FaultInjection>,
-    grants: &'a Grants,
+pub(super) struct Refs<'a> {
+    pub faults: &'a HashMap<ServiceKey, FaultInjection>,
+    pub grants: &'a Grants,
 }
 
-fn backend_ref(o: &Object<'_>, b: &BackendRefSpec, grants: &Grants) -> Result<BackendRef, String> {
+pub(super) fn backend_ref(o: &Object<'_>, b: &BackendRefSpec, grants: &Grants) -> Result<BackendRef, String> {
     let kind = b.kind.as_deref().unwrap_or("Service");
     if kind != "Service" || !b.group.as_deref().unwrap_or("").is_empty() {
         return Err(format!("backendRef {:?} of kind {kind:?}: only core Services are supported", b.name));
     }
     let service = ServiceKey::new(b.namespace.as_deref().unwrap_or(o.namespace), &b.name);
-    if !grants.permits(o.namespace, &service) {
+    if !grants.permits(o.kind, o.namespace, &service) {
         return Err(format!(
-            "backendRef to Service {service} is in another namespace and no ReferenceGrant in {ns} allows HTTPRoutes of namespace {from} to refer to it: add one there (gateway.networking.k8s.io ReferenceGrant, from HTTPRoute/{from}, to Service)",
+            "backendRef to Service {service} is in another namespace and no ReferenceGrant in {ns} allows {kind}s of namespace {from} to refer to it: add one there (gateway.networking.k8s.io ReferenceGrant, from {kind}/{from}, to Service)",
             ns = service.namespace,
             from = o.namespace,
+            kind = o.kind,
         ));
     }
     Ok(BackendRef { service, port: b.port })
 }
 
-fn compile_filter(o: &Object<'_>, f: &FilterSpec, refs: &Refs<'_>) -> Result<Filter, String> {
+pub(super) fn compile_filter(o: &Object<'_>, f: &FilterSpec, refs: &Refs<'_>) -> Result<Filter, String> {
     let missing = |field: &str| format!("filter type {} needs its `{field}` field", f.kind);
     match f.kind.as_str() {
         "RequestHeaderModifier" => Ok(Filter::RequestHeaders(header_modifier(

@@ -35,12 +35,13 @@ struct To {
     name: Option<String>,
 }
 
-/// One grant: HTTPRoutes of `from` namespaces may refer to Services of `namespace` (all of
-/// them, or those named).
+/// One grant: routes of `from` kinds and namespaces may refer to Services of `namespace`
+/// (all of them, or those named).
 #[derive(Debug, Clone)]
 pub(crate) struct Grant {
     namespace: String,
-    from: Vec<String>,
+    /// (route kind, namespace).
+    from: Vec<(String, String)>,
     /// `None`: every Service of the namespace.
     services: Vec<Option<String>>,
 }
@@ -54,12 +55,13 @@ impl Grants {
         self.0.push(g);
     }
 
-    /// Whether an HTTPRoute of namespace `route_ns` may refer to `service`.
-    pub fn permits(&self, route_ns: &str, service: &ServiceKey) -> bool {
+    /// Whether a route of kind `route_kind` (`HTTPRoute`, `GRPCRoute`) in namespace
+    /// `route_ns` may refer to `service`.
+    pub fn permits(&self, route_kind: &str, route_ns: &str, service: &ServiceKey) -> bool {
         route_ns == service.namespace
             || self.0.iter().any(|g| {
                 g.namespace == service.namespace
-                    && g.from.iter().any(|f| f == route_ns)
+                    && g.from.iter().any(|(k, ns)| k == route_kind && ns == route_ns)
                     && g.services.iter().any(|s| s.as_deref().is_none_or(|n| n == service.name))
             })
     }
@@ -72,8 +74,8 @@ pub(super) fn reference_grant(o: &Object<'_>) -> Result<Grant, Problem> {
     let from = spec
         .from
         .into_iter()
-        .filter(|f| f.group == GATEWAY_GROUP && f.kind == "HTTPRoute")
-        .map(|f| f.namespace)
+        .filter(|f| f.group == GATEWAY_GROUP && matches!(f.kind.as_str(), "HTTPRoute" | "GRPCRoute"))
+        .map(|f| (f.kind, f.namespace))
         .collect();
     let services = spec.to.into_iter().filter(|t| t.group.is_empty() && t.kind == "Service").map(|t| t.name).collect();
     Ok(Grant { namespace: o.namespace.to_owned(), from, services })

@@ -375,3 +375,39 @@ spec:
     let (_, scope) = c.scoped_backend_policy(&payments, Some("evil"));
     assert_eq!(scope.as_deref(), Some("evil"), "with breaker state of its own");
 }
+
+#[test]
+fn grpc_routes_are_read_and_their_mistakes_explained() {
+    let route = |annotations: &str, rules: &str| {
+        format!(
+            "{MODEL}---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g, namespace: shop, annotations: {{{annotations}}}}}\nspec:\n  parentRefs: [{{kind: Service, name: svc}}]\n  rules: [{rules}]\n"
+        )
+    };
+    let ok = route(
+        "retry.pillion.dev/grpc: \"unavailable, deadline-exceeded\", retry.pillion.dev/limit: \"4\"",
+        "{matches: [{method: {service: pkg.Echo, method: Say}}], backendRefs: [{name: svc, port: 80}]}",
+    );
+    mesh::config::parse(&ok, "mesh.yaml", 1).expect("the model skips GRPCRoutes");
+    let c = parse(&ok, "mesh.yaml", "cluster.local").unwrap();
+    assert!(c.routes.has_routes(&ServiceKey::new("shop", "svc"), 80, None));
+    let e = err(&route("", "{filters: [{type: URLRewrite, urlRewrite: {hostname: x}}]}"));
+    assert!(e.to_string().contains("not allowed on a GRPCRoute"), "{e}");
+    let e = err(&route("", "{matches: [{method: {type: Exact}}]}"));
+    assert!(e.to_string().contains("needs `service`, `method` or both"), "{e}");
+    let e = err(&route("", "{matches: [{method: {service: \"a/b\"}}]}"));
+    assert!(e.to_string().contains("without '/'"), "{e}");
+    let e = err(&route("retry.pillion.dev/grpc: teapot", "{backendRefs: [{name: svc, port: 80}]}"));
+    assert!(e.to_string().contains("\"teapot\" is not a gRPC status name"), "{e}");
+    let e = err(&route("retry.pillion.dev/limit: many", "{backendRefs: [{name: svc, port: 80}]}"));
+    assert!(e.to_string().contains("is not a number of retries"), "{e}");
+    // A cross-namespace backend needs a ReferenceGrant from GRPCRoutes; one for HTTPRoutes does not do.
+    let grant = |kind: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: g, namespace: other}}\nspec:\n  from: [{{group: gateway.networking.k8s.io, kind: {kind}, namespace: shop}}]\n  to: [{{group: \"\", kind: Service}}]\n"
+        )
+    };
+    let cross = route("", "{backendRefs: [{name: svc, namespace: other, port: 80}]}");
+    let e = err(&format!("{cross}{}", grant("HTTPRoute")));
+    assert!(e.to_string().contains("allows GRPCRoutes of namespace shop"), "{e}");
+    parse(&format!("{cross}{}", grant("GRPCRoute")), "mesh.yaml", "cluster.local").expect("granted");
+}

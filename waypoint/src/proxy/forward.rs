@@ -305,13 +305,14 @@ impl Proxy {
                     let code = response.status().as_u16();
                     let outcome = if code >= 500 { Outcome::Status(code) } else { Outcome::Success };
                     state.outlier.record(addr, outcome, addrs.len());
-                    if retry.retries_code(code) && may_retry() {
+                    let retried = retry.retries_response(code, response.headers());
+                    if retried && may_retry() {
                         // Drop the body: the connection closes, nothing reached the client.
                         continue;
                     }
-                    let flags = if retry.retries_code(code) && outgrew() {
+                    let flags = if retried && outgrew() {
                         ResponseFlags::RETRY_BUFFER_OVERFLOW
-                    } else if retry.retries_code(code) {
+                    } else if retried {
                         ResponseFlags::RETRY_LIMIT_EXCEEDED
                     } else {
                         ResponseFlags::NONE

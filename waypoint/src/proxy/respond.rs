@@ -9,6 +9,7 @@ use mesh::telemetry::{Peer, ServiceRef};
 use tokio::time::Instant;
 
 use super::{Proxy, Record, Snapshot, Trace, text_body};
+use crate::grpc::GrpcStatus;
 use crate::route::ServiceKey;
 use crate::telemetry::{Metered, RequestLabels, RequestMetrics};
 use crate::upstream::ResponseBody;
@@ -72,6 +73,8 @@ pub(crate) struct Context {
     pub client_namespace: Option<String>,
     trace: Trace,
     request_id: String,
+    /// A gRPC request: local replies carry `grpc-status`.
+    grpc: bool,
 }
 
 impl Context {
@@ -108,6 +111,7 @@ impl Context {
             client_namespace: down.peer_identity.as_ref().map(|i| i.namespace().to_owned()),
             trace,
             request_id: parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned(),
+            grpc: crate::grpc::is_grpc(&parts.headers),
         }
     }
 
@@ -132,6 +136,8 @@ impl Context {
             request_bytes: self.request_bytes.clone(),
             trace: self.trace,
             request_id: self.request_id.clone(),
+            grpc: self.grpc,
+            grpc_status: None,
         }
     }
 
@@ -147,17 +153,30 @@ impl Context {
         msg: &'static str,
         edit: impl FnOnce(&mut http::HeaderMap),
     ) -> Response<Metered> {
+        let mut record = self.record(status, flags);
+        if self.grpc {
+            // A gRPC client reads the status from `grpc-status`: a trailers-only answer, whose
+            // HTTP status is 200 (metrics and the log keep the HTTP code).
+            let code = GrpcStatus::for_local_reply(status, flags == ResponseFlags::UPSTREAM_TIMEOUT);
+            record.grpc_status = Some(code);
+            let mut r = Response::new(text_body(""));
+            let h = r.headers_mut();
+            h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/grpc"));
+            h.insert("grpc-status", http::HeaderValue::from(u16::from(code.0)));
+            h.insert("grpc-message", http::HeaderValue::from_static(msg));
+            return r.map(|b| Metered::new(b, record));
+        }
         let mut r = Response::new(text_body(msg));
         *r.status_mut() = status;
         r.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain"));
         edit(r.headers_mut());
-        let record = self.record(status, flags);
         r.map(|b| Metered::new(b, record))
     }
 
     /// The backend's response, passed on.
     pub fn finish_with_flags(&self, response: Response<ResponseBody>, flags: ResponseFlags) -> Response<Metered> {
-        let record = self.record(response.status(), flags);
+        let mut record = self.record(response.status(), flags);
+        record.grpc_status = GrpcStatus::of(response.headers());
         response.map(|b| Metered::new(b, record))
     }
 }

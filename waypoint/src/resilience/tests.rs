@@ -7,7 +7,7 @@ use super::*;
 
 #[test]
 fn backoff_grows_exponentially_with_bounded_jitter() {
-    let p = RetryPolicy { attempts: 5, codes: vec![503], backoff: Duration::from_millis(100) };
+    let p = RetryPolicy { attempts: 5, codes: vec![503], backoff: Duration::from_millis(100), grpc: Vec::new() };
     let rng = Rng::new(1);
     for retry in 1..=6u32 {
         let full = (Duration::from_millis(100) * (1 << (retry - 1))).min(Duration::from_secs(1));

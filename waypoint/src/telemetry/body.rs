@@ -12,6 +12,7 @@ use hyper::body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
 use super::{RequestLabels, RequestMetrics, TraceContext};
+use crate::grpc::GrpcStatus;
 use crate::upstream::{BoxError, ResponseBody};
 
 /// Everything known about a request once its response has started.
@@ -31,11 +32,17 @@ pub struct RequestRecord {
     pub request_bytes: Arc<AtomicU64>,
     pub trace: TraceContext,
     pub request_id: String,
+    /// The request is gRPC: its status is taken from the response's headers or trailers.
+    pub grpc: bool,
+    pub grpc_status: Option<GrpcStatus>,
 }
 
 impl RequestRecord {
-    pub(crate) fn finish(self, response_bytes: u64) {
+    pub(crate) fn finish(mut self, response_bytes: u64) {
         let request_bytes = self.request_bytes.load(Ordering::Relaxed);
+        if self.grpc {
+            self.labels = self.labels.grpc(self.grpc_status);
+        }
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
         if let Some(m) = &self.metrics {
             m.record(&self.labels, ms, request_bytes, response_bytes);
@@ -47,6 +54,7 @@ impl RequestRecord {
             authority = %self.authority,
             response_code = self.labels.response_code,
             response_flags = %self.labels.response_flags,
+            grpc_status = %self.labels.grpc_response_status,
             route = %self.route,
             upstream = %self.upstream,
             attempts = self.attempts,
@@ -102,6 +110,10 @@ impl Body for Metered {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
                     self.bytes += d.len() as u64;
+                } else if let Some(t) = frame.trailers_ref()
+                    && let Some(r) = self.record.as_mut().filter(|r| r.grpc)
+                {
+                    r.grpc_status = GrpcStatus::of(t).or(r.grpc_status);
                 }
             }
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => self.done(),
