@@ -188,3 +188,24 @@ fn a_websocket_is_routed_through_the_waypoint_and_echoed_until_it_closes() {
     let denied = s.client.run(&["ws-client", "10.96.0.1:80", "reviews.shop.svc.cluster.local", "/admin/chat", "1"]);
     assert!(denied["error"].as_str().is_some_and(|e| e.contains("403")), "{denied}");
 }
+
+#[test]
+fn grpc_calls_and_a_stream_pass_the_waypoint_and_unavailable_is_retried() {
+    let s = scene();
+    let backend = s.flaky.spawn(&["grpc-backend", "[::]:9090", "echo", "fail-first=1"]);
+    backend.wait_event("ready", Duration::from_secs(10));
+    let r = s.client.run(&["grpc-client", "10.96.0.5:9090", "20", "100"]);
+    assert_eq!(r["unary_failed"], json!([]), "{r}");
+    assert_eq!((r["unary_ok"].clone(), r["stream_echoed"].clone()), (json!(20), json!(100)), "{r}");
+    // The first call's UNAVAILABLE (a trailers-only answer) was retried by the waypoint: the
+    // client saw success, answered by the backend's second attempt.
+    assert_eq!(r["attempts"][0], json!(2), "{r}");
+    assert_eq!(r["attempts"][19], json!(21), "{r}");
+    let metrics = s.wp.run(&["http-get", "127.0.0.1:15020", "/metrics"]);
+    let body = metrics["body"].as_str().unwrap_or_default();
+    let grpc_ok = body
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total{") && l.contains("destination_service_name=\"echo\""))
+        .find(|l| l.contains("request_protocol=\"grpc\"") && l.contains("grpc_response_status=\"0\""));
+    assert!(grpc_ok.is_some(), "no gRPC request metric with status 0:\n{body}");
+}

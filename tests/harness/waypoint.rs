@@ -30,7 +30,9 @@ impl WaypointPods {
 /// The waypoint scene: namespace `shop` behind waypoint `waypoint-0`, fronting
 /// `reviews` at 10.96.0.1:80 (a 90/10 split over `reviews-v1`/`reviews-v2`, a
 /// `/slow` route with a 500 ms timeout, an L7 DENY of `/admin`) and `flaky` at
-/// 10.96.0.4:80 (3 attempts on 503 within a 60% retry budget); `client` in `web`.
+/// 10.96.0.4:80 (3 attempts on 503 within a 60% retry budget), and the gRPC Service `echo`
+/// at 10.96.0.5:9090 (the `flaky` pod's port 9090, a GRPCRoute for `pillion.test.Echo`);
+/// `client` in `web`.
 pub fn waypoint_scene_yaml(
     client: (&Pod, &Node),
     wp: (&Pod, &Node),
@@ -110,6 +112,20 @@ spec:
   targetRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: waypoint}]
   action: DENY
   rules: [{to: [{operation: {paths: ["/admin", "/admin/*"]}}]}]
+---
+apiVersion: pillion.dev/v1alpha1
+kind: Service
+metadata: {name: echo, namespace: shop}
+spec: {clusterIPs: [10.96.0.5], ports: [{name: grpc, port: 9090, targetPort: 9090}], selector: {app: flaky}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: echo, namespace: shop}
+spec:
+  parentRefs: [{group: "", kind: Service, name: echo, port: 9090}]
+  rules:
+  - matches: [{method: {service: pillion.test.Echo}}]
+    backendRefs: [{name: echo, port: 9090}]
 ---
 "#;
     y

@@ -13,6 +13,7 @@ use serde_json::json;
 mod abuse;
 mod bench;
 mod capture;
+mod grpc;
 mod h2raw;
 mod hbone_flood;
 mod http;
@@ -36,6 +37,7 @@ fn usage() -> ! {
          \x20      pillion-pod-tool http-backend <addr> <name> [fail=<seed>:<pct>] [delay-ms=<n>] [slow-path-ms=<n>] [fail-uploads-over=<bytes>]\n\
          \x20      pillion-pod-tool http-upload <addr> <path> <bytes>\n\
          \x20      pillion-pod-tool ws-client <addr> <host> <path> <count>\n\
+         \x20      pillion-pod-tool grpc-backend <addr> <name> [fail-first=<n>] | grpc-client <addr> <unary-calls> <stream-messages>\n\
          \x20      pillion-pod-tool http-requests <addr> <count> <path> [header:value ...]"
     );
     std::process::exit(2)
@@ -107,6 +109,8 @@ fn main() {
         ),
         "victim" => abuse::victim(addr(1), num(&arg(2)) as u64, num(&arg(3)) as u64),
         "http-backend" => http::backend(addr(1), arg(2), &args[3..]),
+        "grpc-backend" => grpc::backend(addr(1), arg(2), &args[3..]),
+        "grpc-client" => println!("{}", grpc::client(addr(1), num(&arg(2)) as u32, num(&arg(3)) as u32)),
         "ws-client" => println!("{}", ws::client(addr(1), &arg(2), &arg(3), num(&arg(4)))),
         "http-upload" => println!("{}", http::upload(addr(1), &arg(2), num(&arg(3)))),
         "http-requests" => println!("{}", http::requests(addr(1), num(&arg(2)) as u64, &arg(3), &args[4..])),
