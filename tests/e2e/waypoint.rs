@@ -20,6 +20,8 @@ struct Scene {
     client: Pod,
     wp: Pod,
     flaky: Pod,
+    v1: Pod,
+    v2: Pod,
     _topo: Topology,
 }
 
@@ -51,7 +53,7 @@ fn scene() -> Scene {
         backends.push(b);
     }
     let waypoint = Waypoint::start(&topo, &wp, "waypoint-0", "shop", &cfg);
-    Scene { waypoint, _backends: backends, a, b, client, wp, flaky, _topo: topo }
+    Scene { waypoint, _backends: backends, a, b, client, wp, flaky, v1, v2, _topo: topo }
 }
 
 fn requests(s: &Scene, vip: &str, count: u64, path: &str) -> Value {
@@ -67,6 +69,14 @@ fn the_waypoint_splits_90_10_cuts_slow_requests_and_denies_by_path() {
     assert_eq!(r["statuses"], json!({"200": 2000}), "{r}");
     let v1 = r["backends"]["v1"].as_u64().unwrap_or(0) as f64 / 2000.0;
     assert!((0.87..=0.93).contains(&v1), "90/10 split landed at {v1:.3} for v1: {r}");
+    // The waypoint pooled its connections to the backends: a handful for 2,000 requests
+    // (each one a tunnel to agent b and a connection from it to the app), not one each.
+    for pod in [&s.v1, &s.v2] {
+        let stats = pod.run(&["http-requests", "127.0.0.1:8080", "1", "/__stats"]);
+        let seen: Value = serde_json::from_str(stats["last_body"].as_str().unwrap()).unwrap();
+        // One more: this stats request's own.
+        assert!(seen["connections"].as_u64().unwrap() <= 5, "backend connections for 2,000 requests: {seen}");
+    }
     let forbidden = requests(&s, "10.96.0.1:80", 1, "/admin");
     assert_eq!(forbidden["statuses"], json!({"403": 1}), "{forbidden}");
     // The route's 500 ms request timeout cuts a backend that takes 3 s.

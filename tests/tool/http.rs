@@ -25,6 +25,8 @@ struct Backend {
     /// Requests with a body larger than this fail (503) once the body is read.
     fail_uploads_over: Option<usize>,
     attempts: AtomicU64,
+    /// Connections accepted (a pooling client opens few).
+    connections: AtomicU64,
     failed: AtomicU64,
 }
 
@@ -55,6 +57,7 @@ pub fn backend(addr: SocketAddr, name: String, opts: &[String]) {
         slow_path,
         fail_uploads_over,
         attempts: AtomicU64::new(0),
+        connections: AtomicU64::new(0),
         failed: AtomicU64::new(0),
     });
     let listener = TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr}: {e}"));
@@ -67,6 +70,7 @@ pub fn backend(addr: SocketAddr, name: String, opts: &[String]) {
 }
 
 fn serve(b: &Backend, stream: TcpStream) {
+    b.connections.fetch_add(1, Ordering::SeqCst);
     let Ok(mut w) = stream.try_clone() else { return };
     let mut r = BufReader::new(stream);
     loop {
@@ -104,7 +108,11 @@ fn serve(b: &Backend, stream: TcpStream) {
         let Some(body_ok) = read_pattern(&mut r, len) else { return };
         let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
         let (status, text) = if path == "/__stats" {
-            let s = json!({"attempts": b.attempts.load(Ordering::SeqCst), "failed": b.failed.load(Ordering::SeqCst)});
+            let s = json!({
+                "attempts": b.attempts.load(Ordering::SeqCst),
+                "failed": b.failed.load(Ordering::SeqCst),
+                "connections": b.connections.load(Ordering::SeqCst),
+            });
             (200, s.to_string())
         } else {
             let n = b.attempts.fetch_add(1, Ordering::SeqCst) + 1;

@@ -230,6 +230,7 @@ impl WaypointDialer {
             hbone: ep.hbone,
             traceparent: request.traceparent.clone(),
             forwarded: Some(forwarded_for(request.peer_addr)),
+            pool: Default::default(),
         }
     }
 

@@ -79,6 +79,17 @@ pub struct BackendPolicy {
     pub limits: BreakerLimits,
     pub outlier: OutlierConfig,
     pub budget: BudgetConfig,
+    pub pool: PoolSettings,
+}
+
+/// How pooled connections to a backend's endpoints are kept (DestinationRule
+/// `connectionPool.http`); `None`: the waypoint's defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct PoolSettings {
+    /// A connection is not reused after this many requests (1: no keep-alive).
+    pub max_requests_per_connection: Option<u32>,
+    /// An idle connection is closed after this long.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Live state of one backend: its breaker, endpoint health and retry budget.

@@ -122,11 +122,13 @@ type Script = dyn Fn(&Call, usize) -> Reply + Send + Sync;
 pub struct Scripted {
     script: Box<Script>,
     pub calls: Mutex<Vec<Call>>,
+    /// Endpoints whose connections the proxy asked to drop.
+    forgotten: Mutex<Vec<std::net::SocketAddr>>,
 }
 
 impl Scripted {
     pub fn new(script: impl Fn(&Call, usize) -> Reply + Send + Sync + 'static) -> Arc<Self> {
-        Arc::new(Self { script: Box::new(script), calls: Mutex::default() })
+        Arc::new(Self { script: Box::new(script), calls: Mutex::default(), forgotten: Mutex::default() })
     }
 
     pub fn ok() -> Arc<Self> {
@@ -135,6 +137,10 @@ impl Scripted {
 
     pub fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
+    }
+
+    pub fn forgotten(&self) -> Vec<std::net::SocketAddr> {
+        self.forgotten.lock().unwrap().clone()
     }
 
     pub fn calls_to(&self, service: &str) -> Vec<Call> {
@@ -209,6 +215,10 @@ impl Upstream for Scripted {
             r.headers_mut().insert("x-seen-traceparent", tp.clone());
         }
         Ok(r)
+    }
+
+    fn forget(&self, addr: std::net::SocketAddr) {
+        self.forgotten.lock().unwrap().push(addr);
     }
 }
 

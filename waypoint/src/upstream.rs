@@ -19,6 +19,7 @@ use mesh::{Authority, Identity};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
+use crate::resilience::PoolSettings;
 use crate::route::ServiceKey;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -46,6 +47,8 @@ pub struct Target {
     /// `Forwarded: for=<client>` for the CONNECT, so the destination learns the original
     /// client behind the waypoint (it trusts this only from waypoint identities).
     pub forwarded: Option<String>,
+    /// How the backend's pooled connections are kept (its DestinationRule).
+    pub pool: PoolSettings,
 }
 
 /// `Forwarded` (RFC 7239) naming the client address: IPv6 quoted and bracketed.
@@ -73,6 +76,10 @@ pub trait Upstream: Send + Sync + 'static {
         target: &Target,
         request: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError>;
+
+    /// Drops the pooled connections to `addr` (an endpoint just ejected as an outlier):
+    /// requests in flight finish, idle connections close, the next request dials afresh.
+    fn forget(&self, _addr: SocketAddr) {}
 }
 
 /// Opens HBONE tunnels from the waypoint's identity through a shared [`Pool`].
@@ -153,12 +160,20 @@ impl Upstream for HboneUpstream {
         let addr = target.addr;
         let mut request = request;
         absolute_form(&mut request);
+        let used = hyper_util::client::legacy::connect::capture_connection(&mut request);
         let response = self.clients.get(self, target).request(request).await.map_err(|e| {
             // The source of a client error says what failed (the dial, or the exchange).
             let reason = std::error::Error::source(&e).map_or_else(|| e.to_string(), |s| s.to_string());
             if e.is_connect() { UpstreamError::Connect { addr, reason } } else { UpstreamError::Reset { addr, reason } }
         })?;
+        if let Some(max) = target.pool.max_requests_per_connection {
+            clients::count_use(&response, &used, max);
+        }
         Ok(response.map(|b| b.map_err(BoxError::from).boxed_unsync()))
+    }
+
+    fn forget(&self, addr: SocketAddr) {
+        self.clients.forget(addr);
     }
 }
 

@@ -132,13 +132,13 @@ pub(super) fn build(objects: &[Object<'_>], trust_domain: &str) -> Result<L7Conf
                 }
             }
             "DestinationRule" => {
-                let (service, pool, outlier) = istio::destination_rule(o)?;
+                let (service, policy) = istio::destination_rule(o)?;
                 if service.namespace == o.namespace {
-                    limits.insert(service, (pool, outlier));
+                    limits.insert(service, policy);
                 } else {
                     // Istio's `exportTo` default: a rule outside the Service's namespace is
                     // for its own namespace's clients only.
-                    consumer_limits.insert((o.namespace.to_owned(), service), (pool, outlier));
+                    consumer_limits.insert((o.namespace.to_owned(), service), policy);
                 }
             }
             "AuthorizationPolicy" => {
@@ -151,21 +151,16 @@ pub(super) fn build(objects: &[Object<'_>], trust_domain: &str) -> Result<L7Conf
     }
     config.routes.finish();
     for service in limits.keys().chain(budgets.keys()) {
-        let mut p = BackendPolicy::default();
-        if let Some((pool, outlier)) = limits.get(service) {
-            p.limits = *pool;
-            p.outlier = outlier.clone();
-        }
+        let mut p = limits.get(service).cloned().unwrap_or_default();
         if let Some(b) = budgets.get(service) {
             p.budget = *b;
         }
         config.backend_policies.insert(service.clone(), p);
     }
-    for ((client, service), (pool, outlier)) in consumer_limits {
-        let mut p = config.backend_policy(&service, None);
-        p.limits = pool;
-        p.outlier = outlier;
-        config.consumer_policies.insert((client, service), p);
+    for ((client, service), rule) in consumer_limits {
+        // The rule's own fields over the Service's budget.
+        let budget = config.backend_policy(&service, None).budget;
+        config.consumer_policies.insert((client, service), BackendPolicy { budget, ..rule });
     }
     Ok(config)
 }

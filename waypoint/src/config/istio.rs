@@ -1,13 +1,13 @@
-//! Istio `DestinationRule`: only `trafficPolicy.connectionPool` and `outlierDetection` mean
-//! something to the waypoint; the rest (load balancer, TLS, subsets) is accepted and ignored
-//! so that rules users already have load unchanged.
+//! Istio `DestinationRule`: only `trafficPolicy.connectionPool` (breaker limits, requests per
+//! connection, idle timeout) and `outlierDetection` mean something to the waypoint; the rest
+//! (TLS, subsets) is accepted and ignored so that rules users already have load unchanged.
 
 use serde::Deserialize;
 
 use super::Problem;
 use super::document::Object;
 use super::duration::parse_duration;
-use crate::resilience::{BreakerLimits, OutlierConfig};
+use crate::resilience::{BackendPolicy, BreakerLimits, OutlierConfig, PoolSettings};
 use crate::route::ServiceKey;
 
 #[derive(Deserialize)]
@@ -49,6 +49,10 @@ struct HttpPool {
     http1_max_pending_requests: Option<usize>,
     #[serde(default)]
     http2_max_requests: Option<usize>,
+    #[serde(default)]
+    max_requests_per_connection: Option<u32>,
+    #[serde(default)]
+    idle_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -75,11 +79,13 @@ fn service_of(host: &str, namespace: &str) -> ServiceKey {
     ServiceKey::new(ns, name)
 }
 
-pub(super) fn destination_rule(o: &Object<'_>) -> Result<(ServiceKey, BreakerLimits, OutlierConfig), Problem> {
+/// The Service a rule is for, and what it sets (the retry budget is another object's).
+pub(super) fn destination_rule(o: &Object<'_>) -> Result<(ServiceKey, BackendPolicy), Problem> {
     let spec: DestinationRuleSpec = o.spec()?;
     let service = service_of(&spec.host, o.namespace);
     let tp = spec.traffic_policy.unwrap_or_default();
     let mut limits = BreakerLimits::default();
+    let mut pool_settings = PoolSettings::default();
     if let Some(pool) = tp.connection_pool {
         let tcp = pool.tcp.unwrap_or_default();
         let http = pool.http.unwrap_or_default();
@@ -88,6 +94,11 @@ pub(super) fn destination_rule(o: &Object<'_>) -> Result<(ServiceKey, BreakerLim
         limits.max_connections = set(tcp.max_connections, limits.max_connections);
         limits.max_pending = set(http.http1_max_pending_requests, limits.max_pending);
         limits.max_requests = set(http.http2_max_requests, limits.max_requests);
+        pool_settings.max_requests_per_connection = http.max_requests_per_connection.filter(|n| *n > 0);
+        if let Some(t) = &http.idle_timeout {
+            let t = parse_duration(t).map_err(|e| o.problem(format!("connectionPool.http.idleTimeout: {e}")))?;
+            pool_settings.idle_timeout = (!t.is_zero()).then_some(t);
+        }
     }
     let mut outlier = OutlierConfig::default();
     if let Some(od) = tp.outlier_detection {
@@ -107,5 +118,5 @@ pub(super) fn destination_rule(o: &Object<'_>) -> Result<(ServiceKey, BreakerLim
             outlier.max_ejection_percent = p;
         }
     }
-    Ok((service, limits, outlier))
+    Ok((service, BackendPolicy { limits, outlier, pool: pool_settings, ..BackendPolicy::default() }))
 }

@@ -147,6 +147,7 @@ impl Proxy {
                 hbone: ep.hbone,
                 traceparent: None,
                 forwarded: None,
+                pool: Default::default(),
             };
             let sent = tokio::time::timeout(MIRROR_TIMEOUT, async {
                 let Some((data, trailers)) = body.whole().await else {

@@ -280,6 +280,7 @@ impl Proxy {
                 hbone: ep.hbone,
                 traceparent: Some(trace.header()),
                 forwarded: ctx.forwarded.clone(),
+                pool: state.policy.pool,
             };
             let sent = self.upstream.send(&target, req);
             let result = match rule.timeouts.backend_request {
@@ -304,7 +305,9 @@ impl Proxy {
                 Some(Ok(response)) => {
                     let code = response.status().as_u16();
                     let outcome = if code >= 500 { Outcome::Status(code) } else { Outcome::Success };
-                    state.outlier.record(addr, outcome, addrs.len());
+                    if state.outlier.record(addr, outcome, addrs.len()).is_some() {
+                        self.upstream.forget(addr);
+                    }
                     let retried = retry.retries_response(code, response.headers());
                     if retried && may_retry() {
                         // Drop the body: the connection closes, nothing reached the client.
@@ -338,7 +341,9 @@ impl Proxy {
                         }
                         None => {}
                     }
-                    state.outlier.record(addr, Outcome::LocalFailure, addrs.len());
+                    if state.outlier.record(addr, Outcome::LocalFailure, addrs.len()).is_some() {
+                        self.upstream.forget(addr);
+                    }
                     tracing::debug!(error = %e, attempt, "upstream attempt failed");
                     match e {
                         UpstreamError::Connect { .. } => (
@@ -354,7 +359,9 @@ impl Proxy {
                     }
                 }
                 None => {
-                    state.outlier.record(addr, Outcome::LocalFailure, addrs.len());
+                    if state.outlier.record(addr, Outcome::LocalFailure, addrs.len()).is_some() {
+                        self.upstream.forget(addr);
+                    }
                     (StatusCode::GATEWAY_TIMEOUT, ResponseFlags::UPSTREAM_TIMEOUT, "upstream request timeout")
                 }
             };

@@ -12,7 +12,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -20,7 +20,7 @@ use std::time::Duration;
 use http::Uri;
 use hyper::rt::{Read, ReadBufCursor, Write};
 use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::connect::{CaptureConnection, Connected, Connection};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh::Identity;
 use mesh::hbone::Tunnel;
@@ -28,6 +28,7 @@ use tokio::net::TcpStream;
 use tokio_util::either::Either;
 
 use super::{HboneUpstream, RequestBody, Target};
+use crate::resilience::PoolSettings;
 
 /// How long an idle pooled connection is kept (Envoy's default idle timeout is 1 h; a
 /// waypoint's connections each hold a tunnel and the endpoint agent's socket to the app).
@@ -44,6 +45,7 @@ struct Key {
     http2: bool,
     hbone: bool,
     forwarded: Option<String>,
+    pool: PoolSettings,
 }
 
 type HttpClient = Client<Dial, RequestBody>;
@@ -65,6 +67,7 @@ impl Clients {
             http2: target.http2,
             hbone: target.hbone,
             forwarded: target.forwarded.clone(),
+            pool: target.pool,
         };
         let mut by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = by_key.get(&key) {
@@ -77,7 +80,7 @@ impl Clients {
         }
         let dial = Dial { upstream: upstream.clone(), target: target.clone(), opened: self.opened.clone() };
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_idle_timeout(target.pool.idle_timeout.unwrap_or(IDLE_TIMEOUT))
             .pool_max_idle_per_host(MAX_IDLE)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
@@ -90,6 +93,27 @@ impl Clients {
     /// Connections opened so far.
     pub fn opened(&self) -> u64 {
         self.opened.load(Ordering::Relaxed)
+    }
+
+    /// Forgets the clients of `addr`: their idle connections close once no request in
+    /// flight holds the client any more.
+    pub fn forget(&self, addr: SocketAddr) {
+        self.by_key.lock().unwrap_or_else(|e| e.into_inner()).retain(|k, _| k.addr != addr);
+    }
+}
+
+/// Requests served by one pooled connection (carried to each response as connection info).
+#[derive(Debug, Clone, Default)]
+struct Uses(Arc<AtomicU32>);
+
+/// Counts a request on the connection that served `response`; at `max` the connection is
+/// retired (no further request is given it; it closes once idle).
+pub(super) fn count_use<B>(response: &http::Response<B>, used: &CaptureConnection, max: u32) {
+    let Some(uses) = response.extensions().get::<Uses>() else { return };
+    if uses.0.fetch_add(1, Ordering::Relaxed) + 1 >= max
+        && let Some(connected) = used.connection_metadata().as_ref()
+    {
+        connected.poison();
     }
 }
 
@@ -128,7 +152,7 @@ pub(super) struct Conn(TokioIo<Either<Tunnel, TcpStream>>);
 
 impl Connection for Conn {
     fn connected(&self) -> Connected {
-        Connected::new()
+        Connected::new().extra(Uses::default())
     }
 }
 
@@ -151,3 +175,6 @@ impl Write for Conn {
         Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -152,6 +152,7 @@ spec:
         get(&p, "/").await;
     }
     assert_eq!(to_bad(&up), 2, "ejected after two consecutive 5xx");
+    assert_eq!(up.forgotten(), vec![bad], "its pooled connections were dropped");
     tokio::time::advance(Duration::from_secs(31)).await;
     for _ in 0..40 {
         get(&p, "/").await;
