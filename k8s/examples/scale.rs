@@ -57,10 +57,11 @@ fn cluster(pods: usize) -> Cache {
                     protocol: PortProtocol::Tcp,
                     app_protocol: None,
                 }],
+                traffic_distribution: None,
             };
             c.apply(Change::Service(Ev::Apply((ns.clone(), app.clone()), Some(svc))));
             let pods = (i - 4..=i).map(|j| format!("{app}-{j:x}")).collect();
-            let slice = SliceInfo { service: app.clone(), ports: vec![("http".into(), 8080)], pods };
+            let slice = SliceInfo { service: app.clone(), ports: vec![("http".into(), 8080)], pods, zones: Vec::new() };
             c.apply(Change::Slice(Ev::Apply((ns, format!("{app}-abcde")), Some(slice))));
         }
     }

@@ -110,6 +110,7 @@ pub struct ServiceInfo {
     pub labels: BTreeMap<String, String>,
     pub vips: Vec<IpAddr>,
     pub ports: Vec<ServicePortInfo>,
+    pub traffic_distribution: Option<mesh::model::TrafficDistribution>,
 }
 
 impl ServiceInfo {
@@ -159,7 +160,9 @@ impl ServiceInfo {
                 })
             })
             .collect();
-        Some(Self { labels: svc.labels().clone(), vips, ports })
+        let traffic_distribution =
+            spec.traffic_distribution.as_deref().and_then(mesh::model::TrafficDistribution::parse);
+        Some(Self { labels: svc.labels().clone(), vips, ports, traffic_distribution })
     }
 }
 
@@ -171,6 +174,8 @@ pub struct SliceInfo {
     pub ports: Vec<(String, u16)>,
     /// Names of the ready Pods behind it.
     pub pods: Vec<String>,
+    /// `(pod, zone)` where the slice says (Kubernetes copies the node's zone label here).
+    pub zones: Vec<(String, String)>,
 }
 
 impl SliceInfo {
@@ -191,7 +196,15 @@ impl SliceInfo {
             .filter(|r| r.kind.as_deref() == Some("Pod"))
             .filter_map(|r| r.name.clone())
             .collect();
-        Some(Self { service, ports, pods })
+        let zones = slice
+            .endpoints
+            .iter()
+            .filter_map(|e| {
+                let r = e.target_ref.as_ref().filter(|r| r.kind.as_deref() == Some("Pod"))?;
+                Some((r.name.clone()?, e.zone.clone()?))
+            })
+            .collect();
+        Some(Self { service, ports, pods, zones })
     }
 }
 

@@ -75,6 +75,12 @@ pub fn build(cache: &Cache, mesh: &MeshSettings, node: Option<&str>, version: u6
         ns_labels.insert(name, labels);
     }
 
+    // Zones from the EndpointSlices (Kubernetes copies them from the nodes' labels).
+    let zones: HashMap<(&str, &str), &str> = cache
+        .slices
+        .iter()
+        .flat_map(|((ns, _), s)| s.zones.iter().map(move |(pod, zone)| ((ns.as_str(), pod.as_str()), zone.as_str())))
+        .collect();
     // Newest first, so an IP claimed twice (a pod being replaced) goes to the newer pod.
     let mut pods: Vec<_> = cache.pods.iter().collect();
     pods.sort_by(|a, b| b.1.created.cmp(&a.1.created).then_with(|| a.0.cmp(b.0)));
@@ -122,6 +128,7 @@ pub fn build(cache: &Cache, mesh: &MeshSettings, node: Option<&str>, version: u6
         w.protocol = if in_mesh || is_waypoint { Protocol::Hbone } else { Protocol::None };
         w.ips = pod.ips.clone();
         w.node = pod.node.clone();
+        w.locality.zone = zones.get(&(ns.as_str(), name.as_str())).map(|z| (*z).to_owned());
         w.labels = wp.checked(("Pod", ns, name), ns, &pod.labels, &mut skipped);
         w.uid = pod.uid.clone();
         for ip in &pod.ips {
@@ -204,6 +211,7 @@ pub fn build(cache: &Cache, mesh: &MeshSettings, node: Option<&str>, version: u6
             endpoints: Endpoints::Workloads(backends),
             labels: wp.checked(("Service", ns, name), ns, &svc.labels, &mut skipped),
             waypoint: None,
+            traffic_distribution: svc.traffic_distribution,
         });
     }
 

@@ -21,8 +21,8 @@ pub use authz::{Action, AuthorizationPolicy, ConnInfo, Reason, Verdict};
 pub use builder::ModelBuilder;
 pub use ipnet::{IpNet, IpNetError};
 pub use peer_auth::{MtlsMode, PeerAuthentication};
-pub use service::{Endpoint, Endpoints, PortProtocol, Service, ServicePort, ServiceTarget};
-pub use workload::{Protocol, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL, WaypointRef, Workload};
+pub use service::{Endpoint, Endpoints, PortProtocol, Service, ServicePort, ServiceTarget, TrafficDistribution};
+pub use workload::{Locality, Protocol, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL, WaypointRef, Workload};
 
 use crate::parse::SpiffeIdError;
 

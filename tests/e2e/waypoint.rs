@@ -219,3 +219,17 @@ fn grpc_calls_and_a_stream_pass_the_waypoint_and_unavailable_is_retried() {
         .find(|l| l.contains("request_protocol=\"grpc\"") && l.contains("grpc_response_status=\"0\""));
     assert!(grpc_ok.is_some(), "no gRPC request metric with status 0:\n{body}");
 }
+
+#[test]
+fn prefer_close_keeps_requests_on_the_waypoints_node() {
+    let s = scene();
+    // The client pod (node a) is also an endpoint of `near` and `far`; the waypoint is on b.
+    let local = s.client.spawn(&["http-backend", "[::]:8080", "client-pod"]);
+    local.wait_event("ready", Duration::from_secs(10));
+    let near = requests(&s, "10.96.0.6:80", 40, "/");
+    assert_eq!((near["statuses"].clone(), near["backends"].clone()), (json!({"200": 40}), json!({"v1": 40})), "{near}");
+    // Without the preference both endpoints serve.
+    let far = requests(&s, "10.96.0.7:80", 40, "/");
+    assert_eq!(far["statuses"], json!({"200": 40}), "{far}");
+    assert!(far["backends"]["client-pod"].as_u64().unwrap_or(0) > 0, "{far}");
+}

@@ -24,7 +24,8 @@ pub use topology::{Node, Pod, Topology};
 pub use waypoint::{Waypoint, WaypointPods, waypoint_scene_yaml};
 
 /// A `pillion.dev/v1alpha1` `Workload` document for `pod` on `node`
-/// (both of its addresses), followed by a document separator.
+/// (both of its addresses; each node is a zone of its own, `r1/z-<node>`),
+/// followed by a document separator.
 pub fn workload_yaml(
     name: &str,
     service_account: &str,
@@ -35,8 +36,8 @@ pub fn workload_yaml(
 ) -> String {
     format!(
         "apiVersion: pillion.dev/v1alpha1\nkind: Workload\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{{labels}}}}}\n\
-         spec: {{serviceAccount: {service_account}, ips: [{}, \"{}\"], node: {}}}\n---\n",
-        pod.ip4, pod.ip6, node.full
+         spec: {{serviceAccount: {service_account}, ips: [{}, \"{}\"], node: {}, locality: r1/z-{}}}\n---\n",
+        pod.ip4, pod.ip6, node.full, node.name
     )
 }
 

@@ -32,7 +32,10 @@ impl WaypointPods {
 /// `/slow` route with a 500 ms timeout, an L7 DENY of `/admin`) and `flaky` at
 /// 10.96.0.4:80 (3 attempts on 503 within a 60% retry budget), and the gRPC Service `echo`
 /// at 10.96.0.5:9090 (the `flaky` pod's port 9090, a GRPCRoute for `pillion.test.Echo`);
-/// `client` in `web`.
+/// `near` (10.96.0.6:80, `trafficDistribution: PreferClose`) and `far` (10.96.0.7:80, no
+/// preference), both backed by `reviews-v1-0` (the waypoint's node) and `web/client` (the
+/// other node), port 8080, served at L7 (the waypoint's policy binds them; no route); `client`
+/// in `web`.
 pub fn waypoint_scene_yaml(
     client: (&Pod, &Node),
     wp: (&Pod, &Node),
@@ -126,6 +129,16 @@ spec:
   rules:
   - matches: [{method: {service: pillion.test.Echo}}]
     backendRefs: [{name: echo, port: 9090}]
+---
+apiVersion: pillion.dev/v1alpha1
+kind: Service
+metadata: {name: near, namespace: shop}
+spec: {clusterIPs: [10.96.0.6], ports: [{name: http, port: 80, targetPort: 8080}], endpoints: [reviews-v1-0, web/client], trafficDistribution: PreferClose}
+---
+apiVersion: pillion.dev/v1alpha1
+kind: Service
+metadata: {name: far, namespace: shop}
+spec: {clusterIPs: [10.96.0.7], ports: [{name: http, port: 80, targetPort: 8080}], endpoints: [reviews-v1-0, web/client]}
 ---
 "#;
     y

@@ -66,6 +66,8 @@ fn destination(proxy: &Proxy, snapshot: &Snapshot, target: &Authority) -> Result
                 identity: w.identity().clone(),
                 peer: Peer::workload(w.name(), w.namespace()).pod_labels(&w.labels).identity(w.identity()),
                 hbone: w.in_mesh(),
+                node: w.node.clone(),
+                locality: w.locality.clone(),
             })))
         } else {
             Err(Refusal::BadTarget(format!("workload {}/{} does not use waypoint {ours}", w.namespace(), w.name())))

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authz;
+pub mod balance;
 pub mod config;
 pub mod fault;
 pub mod grpc;

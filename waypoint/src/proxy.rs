@@ -63,6 +63,9 @@ pub struct ProxyConfig {
     /// A request body idle for this long is cut.
     pub body_idle_timeout: std::time::Duration,
     pub domain: String,
+    /// The waypoint's own workload (`namespace`, `name`): where it runs, for endpoints
+    /// chosen by closeness.
+    pub workload: Option<(String, String)>,
 }
 
 impl ProxyConfig {
@@ -73,6 +76,7 @@ impl ProxyConfig {
             body_budget: BodyBudget::new(budget::DEFAULT_TOTAL, budget::DEFAULT_PER_PEER),
             body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
             domain: DEFAULT_DOMAIN.into(),
+            workload: None,
         }
     }
 }
@@ -130,6 +134,12 @@ impl Proxy {
 
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The waypoint's own workload in this snapshot.
+    pub(crate) fn me<'a>(&self, snapshot: &'a Snapshot) -> Option<&'a mesh::model::Workload> {
+        let (ns, name) = self.config.workload.as_ref()?;
+        snapshot.model.workload(ns, name)
     }
 
     /// The Service (and port) a tunnel target names.
@@ -366,6 +376,9 @@ impl Proxy {
         let state = self.backends.get(&backend, &snapshot.l7.scoped_backend_policy(service, client));
         let addrs: Vec<SocketAddr> = all.iter().map(|e| e.addr).collect();
         let available = state.outlier.available(&addrs);
+        let me = self.me(snapshot);
+        let me = me.map(|w| crate::balance::Place { node: &w.node, locality: &w.locality });
+        let available = forward::nearby(&available, &all, me, forward::distribution(snapshot, &backend));
         let addr = available[self.rng.below(available.len() as u64) as usize];
         all.into_iter().find(|e| e.addr == addr)
     }

@@ -15,6 +15,7 @@ pub use breaker::{BreakerLimits, CircuitBreaker, Overflow, Permit};
 pub use budget::{BudgetConfig, RetryBudget};
 pub use outlier::{Outcome, OutlierConfig, OutlierDetector};
 
+use crate::balance::{Balancer, LbPolicy};
 use crate::grpc::GrpcStatus;
 use crate::rng::Rng;
 use crate::route::BackendRef;
@@ -80,6 +81,7 @@ pub struct BackendPolicy {
     pub outlier: OutlierConfig,
     pub budget: BudgetConfig,
     pub pool: PoolSettings,
+    pub lb: LbPolicy,
 }
 
 /// How pooled connections to a backend's endpoints are kept (DestinationRule
@@ -99,6 +101,7 @@ pub struct BackendState {
     pub breaker: CircuitBreaker,
     pub outlier: OutlierDetector,
     pub budget: RetryBudget,
+    pub balancer: Arc<Balancer>,
 }
 
 impl BackendState {
@@ -107,6 +110,7 @@ impl BackendState {
             breaker: CircuitBreaker::new(policy.limits),
             outlier: OutlierDetector::new(policy.outlier.clone()),
             budget: RetryBudget::new(policy.budget),
+            balancer: Arc::default(),
             policy,
         }
     }

@@ -175,6 +175,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     let mut upstream = HboneUpstream::new(pool, identity.clone(), format!("{}/{}", args.namespace, args.name));
     upstream.hbone_port = args.hbone_port;
     let mut config = ProxyConfig::new(waypoint);
+    config.workload = Some((args.namespace.clone(), args.name.clone()));
     config.domain = args.cluster_domain.clone();
     config.body_budget = crate::proxy::BodyBudget::new(args.max_buffered_bytes, args.max_buffered_bytes_per_peer);
     config.body_idle_timeout = args.body_idle_timeout;

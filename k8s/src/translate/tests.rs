@@ -57,11 +57,17 @@ fn named_target_ports_resolve_through_slices_and_bad_vips_are_left_out() {
         labels: BTreeMap::new(),
         vips: vec![vip.parse().unwrap()],
         ports: vec![port(target)],
+        traffic_distribution: Some(mesh::model::TrafficDistribution::PreferSameZone),
     };
     c.apply(Change::Service(Ev::Apply(key("web"), Some(svc("10.96.0.1", TargetPort::Name("http".into()))))));
     c.apply(Change::Slice(Ev::Apply(
         key("web-x"),
-        Some(SliceInfo { service: "web".into(), ports: vec![("http".into(), 8080)], pods: vec!["web-0".into()] }),
+        Some(SliceInfo {
+            service: "web".into(),
+            ports: vec![("http".into(), 8080)],
+            pods: vec!["web-0".into()],
+            zones: vec![("web-0".into(), "zone-a".into())],
+        }),
     )));
     // A VIP that is a pod address, and a second owner of the same VIP:port.
     c.apply(Change::Service(Ev::Apply(key("bad"), Some(svc("10.0.0.1", TargetPort::Number(80))))));
@@ -71,6 +77,9 @@ fn named_target_ports_resolve_through_slices_and_bad_vips_are_left_out() {
     assert_eq!(t.service.name, "web");
     assert_eq!(t.port.target_port, 8080);
     assert_eq!(t.endpoints.len(), 1);
+    // Locality: the zone the slice gave the pod, and the Service's traffic distribution.
+    assert_eq!(built.model.workload("shop", "web-0").unwrap().locality.zone.as_deref(), Some("zone-a"));
+    assert_eq!(t.service.traffic_distribution, Some(mesh::model::TrafficDistribution::PreferSameZone));
     assert!(built.model.service("shop", "bad").is_none());
     assert!(built.model.service("shop", "zz-dup").is_none());
     assert_eq!(built.skipped.len(), 2, "{:?}", built.skipped);
@@ -107,6 +116,7 @@ fn mesh_service(vip: &str, port: u16) -> ServiceInfo {
             protocol: PortProtocol::Tcp,
             app_protocol: None,
         }],
+        traffic_distribution: None,
     }
 }
 
@@ -132,6 +142,7 @@ fn a_pod_with_the_gateway_label_but_another_account_is_captured_and_never_the_wa
             service: "wp".into(),
             ports: vec![("mesh".into(), 15008)],
             pods: vec!["wp-0".into(), "impostor".into()],
+            zones: Vec::new(),
         }),
     )));
     let built = build(&c, &MeshSettings::default(), Some("n"), 1).unwrap();

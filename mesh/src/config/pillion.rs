@@ -26,6 +26,9 @@ pub(crate) struct WorkloadSpec {
     pub node: String,
     #[serde(default)]
     pub protocol: Option<ProtocolSpec>,
+    /// `region/zone/subzone`, as Istio writes a locality.
+    #[serde(default)]
+    pub locality: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -49,6 +52,8 @@ pub(crate) struct ServiceSpec {
     /// Explicit backends: `name` (same namespace) or `namespace/name`.
     #[serde(default)]
     pub endpoints: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub traffic_distribution: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +132,7 @@ pub(crate) fn workload(
         return Err(Problem::at(name, "a Workload needs at least one address in `spec.ips`".into()));
     }
     w.node = spec.node.clone();
+    w.locality = spec.locality.as_deref().map(crate::model::Locality::parse).unwrap_or_default();
     w.labels = labels.clone();
     // `protocol` wins; otherwise Istio's opt-out label decides, as for a pod.
     w.protocol = match spec.protocol {
@@ -206,6 +212,15 @@ pub(crate) fn service(
         ),
         (None, None) => Endpoints::Workloads(Vec::new()),
     };
+    let traffic_distribution = match &spec.traffic_distribution {
+        None => None,
+        Some(t) => Some(crate::model::TrafficDistribution::parse(&t.value).ok_or_else(|| {
+            Problem::at(
+                t,
+                format!("trafficDistribution {:?}: use PreferClose, PreferSameZone or PreferSameNode", t.value),
+            )
+        })?),
+    };
     Ok(Service {
         name: name.value.clone(),
         namespace: namespace.to_owned(),
@@ -214,5 +229,6 @@ pub(crate) fn service(
         endpoints,
         labels: labels.clone(),
         waypoint: None,
+        traffic_distribution,
     })
 }

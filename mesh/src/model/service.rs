@@ -53,6 +53,30 @@ pub struct Service {
     /// Filled in by [`super::ModelBuilder`] from the Service's or its namespace's
     /// `istio.io/use-waypoint` label.
     pub waypoint: Option<WaypointRef>,
+    /// Kubernetes `spec.trafficDistribution`: prefer endpoints close to the proxy choosing.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub traffic_distribution: Option<TrafficDistribution>,
+}
+
+/// Kubernetes `trafficDistribution`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum TrafficDistribution {
+    /// `PreferSameZone`, and `PreferClose` (its older name): the closest zone (then region)
+    /// that has endpoints.
+    PreferSameZone,
+    /// `PreferSameNode`: endpoints on the same node first, then the same zone.
+    PreferSameNode,
+}
+
+impl TrafficDistribution {
+    /// The Kubernetes value; unknown values (newer ones) are ignored, as kube-proxy does.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "PreferClose" | "PreferSameZone" => Some(Self::PreferSameZone),
+            "PreferSameNode" => Some(Self::PreferSameNode),
+            _ => None,
+        }
+    }
 }
 
 impl Service {

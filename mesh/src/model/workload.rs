@@ -61,6 +61,33 @@ pub struct Workload {
     /// re-created pod of the same name never inherits the old one's entry.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
+    /// Where it runs beyond its node, for locality-aware endpoint choice.
+    #[serde(skip_serializing_if = "Locality::is_empty")]
+    pub locality: Locality,
+}
+
+/// Region, zone and subzone (Kubernetes' `topology.kubernetes.io/region`/`zone` and
+/// Istio's `topology.istio.io/subzone`); any may be unknown.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Locality {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subzone: Option<String>,
+}
+
+impl Locality {
+    /// Istio's `region/zone/subzone` form (trailing parts optional, empty parts unknown).
+    pub fn parse(s: &str) -> Self {
+        let mut parts = s.split('/').map(|p| Some(p.trim()).filter(|p| !p.is_empty()).map(str::to_owned));
+        Self { region: parts.next().flatten(), zone: parts.next().flatten(), subzone: parts.next().flatten() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.region.is_none() && self.zone.is_none() && self.subzone.is_none()
+    }
 }
 
 impl Workload {
@@ -79,6 +106,7 @@ impl Workload {
             labels: BTreeMap::new(),
             waypoint: None,
             uid: None,
+            locality: Locality::default(),
         })
     }
 

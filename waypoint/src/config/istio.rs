@@ -1,12 +1,14 @@
 //! Istio `DestinationRule`: only `trafficPolicy.connectionPool` (breaker limits, requests per
-//! connection, idle timeout) and `outlierDetection` mean something to the waypoint; the rest
-//! (TLS, subsets) is accepted and ignored so that rules users already have load unchanged.
+//! connection, idle timeout), `outlierDetection` and `loadBalancer` mean something to the
+//! waypoint; the rest (TLS, subsets, locality settings) is accepted and ignored so that rules
+//! users already have load unchanged.
 
 use serde::Deserialize;
 
 use super::Problem;
 use super::document::Object;
 use super::duration::parse_duration;
+use crate::balance::{HashKey, LbPolicy};
 use crate::resilience::{BackendPolicy, BreakerLimits, OutlierConfig, PoolSettings};
 use crate::route::ServiceKey;
 
@@ -25,6 +27,65 @@ struct TrafficPolicy {
     connection_pool: Option<ConnectionPool>,
     #[serde(default)]
     outlier_detection: Option<OutlierSpec>,
+    #[serde(default)]
+    load_balancer: Option<LoadBalancerSpec>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct LoadBalancerSpec {
+    #[serde(default)]
+    simple: Option<String>,
+    #[serde(default)]
+    consistent_hash: Option<ConsistentHashSpec>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct ConsistentHashSpec {
+    #[serde(default)]
+    http_header_name: Option<String>,
+    #[serde(default)]
+    http_cookie: Option<CookieSpec>,
+    #[serde(default)]
+    use_source_ip: Option<bool>,
+    #[serde(default)]
+    http_query_parameter_name: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct CookieSpec {
+    name: String,
+}
+
+fn load_balancer(o: &Object<'_>, lb: &LoadBalancerSpec) -> Result<LbPolicy, Problem> {
+    if let Some(h) = &lb.consistent_hash {
+        let key = match (&h.http_header_name, &h.http_cookie, h.use_source_ip, &h.http_query_parameter_name) {
+            (Some(name), None, None | Some(false), None) => HashKey::Header(
+                http::HeaderName::try_from(name.as_str())
+                    .map_err(|_| o.problem(format!("consistentHash.httpHeaderName {name:?} is not a header name")))?,
+            ),
+            (None, Some(c), None | Some(false), None) => HashKey::Cookie(c.name.clone()),
+            (None, None, Some(true), None) => HashKey::SourceIp,
+            (None, None, None | Some(false), Some(q)) => HashKey::QueryParameter(q.clone()),
+            _ => {
+                return Err(o.problem(
+                    "loadBalancer.consistentHash needs exactly one of httpHeaderName, httpCookie, useSourceIp: true, httpQueryParameterName",
+                ));
+            }
+        };
+        return Ok(LbPolicy::ConsistentHash(key));
+    }
+    // Istio's default is LEAST_REQUEST; PASSTHROUGH (the original destination) has no
+    // meaning behind a waypoint and falls back to it.
+    match lb.simple.as_deref().unwrap_or("LEAST_REQUEST") {
+        "LEAST_REQUEST" | "LEAST_CONN" | "UNSPECIFIED" | "PASSTHROUGH" => Ok(LbPolicy::LeastRequest),
+        "ROUND_ROBIN" => Ok(LbPolicy::RoundRobin),
+        "RANDOM" => Ok(LbPolicy::Random),
+        other => Err(
+            o.problem(format!("loadBalancer.simple {other:?}: use LEAST_REQUEST, ROUND_ROBIN, RANDOM or PASSTHROUGH"))
+        ),
+    }
 }
 
 #[derive(Deserialize, Default)]
@@ -118,5 +179,6 @@ pub(super) fn destination_rule(o: &Object<'_>) -> Result<(ServiceKey, BackendPol
             outlier.max_ejection_percent = p;
         }
     }
-    Ok((service, BackendPolicy { limits, outlier, pool: pool_settings, ..BackendPolicy::default() }))
+    let lb = tp.load_balancer.as_ref().map(|lb| load_balancer(o, lb)).transpose()?.unwrap_or_default();
+    Ok((service, BackendPolicy { limits, outlier, pool: pool_settings, lb, ..BackendPolicy::default() }))
 }

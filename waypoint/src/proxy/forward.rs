@@ -6,12 +6,13 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use mesh::Identity;
-use mesh::model::WaypointRef;
+use mesh::model::{TrafficDistribution, WaypointRef};
 use mesh::telemetry::Peer;
 
 use super::replay::{ClientFailure, Replay};
 use super::respond::{Context, ResponseFlags};
 use super::{Proxy, Snapshot, Trace};
+use crate::balance::{Place, closest};
 use crate::resilience::{Outcome, RetryPolicy};
 use crate::rng::Rng;
 use crate::route::{BackendRef, RouteRule, ServiceKey, WeightedBackend};
@@ -70,6 +71,32 @@ pub(crate) struct EndpointInfo {
     pub peer: Peer,
     /// In the mesh: reached over HBONE (else plain TCP).
     pub hbone: bool,
+    pub node: String,
+    pub locality: mesh::model::Locality,
+}
+
+impl EndpointInfo {
+    pub fn place(&self) -> Place<'_> {
+        Place { node: &self.node, locality: &self.locality }
+    }
+}
+
+/// The Service's `trafficDistribution`, if it asks for close endpoints.
+pub(crate) fn distribution(snapshot: &Snapshot, backend: &BackendRef) -> Option<TrafficDistribution> {
+    snapshot.model.service(&backend.service.namespace, &backend.service.name)?.traffic_distribution
+}
+
+/// `candidates` narrowed to the closest to the waypoint when the Service asks for it.
+pub(crate) fn nearby(
+    candidates: &[SocketAddr],
+    all: &[EndpointInfo],
+    me: Option<Place<'_>>,
+    d: Option<TrafficDistribution>,
+) -> Vec<SocketAddr> {
+    let (Some(me), Some(d)) = (me, d) else { return candidates.to_vec() };
+    let placed: Vec<(SocketAddr, Place<'_>)> =
+        all.iter().filter(|e| candidates.contains(&e.addr)).map(|e| (e.addr, e.place())).collect();
+    closest(&placed, &me, d)
 }
 
 /// The endpoints behind `backend` (at `port` when the backendRef names none).
@@ -91,6 +118,8 @@ pub(crate) fn endpoints(snapshot: &Snapshot, backend: &BackendRef, port: u16) ->
                 identity: w.identity().clone(),
                 peer: Peer::workload(w.name(), w.namespace()).pod_labels(&w.labels).identity(w.identity()),
                 hbone: w.in_mesh(),
+                node: w.node.clone(),
+                locality: w.locality.clone(),
             })
         })
         .collect()
@@ -241,6 +270,13 @@ impl Proxy {
         }
         let addrs: Vec<SocketAddr> = all.iter().map(|e| e.addr).collect();
         let mut tried: Vec<SocketAddr> = Vec::new();
+        let me = self.me(snapshot);
+        let me = me.as_ref().map(|w| Place { node: &w.node, locality: &w.locality });
+        let spread = distribution(snapshot, backend);
+        let hash = match &state.policy.lb {
+            crate::balance::LbPolicy::ConsistentHash(key) => key.of(head.headers(), head.uri(), ctx.client),
+            _ => None,
+        };
         for attempt in 0..=retry.attempts {
             if attempt > 0 {
                 tokio::time::sleep(retry.backoff_for(attempt, &self.rng)).await;
@@ -249,13 +285,15 @@ impl Proxy {
             let available = state.outlier.available(&addrs);
             let fresh: Vec<SocketAddr> = available.iter().copied().filter(|a| !tried.contains(a)).collect();
             let pool = if fresh.is_empty() { &available } else { &fresh };
-            let addr = pool[self.rng.below(pool.len() as u64) as usize];
+            let pool = nearby(pool, &all, me, spread);
+            let addr = state.balancer.pick(&state.policy.lb, &pool, hash, &self.rng);
             let ep = all.iter().find(|e| e.addr == addr).expect("chosen from the endpoint list");
             tried.push(addr);
             ctx.attempts = attempt + 1;
             ctx.upstream = addr.to_string();
             ctx.destination = ep.peer.clone();
 
+            let in_flight = state.balancer.start(addr);
             let Ok(permit) = state.breaker.acquire().await else {
                 return Err((StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::UPSTREAM_OVERFLOW, "upstream overflow"));
             };
@@ -324,7 +362,10 @@ impl Proxy {
                     // still a request in flight for the circuit breaker.
                     let (mut parts, body) = response.into_parts();
                     strip_hop_by_hop(&mut parts.headers);
-                    return Ok((Response::from_parts(parts, super::deadline::holding(body, permit)), flags));
+                    return Ok((
+                        Response::from_parts(parts, super::deadline::holding(body, (permit, in_flight))),
+                        flags,
+                    ));
                 }
                 Some(Err(e)) => {
                     // The client's body broke off: not the endpoint's fault, and nothing to retry.

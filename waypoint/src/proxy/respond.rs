@@ -68,6 +68,8 @@ pub(crate) struct Context {
     pub delayed: bool,
     /// `Forwarded` for the upstream CONNECT (the client's address).
     pub forwarded: Option<String>,
+    /// The client's address (for a consistent hash on it).
+    pub client: std::net::SocketAddr,
     /// The namespace of the client's verified identity: consumer routes and DestinationRules
     /// of that namespace apply to it.
     pub client_namespace: Option<String>,
@@ -108,6 +110,7 @@ impl Context {
             request_bytes: Arc::default(),
             delayed: false,
             forwarded: Some(crate::upstream::forwarded_for(down.peer_addr)),
+            client: down.peer_addr,
             client_namespace: down.peer_identity.as_ref().map(|i| i.namespace().to_owned()),
             trace,
             request_id: parts.headers.get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("-").to_owned(),

@@ -7,6 +7,7 @@ use http::StatusCode;
 use http_body_util::Full;
 use tokio::time::Instant;
 
+mod balance;
 mod grpc;
 mod resilience;
 mod telemetry;
