@@ -23,13 +23,15 @@ use tokio_util::either::Either;
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
 
 use crate::authz;
-use crate::proxy::{Downstream, EndpointInfo, Proxy, ServeLimits, Snapshot, serve_http};
+use crate::proxy::{Downstream, EndpointInfo, Handling, Proxy, ServeLimits, Snapshot, serve_http};
 use crate::route::ServiceKey;
-use crate::telemetry::{TcpGuard, TcpMetrics, tcp_labels};
+use crate::telemetry::{TcpGuard, TcpLabels, TcpMetrics, tcp_labels};
 use crate::upstream::{HboneUpstream, Target, forwarded_for};
 
 #[cfg(test)]
 mod tests;
+
+pub mod sniff;
 
 /// Bytes buffered between the tunnel and the HTTP server per direction.
 const PIPE_BUFFER: usize = 64 * 1024;
@@ -80,27 +82,57 @@ fn destination(proxy: &Proxy, snapshot: &Snapshot, target: &Authority) -> Result
 /// the L4 reading of the policies allowed it (nothing is relayed unjudged).
 enum Plan {
     Http,
-    L4 { to: Box<EndpointInfo>, service: Option<ServiceKey> },
+    L4 {
+        to: Box<EndpointInfo>,
+        service: Option<ServiceKey>,
+    },
+    /// The first bytes decide: HTTP, or the L4 relay (already judged: its verdict here).
+    Detect(Result<Box<Plan>, Refusal>),
 }
 
 /// Where the tunnel goes and how, with the policy verdict for L4 relays taken.
 fn plan(proxy: &Proxy, snapshot: &Snapshot, request: &ConnectRequest) -> Result<Plan, Refusal> {
     let source_ns = request.peer_identity.namespace();
-    let (to, service, port) = match destination(proxy, snapshot, &request.target)? {
-        Destination::Service(service, port) => {
-            if proxy.needs_l7(snapshot, &service, port, Some(source_ns)) {
-                return Ok(Plan::Http);
-            }
-            let ep = proxy
-                .pick_endpoint(snapshot, &service, port, Some(source_ns))
-                .ok_or_else(|| Refusal::Unavailable(format!("service {service} has no endpoints")))?;
-            (Box::new(ep), Some(service), port)
-        }
+    match destination(proxy, snapshot, &request.target)? {
+        Destination::Service(service, port) => match proxy.handling(snapshot, &service, port, Some(source_ns)) {
+            Handling::Http => Ok(Plan::Http),
+            // The tunnel is accepted either way; a relay the policies refuse is cut once
+            // the bytes say it is not HTTP.
+            Handling::Detect => Ok(Plan::Detect(service_l4(proxy, snapshot, request, service, port).map(Box::new))),
+            Handling::L4 => service_l4(proxy, snapshot, request, service, port),
+        },
         Destination::Workload(ep) => {
             let port = ep.addr.port();
-            (ep, None, port)
+            l4(proxy, snapshot, request, ep, None, port)
         }
-    };
+    }
+}
+
+/// An L4 relay to one of the Service's endpoints, if the policies allow it.
+fn service_l4(
+    proxy: &Proxy,
+    snapshot: &Snapshot,
+    request: &ConnectRequest,
+    service: ServiceKey,
+    port: u16,
+) -> Result<Plan, Refusal> {
+    let source_ns = request.peer_identity.namespace();
+    let ep = proxy
+        .pick_endpoint(snapshot, &service, port, Some(source_ns))
+        .ok_or_else(|| Refusal::Unavailable(format!("service {service} has no endpoints")))?;
+    l4(proxy, snapshot, request, Box::new(ep), Some(service), port)
+}
+
+/// The L4 reading of the policies for a relay to `to`.
+fn l4(
+    proxy: &Proxy,
+    snapshot: &Snapshot,
+    request: &ConnectRequest,
+    to: Box<EndpointInfo>,
+    service: Option<ServiceKey>,
+    port: u16,
+) -> Result<Plan, Refusal> {
+    let source_ns = request.peer_identity.namespace();
     // Policies bound to a Service apply to its workloads addressed directly too.
     let services: Vec<ServiceKey> = match &service {
         Some(s) => vec![s.clone()],
@@ -218,6 +250,28 @@ impl UpstreamDialer for WaypointDialer {
                 let stream = self.upstream.connect(&self.l4_target(request, &to, service.as_ref())).await?;
                 Ok(self.relay(Either::Right(stream), request, &snapshot, &to, service.as_ref()))
             }
+            Plan::Detect(l4) => {
+                let (near, far) = tokio::io::duplex(PIPE_BUFFER);
+                let down = Downstream {
+                    peer_identity: Some(request.peer_identity.clone()),
+                    peer_addr: request.peer_addr,
+                    target: request.target.clone(),
+                };
+                let l4 = l4.map(|plan| match *plan {
+                    Plan::L4 { to, service } => {
+                        let target = self.l4_target(request, &to, service.as_ref());
+                        // Opened only if the bytes say L4 (HTTP is measured per request).
+                        let meter = self
+                            .tcp_metrics
+                            .clone()
+                            .map(|m| (m, self.labels(request, &snapshot, &to, service.as_ref())));
+                        (target, meter, self.tunnels.token())
+                    }
+                    _ => unreachable!("service_l4 plans an L4 relay"),
+                });
+                tokio::spawn(detect_then_serve(self.proxy.clone(), self.upstream.clone(), far, down, self.limits, l4));
+                Ok(self.track(Either::Left(near)))
+            }
         }
     }
 }
@@ -249,11 +303,74 @@ impl WaypointDialer {
         to: &EndpointInfo,
         service: Option<&ServiceKey>,
     ) -> Tracked<S> {
-        let meter = self.tcp_metrics.as_ref().map(|m| {
-            let source = crate::telemetry::source_peer(&snapshot.model, Some(&request.peer_identity));
-            let service = service.map(|s| ServiceRef::new(&s.name, &s.namespace, &self.proxy.config().domain));
-            m.open(tcp_labels(&source, &to.peer, service.as_ref()))
-        });
+        let meter = self.meter(request, snapshot, to, service);
         Tracked { inner, _token: self.tunnels.token(), meter }
     }
+
+    /// Istio's TCP metrics for one relayed connection.
+    fn meter(
+        &self,
+        request: &ConnectRequest,
+        snapshot: &Snapshot,
+        to: &EndpointInfo,
+        service: Option<&ServiceKey>,
+    ) -> Option<TcpGuard> {
+        self.tcp_metrics.as_ref().map(|m| m.open(self.labels(request, snapshot, to, service)))
+    }
+
+    fn labels(
+        &self,
+        request: &ConnectRequest,
+        snapshot: &Snapshot,
+        to: &EndpointInfo,
+        service: Option<&ServiceKey>,
+    ) -> TcpLabels {
+        let source = crate::telemetry::source_peer(&snapshot.model, Some(&request.peer_identity));
+        let service = service.map(|s| ServiceRef::new(&s.name, &s.namespace, &self.proxy.config().domain));
+        tcp_labels(&source, &to.peer, service.as_ref())
+    }
 }
+
+/// The relay a detected tunnel gets if it is not HTTP: where to, its metrics (opened only
+/// then), and its count among the open tunnels.
+type DetectedL4 = (Target, Option<(TcpMetrics, TcpLabels)>, TaskTrackerToken);
+
+/// Serves a tunnel whose protocol its first bytes decide: HTTP to the proxy, anything else
+/// relayed to the endpoint chosen (if the policies allowed it; otherwise the tunnel closes).
+async fn detect_then_serve(
+    proxy: Arc<Proxy>,
+    upstream: HboneUpstream,
+    mut far: DuplexStream,
+    down: Downstream,
+    limits: ServeLimits,
+    l4: Result<DetectedL4, Refusal>,
+) {
+    let window = proxy.config().detection_window;
+    let (detected, seen) = match sniff::detect(&mut far, window).await {
+        Ok(d) => d,
+        Err(e) => return tracing::debug!(error = %e, "tunnel closed during protocol detection"),
+    };
+    let far = sniff::Rewind::new(seen, far);
+    if detected == sniff::Detected::Http {
+        return serve_http(proxy, far, down, limits).await;
+    }
+    let (target, meter, token) = match l4 {
+        Ok(l4) => l4,
+        Err(refusal) => {
+            return tracing::info!(target = %down.target, %refusal, "not HTTP, and refused at L4: tunnel closed");
+        }
+    };
+    let up = match upstream.connect(&target).await {
+        Ok(s) => s,
+        Err(e) => return tracing::debug!(error = %e, "relay after detection: connect failed"),
+    };
+    // Counted from the upstream's side: its reads went to the client, its writes came from it.
+    let meter = meter.map(|(m, labels)| m.open(labels));
+    let mut up = Tracked { inner: up, _token: token, meter };
+    let mut far = far;
+    if let Err(e) = tokio::io::copy_bidirectional(&mut far, &mut up).await {
+        tracing::debug!(error = %e, "relay after detection ended with an error");
+    }
+}
+
+impl WaypointDialer {}

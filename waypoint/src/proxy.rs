@@ -41,6 +41,9 @@ use crate::upstream::{BoxError, ResponseBody, Upstream};
 /// A request body that makes no progress for this long is cut (408), so a stalled sender
 /// does not hold a stream, an upstream connection and its buffer for ever.
 pub const DEFAULT_BODY_IDLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a tunnel to a port of undeclared protocol has to show its first bytes (Istio's
+/// former default `protocolDetectionTimeout`); silence means a server-first protocol: L4.
+pub const DEFAULT_DETECTION_WINDOW: std::time::Duration = std::time::Duration::from_millis(100);
 /// Istio's cluster domain.
 pub const DEFAULT_DOMAIN: &str = "cluster.local";
 
@@ -66,6 +69,8 @@ pub struct ProxyConfig {
     /// The waypoint's own workload (`namespace`, `name`): where it runs, for endpoints
     /// chosen by closeness.
     pub workload: Option<(String, String)>,
+    /// How long a tunnel to a port of undeclared protocol may take to show its first bytes.
+    pub detection_window: std::time::Duration,
 }
 
 impl ProxyConfig {
@@ -77,6 +82,7 @@ impl ProxyConfig {
             body_idle_timeout: DEFAULT_BODY_IDLE_TIMEOUT,
             domain: DEFAULT_DOMAIN.into(),
             workload: None,
+            detection_window: DEFAULT_DETECTION_WINDOW,
         }
     }
 }
@@ -161,21 +167,29 @@ impl Proxy {
         }
     }
 
-    /// Whether a tunnel from a client of namespace `client` for `service:port` needs the
-    /// HTTP proxy: HTTPRoutes for that client attach to it, or L7 policy binds to it and the
-    /// port is HTTP ([`is_http_port`]). Anything else is relayed at L4 (after the L4 reading
-    /// of the same policies, in `hbone`), so non-HTTP protocols keep working through a
-    /// waypoint that has policies.
-    pub fn needs_l7(&self, snapshot: &Snapshot, service: &ServiceKey, port: u16, client: Option<&str>) -> bool {
+    /// How a tunnel from a client of namespace `client` for `service:port` is served: by
+    /// the HTTP proxy when HTTPRoutes for that client attach to it, or L7 policy binds to it
+    /// and the port is HTTP ([`port_protocol`]); when such policy binds to a port whose
+    /// protocol nothing declares, its first bytes decide ([`Handling::Detect`]). Anything
+    /// else is relayed at L4 (after the L4 reading of the same policies, in `hbone`), so
+    /// non-HTTP protocols keep working through a waypoint that has policies.
+    pub fn handling(&self, snapshot: &Snapshot, service: &ServiceKey, port: u16, client: Option<&str>) -> Handling {
         if snapshot.l7.routes.has_routes(service, port, client) {
-            return true;
+            return Handling::Http;
         }
-        let http_port = snapshot
+        if !authz::any_applies(&snapshot.l7.authz, &self.config.waypoint, service) {
+            return Handling::L4;
+        }
+        let protocol = snapshot
             .model
             .service(&service.namespace, &service.name)
             .and_then(|s| s.port(port))
-            .is_some_and(is_http_port);
-        http_port && authz::any_applies(&snapshot.l7.authz, &self.config.waypoint, service)
+            .map_or(PortProtocol::Unknown, port_protocol);
+        match protocol {
+            PortProtocol::Http => Handling::Http,
+            PortProtocol::Opaque => Handling::L4,
+            PortProtocol::Unknown => Handling::Detect,
+        }
     }
 
     /// Serves one request that arrived on a tunnel from `down`.
@@ -327,13 +341,45 @@ fn normalize_uri(uri: &mut http::Uri) -> Result<(), crate::normalize::PathError>
     Ok(())
 }
 
-/// Whether a Service port carries HTTP, as Istio decides before sniffing: `appProtocol`
-/// when set (`http`, `http2`, `grpc`, `grpc-web`, `h2c`, `kubernetes.io/h2c`, …), otherwise
-/// the port name's prefix.
-pub fn is_http_port(port: &mesh::model::ServicePort) -> bool {
-    match &port.app_protocol {
-        Some(p) => is_http_protocol(p.strip_prefix("kubernetes.io/").unwrap_or(p)),
-        None => is_http_port_name(&port.name),
+/// How the waypoint serves a tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handling {
+    Http,
+    /// The first bytes decide (`hbone::sniff`).
+    Detect,
+    L4,
+}
+
+/// A Service port's protocol as Istio selects it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortProtocol {
+    Http,
+    /// Declared as something else (`tcp`, `tls`, `https`, `mongo`, …).
+    Opaque,
+    /// Nothing says: detected from the first bytes.
+    Unknown,
+}
+
+/// `appProtocol` when set (`http`, `http2`, `grpc`, `grpc-web`, `h2c`, `kubernetes.io/h2c`,
+/// … are HTTP; any other value is not), otherwise the port name's prefix (`<protocol>[-…]`);
+/// a name Istio does not recognise leaves the protocol to detection.
+pub fn port_protocol(port: &mesh::model::ServicePort) -> PortProtocol {
+    if let Some(p) = &port.app_protocol {
+        return if is_http_protocol(p.strip_prefix("kubernetes.io/").unwrap_or(p)) {
+            PortProtocol::Http
+        } else {
+            PortProtocol::Opaque
+        };
+    }
+    if is_http_port_name(&port.name) {
+        return PortProtocol::Http;
+    }
+    let name = port.name.to_ascii_lowercase();
+    let prefix = name.split('-').next().unwrap_or("");
+    if ["tcp", "tls", "https", "mongo", "mysql", "redis", "udp"].contains(&prefix) {
+        PortProtocol::Opaque
+    } else {
+        PortProtocol::Unknown
     }
 }
 

@@ -79,6 +79,10 @@ pub struct RunArgs {
     /// The same bound for one client identity.
     #[arg(long, env = "PILLION_MAX_BUFFERED_BYTES_PER_PEER", default_value_t = crate::proxy::budget::DEFAULT_PER_PEER)]
     pub max_buffered_bytes_per_peer: usize,
+    /// How long a tunnel to a port whose protocol nothing declares may take to show its
+    /// first bytes (HTTP method or HTTP/2 preface → HTTP; anything else or silence → L4).
+    #[arg(long, default_value = "100ms", value_parser = crate::config::parse_duration)]
+    pub protocol_detection_timeout: Duration,
     /// A request body that makes no progress for this long is cut (408).
     #[arg(long, default_value = "60s", value_parser = crate::config::parse_duration)]
     pub body_idle_timeout: Duration,
@@ -176,6 +180,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<()> {
     upstream.hbone_port = args.hbone_port;
     let mut config = ProxyConfig::new(waypoint);
     config.workload = Some((args.namespace.clone(), args.name.clone()));
+    config.detection_window = args.protocol_detection_timeout;
     config.domain = args.cluster_domain.clone();
     config.body_budget = crate::proxy::BodyBudget::new(args.max_buffered_bytes, args.max_buffered_bytes_per_peer);
     config.body_idle_timeout = args.body_idle_timeout;

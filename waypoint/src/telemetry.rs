@@ -17,7 +17,7 @@ use mesh::telemetry::{ConnectionLabels, Peer, Reporter, SecurityPolicy, ServiceR
 
 pub use body::{Metered, RequestRecord};
 /// Tunnels relayed at L4 report mesh's Istio TCP metrics as `reporter="waypoint"`.
-pub use mesh::telemetry::{ConnGuard as TcpGuard, ConnectionMetrics as TcpMetrics};
+pub use mesh::telemetry::{ConnGuard as TcpGuard, ConnectionLabels as TcpLabels, ConnectionMetrics as TcpMetrics};
 
 /// The TCP label set of a tunnel the waypoint relays at L4.
 pub fn tcp_labels(

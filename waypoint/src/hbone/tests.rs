@@ -142,7 +142,7 @@ kind: Service
 metadata: {{name: reviews, namespace: shop}}
 spec:
   clusterIPs: [10.96.0.1]
-  ports: [{{name: http, port: 80, targetPort: {http_port}}}, {{name: raw, port: 90, targetPort: {echo_port}}}]
+  ports: [{{name: http, port: 80, targetPort: {http_port}}}, {{name: tcp-raw, port: 90, targetPort: {echo_port}}}]
   selector: {{app: reviews}}
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -214,7 +214,8 @@ async fn mesh_with(extra: &str) -> Mesh {
     let server = HboneServer::builder((certs.clone(), id("shop", "reviews")), endpoint.clone(), TcpUpstream).build();
     tokio::spawn(server.serve(l, stop.clone()));
 
-    let text = config(http_port, echo_port, legacy_port) + &extra.replace("{HTTP_PORT}", &http_port.to_string());
+    let text = config(http_port, echo_port, legacy_port)
+        + &extra.replace("{HTTP_PORT}", &http_port.to_string()).replace("{ECHO_PORT}", &echo_port.to_string());
     let snapshot = Snapshot {
         model: Arc::new(mesh::config::parse(&text, "e2e.yaml", 1).unwrap()),
         l7: Arc::new(crate::config::parse(&text, "e2e.yaml", "cluster.local").unwrap()),
@@ -493,9 +494,9 @@ spec:
 }
 
 #[tokio::test]
-async fn app_protocol_makes_an_unnamed_port_http() {
-    // A Service `web` on the reviews pods with one unnamed port: `appProtocol: http` alone
-    // must make the waypoint read it as HTTP, so a path DENY applies per request.
+async fn a_port_of_undeclared_protocol_is_detected_and_judged_either_way() {
+    // `web`: one unnamed port on the reviews pods with a path DENY; `echo`: an unnamed port on
+    // the TCP echo whose policy only denies another namespace.
     let web = |app_protocol: &str| {
         format!(
             r#"
@@ -515,19 +516,70 @@ spec:
   targetRefs: [{{kind: Service, name: web}}]
   action: DENY
   rules: [{{to: [{{operation: {{paths: ["/admin*"]}}}}]}}]
+---
+apiVersion: pillion.dev/v1alpha1
+kind: Service
+metadata: {{name: echo, namespace: shop}}
+spec:
+  clusterIPs: [10.96.0.8]
+  ports: [{{port: 9000, targetPort: {{ECHO_PORT}}}}]
+  selector: {{app: reviews}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: not-them, namespace: shop}}
+spec:
+  targetRefs: [{{kind: Service, name: echo}}]
+  action: DENY
+  rules: [{{from: [{{source: {{namespaces: [nobody]}}}}], to: [{{operation: {{paths: ["/admin*"]}}}}]}}]
 "#
         )
     };
-    let m = mesh_with(&web(", appProtocol: http")).await;
     let target = "web.shop.svc.cluster.local:8080";
-    let (status, _, body) = within(m.request(target, "/hello", "web")).await;
-    assert_eq!(status, 200, "{body}");
-    let (status, _, _) = within(m.request(target, "/admin/x", "web")).await;
-    assert_eq!(status, 403, "judged per request");
-    // Without it the port is relayed at L4, where the path DENY denies the whole tunnel.
-    let m = mesh_with(&web("")).await;
+    for declared in [", appProtocol: http", ""] {
+        // Declared HTTP, or nothing declared: the first bytes are HTTP; judged per request.
+        let m = mesh_with(&web(declared)).await;
+        let (status, _, body) = within(m.request(target, "/hello", "web")).await;
+        assert_eq!(status, 200, "{declared:?}: {body}");
+        let (status, _, _) = within(m.request(target, "/admin/x", "web")).await;
+        assert_eq!(status, 403, "{declared:?}: judged per request");
+        // Measured as requests, never as a TCP connection too.
+        let src = mesh::telemetry::Peer { namespace: Some("web".into()), ..mesh::telemetry::Peer::unknown() }
+            .identity(&id("web", "client"));
+        let dst = mesh::telemetry::Peer::workload("reviews-0", "shop")
+            .pod_labels([("app", "reviews")])
+            .identity(&id("shop", "reviews"));
+        let svc = mesh::telemetry::ServiceRef::new("web", "shop", TD);
+        assert_eq!(m.tcp.values(&tcp_labels(&src, &dst, Some(&svc))).0, 0);
+    }
+    // Declared as something else: relayed at L4, where the path DENY denies the whole tunnel.
+    let m = mesh_with(&web(", appProtocol: tcp")).await;
     let e = within(m.tunnel(target)).await.unwrap_err();
     assert!(matches!(e, mesh::hbone::HboneError::Refused { status: 401, .. }), "{e}");
+
+    // Not HTTP (a TLS-like first record) on an undeclared port: relayed at L4 when allowed...
+    let m = mesh_with(&web("")).await;
+    let hello = b"\x16\x03\x01\x00\x05hello";
+    let mut t = within(m.tunnel("echo.shop.svc.cluster.local:9000")).await.unwrap();
+    t.write_all(hello).await.unwrap();
+    let mut back = [0u8; 10];
+    within(t.read_exact(&mut back)).await.unwrap();
+    assert_eq!(&back, hello);
+    // Measured as a TCP connection while it is open.
+    let src = mesh::telemetry::Peer { namespace: Some("web".into()), ..mesh::telemetry::Peer::unknown() }
+        .identity(&id("web", "client"));
+    let dst = mesh::telemetry::Peer::workload("reviews-0", "shop")
+        .pod_labels([("app", "reviews")])
+        .identity(&id("shop", "reviews"));
+    let svc = mesh::telemetry::ServiceRef::new("echo", "shop", TD);
+    let (opened, _, received, sent) = m.tcp.values(&tcp_labels(&src, &dst, Some(&svc)));
+    assert_eq!((opened, received, sent), (1, 10, 10));
+    // ...and cut when the L4 reading of the policies refuses it.
+    let mut t = within(m.tunnel(target)).await.unwrap();
+    t.write_all(hello).await.unwrap();
+    let mut got = Vec::new();
+    let read = within(t.read_to_end(&mut got)).await;
+    assert!(read.is_err() || got.is_empty(), "nothing relayed: {got:?}");
 }
 
 #[tokio::test]
