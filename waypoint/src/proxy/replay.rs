@@ -62,6 +62,9 @@ struct State {
     retries_closed: bool,
     /// The attempt whose body may read from the client.
     generation: u64,
+    /// Data frames that attempt's body has yielded: a copy still being replayed is kept
+    /// even after retries close.
+    replayed_to: usize,
     /// Not retried yet: the first attempt's body is handed out without a replay check.
     handed_out: bool,
 }
@@ -123,6 +126,7 @@ impl Replay {
             reservation: Some(reservation),
             retries_closed: false,
             generation: 0,
+            replayed_to: 0,
             handed_out: false,
         };
         let shared = Shared { state: Mutex::new(state), settled: Notify::new(), limit, idle, exact, received };
@@ -138,6 +142,7 @@ impl Replay {
         }
         st.handed_out = true;
         st.generation += 1;
+        st.replayed_to = 0;
         Some(ReplayBody {
             shared: self.shared.clone(),
             generation: st.generation,
@@ -171,11 +176,12 @@ impl Replay {
     }
 
     /// No attempt follows. A body still streaming stops being copied and its copy is given
-    /// back; a whole one stays for mirrors until the request is done (it fit the buffer).
+    /// back (once the last attempt has replayed it: a backend may answer before reading the
+    /// whole body); a whole one stays for mirrors until the request is done (it fit the buffer).
     pub fn close_retries(&self) {
         let mut st = self.shared.lock();
         st.retries_closed = true;
-        if !st.ended {
+        if !st.ended && st.replayed_to >= st.frames {
             st.stop_keeping();
             drop(st);
             self.shared.settled.notify_waiters();
@@ -241,6 +247,11 @@ impl Body for ReplayBody {
             };
             this.pos += 1;
             this.sent += data.len() as u64;
+            st.replayed_to = this.pos;
+            if st.retries_closed && !st.ended && this.pos == st.frames {
+                // Caught up after retries closed: the copy is no longer needed.
+                st.stop_keeping();
+            }
             return Poll::Ready(Some(Ok(Frame::data(data))));
         }
         if st.ended {
@@ -277,6 +288,7 @@ impl Body for ReplayBody {
                 shared.received.fetch_add(data.len() as u64, Ordering::Relaxed);
                 st.frames += 1;
                 this.pos += 1;
+                st.replayed_to = this.pos;
                 this.sent += data.len() as u64;
                 let mut outgrew = false;
                 if st.keeping {

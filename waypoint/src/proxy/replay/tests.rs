@@ -171,3 +171,31 @@ async fn closing_retries_gives_back_a_streaming_copy_but_keeps_a_whole_one_for_m
     let (frames, _) = mirror.await.unwrap().expect("the mirror gets the body");
     assert_eq!(frames.concat(), b"small");
 }
+
+#[tokio::test]
+async fn a_backend_answering_early_still_gets_the_whole_replayed_body() {
+    let budget = BodyBudget::new(1 << 20, 1 << 20);
+    let (tx, source) = client();
+    let (r, _) = replay(source, 1024, &budget);
+    for b in [b'a', b'b', b'c'] {
+        tx.unbounded_send(data(100, b)).unwrap();
+    }
+    let mut first = r.attempt().unwrap();
+    for _ in 0..3 {
+        next_data(&mut first).await;
+    }
+    // The second attempt's backend answers after one replayed frame: retries close, but the
+    // frames it has not replayed yet must still come, then the rest from the client.
+    let mut second = r.attempt().unwrap();
+    assert_eq!(next_data(&mut second).await[0], b'a');
+    r.close_retries();
+    assert_eq!(budget.in_use(), 300, "kept while the attempt replays");
+    assert_eq!(next_data(&mut second).await[0], b'b');
+    assert_eq!(next_data(&mut second).await[0], b'c');
+    assert_eq!(budget.in_use(), 0, "given back once it caught up");
+    tx.unbounded_send(data(100, b'd')).unwrap();
+    drop(tx);
+    assert_eq!(next_data(&mut second).await[0], b'd');
+    assert!(second.frame().await.is_none());
+    drop(first);
+}
