@@ -4,7 +4,8 @@
 //! ConfigMap of its own namespace), all owned by the Gateway so that deleting it removes
 //! them, and the Gateway's status (`Accepted`, `Programmed`, the Service's address).
 //! A HorizontalPodAutoscaler and a PodDisruptionBudget come from the ConfigMap the
-//! Gateway's `spec.infrastructure.parametersRef` names ([`scaling`]).
+//! Gateway's `spec.infrastructure.parametersRef` names ([`scaling`]), re-read whenever that
+//! ConfigMap changes.
 //!
 //! The waypoints' read access to the cluster (ClusterRole `pillion-waypoint`) is granted
 //! through one ClusterRoleBinding, `pillion-waypoints`, installed empty with Pillion and
@@ -34,6 +35,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::{Value, json};
@@ -475,13 +477,42 @@ async fn follow_gateways(client: Client) {
     }
 }
 
+/// The waypoint Gateways whose `spec.infrastructure.parametersRef` names ConfigMap
+/// `namespace/name`: an edit of it re-reconciles them (their autoscaler and disruption
+/// budget follow it).
+pub fn referencing<'a>(
+    gateways: impl IntoIterator<Item = &'a Gateway>,
+    namespace: &str,
+    name: &str,
+) -> Vec<ObjectRef<Gateway>> {
+    gateways
+        .into_iter()
+        .filter(|g| g.spec.gateway_class_name == CLASS && g.namespace().as_deref() == Some(namespace))
+        .filter(|g| {
+            g.spec
+                .infrastructure
+                .as_ref()
+                .and_then(|i| i.parameters_ref.as_ref())
+                .is_some_and(|r| r.group.is_empty() && r.kind == "ConfigMap" && r.name == name)
+        })
+        .map(ObjectRef::from_obj)
+        .collect()
+}
+
 /// Runs the controller until the process ends.
 pub async fn run(client: Client, settings: Settings) {
     tokio::spawn(follow_gateways(client.clone()));
     let ctx = Arc::new(Context { client: client.clone(), settings });
-    Controller::new(Api::<Gateway>::all(client.clone()), watcher::Config::default())
+    let controller = Controller::new(Api::<Gateway>::all(client.clone()), watcher::Config::default());
+    let gateways = controller.store();
+    controller
         .owns(Api::<Deployment>::all(client.clone()), watcher::Config::default().labels(GATEWAY_NAME))
-        .owns(Api::<Service>::all(client), watcher::Config::default().labels(GATEWAY_NAME))
+        .owns(Api::<Service>::all(client.clone()), watcher::Config::default().labels(GATEWAY_NAME))
+        // ConfigMaps are not cached (the trigger only maps each change to its Gateways).
+        .watches(Api::<ConfigMap>::all(client), watcher::Config::default(), move |cm: ConfigMap| {
+            let state = gateways.state();
+            referencing(state.iter().map(|g| g.as_ref()), &cm.namespace().unwrap_or_default(), &cm.name_any())
+        })
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {

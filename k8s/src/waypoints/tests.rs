@@ -369,3 +369,28 @@ async fn bad_or_missing_parameters_are_reported_on_the_gateway_and_nothing_is_ap
         assert!(status["message"].as_str().unwrap().contains(why), "{status}");
     }
 }
+
+#[test]
+fn an_edit_of_a_parameters_configmap_reaches_the_gateways_naming_it() {
+    let with_params = |ns: &str, name: &str, class: &str, params: &str| -> Gateway {
+        serde_json::from_value(json!({
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"gatewayClassName": class,
+                     "infrastructure": {"parametersRef": {"group": "", "kind": "ConfigMap", "name": params}},
+                     "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]}
+        }))
+        .unwrap()
+    };
+    let gws = [
+        with_params("shop", "a", super::CLASS, "scale"),
+        with_params("shop", "b", super::CLASS, "scale"),
+        with_params("shop", "c", super::CLASS, "other"),
+        with_params("web", "d", super::CLASS, "scale"),
+        with_params("shop", "e", "istio-waypoint", "scale"),
+        gateway(super::CLASS),
+    ];
+    let names: Vec<String> = super::referencing(&gws, "shop", "scale").into_iter().map(|r| r.name).collect();
+    assert_eq!(names, ["a", "b"], "same namespace, same ConfigMap, our class only");
+    assert!(super::referencing(&gws, "shop", "unrelated").is_empty());
+}
