@@ -50,7 +50,7 @@ impl Plan {
             // Past the 10 s TLS handshake timeout on 15008.
             idle_hold_secs: 12,
             slow_bodies: 500,
-            // Past the waypoint's 60 s default body deadline.
+            // Longer than the waypoint's 60 s body idle timeout (which a trickle never trips).
             slow_secs: 75,
             slow_tail: 128 * 1024,
             only: Vec::new(),

@@ -76,10 +76,10 @@ pub fn markdown(result: &Value) -> String {
 - CONTINUATION flood on 15008: the outsider connects straight to the open pod's 15008 with a \
   certificate for `evil/attacker` issued from the mesh CA (what a compromised workload holds) \
   and floods the agent's own HTTP/2 layer, under the tunnels.\n\
-- Slow bodies: `503` = refused by the waypoint's body budget (32 MiB per client identity, \
-  256 MiB in all); `open` = still uploading when the case ended (held in the budget); `reset` = \
-  the connection was closed while writing (the waypoint answered and closed before the answer \
-  could be read); `408`/`504` would be the body deadline.\n\
+- Slow bodies: request bodies stream to the backend, so every upload is accepted; `open` = \
+  still uploading when the case ended (each trickles its last bytes, past the case's end); \
+  `reset` = the connection was closed while writing; `408` would be the 60 s body idle timeout \
+  (a trickle is progress), `503` a full breaker.\n\
 - Idle connections: the outsider is outside the mesh. On 15008 it never starts TLS; \
   `still_open_after_hold` counts those the agent has not closed. To the PERMISSIVE pod each \
   connection echoes one byte first, so the agent's inbound relay is really set up; the agent \
