@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer().with_ansi(ansi)).init();
     match Cli::parse().command {
-        Command::Run(args) => tokio::runtime::Runtime::new()?.block_on(pillion_waypoint::run::run(*args)),
+        Command::Run(args) => runtime(args.worker_threads)?.block_on(pillion_waypoint::run::run(*args)),
         Command::Check { config } => {
             let s = pillion_waypoint::run::load(&config, 1)?;
             println!(
@@ -40,5 +40,16 @@ fn main() -> anyhow::Result<()> {
             );
             Ok(())
         }
+    }
+}
+
+/// One thread runs every task unless more are asked for: a request crosses several tasks
+/// (tunnel, HTTP server, upstream connection), and on a small machine waking parked worker
+/// threads for each hop costs more CPU than the work itself (docs/benchmarks).
+fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    if workers <= 1 {
+        tokio::runtime::Builder::new_current_thread().enable_all().build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
     }
 }

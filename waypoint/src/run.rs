@@ -64,6 +64,10 @@ pub struct RunArgs {
     /// and clients are told to go away (GOAWAY).
     #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
     pub drain_timeout: Duration,
+    /// Worker threads: 1 (the default) runs everything on one thread; more spread tunnels
+    /// over that many (a waypoint scales out by replicas; see its HPA).
+    #[arg(long, env = "PILLION_WORKER_THREADS", default_value_t = 1)]
+    pub worker_threads: usize,
     /// The endpoints' HBONE port (only tests change it).
     #[arg(long, default_value_t = mesh::hbone::HBONE_PORT)]
     pub hbone_port: u16,
