@@ -43,13 +43,12 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// One thread runs every task unless more are asked for: a request crosses several tasks
-/// (tunnel, HTTP server, upstream connection), and on a small machine waking parked worker
-/// threads for each hop costs more CPU than the work itself (docs/benchmarks).
+/// `0`: a worker per core (tokio's default); `1`: every task on one thread; more: that many
+/// workers.
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
-    if workers <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()
-    } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(workers).enable_all().build()
+    match workers {
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
     }
 }

@@ -64,9 +64,9 @@ pub struct RunArgs {
     /// and clients are told to go away (GOAWAY).
     #[arg(long, default_value = "5s", value_parser = crate::config::parse_duration)]
     pub drain_timeout: Duration,
-    /// Worker threads: 1 (the default) runs everything on one thread; more spread tunnels
-    /// over that many (a waypoint scales out by replicas; see its HPA).
-    #[arg(long, env = "PILLION_WORKER_THREADS", default_value_t = 1)]
+    /// Worker threads: 0 (the default) one per core; 1 runs every task on one thread (fewer
+    /// cross-thread wake-ups, no parallelism); more, that many.
+    #[arg(long, env = "PILLION_WORKER_THREADS", default_value_t = 0)]
     pub worker_threads: usize,
     /// The endpoints' HBONE port (only tests change it).
     #[arg(long, default_value_t = mesh::hbone::HBONE_PORT)]

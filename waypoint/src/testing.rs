@@ -105,6 +105,10 @@ pub enum Reply {
     Grpc(u8),
 }
 
+/// How long the scripted backend takes before it reads a request at all (a slow connect),
+/// when the request's path starts with `/slow-connect`.
+pub const SLOW_CONNECT: Duration = Duration::from_secs(10);
+
 /// One request a backend received.
 #[derive(Debug, Clone)]
 pub struct Call {
@@ -156,6 +160,9 @@ impl Upstream for Scripted {
         request: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         let (parts, body) = request.into_parts();
+        if parts.uri.path().starts_with("/slow-connect") {
+            tokio::time::sleep(SLOW_CONNECT).await;
+        }
         // As a real connection: a body that breaks off fails the exchange.
         let body =
             body.collect().await.map_err(|e| UpstreamError::Reset { addr: target.addr, reason: e.to_string() })?;

@@ -235,7 +235,7 @@ impl Proxy {
                     Ok((response.map(|b| super::deadline::until(b, deadline)), flags))
                 }
                 // Still waiting for the client's body: the client is the slow one.
-                Err(_) if replay.receiving() => {
+                Err(_) if replay.waiting_on_client() => {
                     Err((StatusCode::REQUEST_TIMEOUT, ResponseFlags::NONE, "request body timeout"))
                 }
                 Err(_) => {

@@ -60,6 +60,8 @@ struct State {
     reservation: Option<Reservation>,
     /// No attempt follows (the response head is here).
     retries_closed: bool,
+    /// The last read from the client found nothing yet.
+    waiting: bool,
     /// The attempt whose body may read from the client.
     generation: u64,
     /// Data frames that attempt's body has yielded: a copy still being replayed is kept
@@ -125,6 +127,7 @@ impl Replay {
             outgrew: false,
             reservation: Some(reservation),
             retries_closed: false,
+            waiting: false,
             generation: 0,
             replayed_to: 0,
             handed_out: false,
@@ -173,6 +176,13 @@ impl Replay {
     pub fn receiving(&self) -> bool {
         let st = self.shared.lock();
         !st.ended && st.failure.is_none()
+    }
+
+    /// An attempt is waiting for the client's next bytes (the client is the slow side, not
+    /// the backend or the connection to it).
+    pub fn waiting_on_client(&self) -> bool {
+        let st = self.shared.lock();
+        st.waiting && !st.ended && st.failure.is_none()
     }
 
     /// No attempt follows. A body still streaming stops being copied and its copy is given
@@ -265,7 +275,9 @@ impl Body for ReplayBody {
             return Poll::Ready(Some(Err(f.into())));
         }
         let Some(source) = st.source.as_mut() else { return Poll::Ready(None) };
-        match Pin::new(source).poll_frame(cx) {
+        let polled = Pin::new(source).poll_frame(cx);
+        st.waiting = polled.is_pending();
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle = None;
                 let data = match frame.into_data() {

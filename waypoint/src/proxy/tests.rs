@@ -416,3 +416,12 @@ spec:
         assert_eq!(b.await.unwrap(), StatusCode::OK);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_backend_connection_is_a_504_not_the_clients_fault() {
+    let up = Scripted::ok();
+    let p = proxy(&route("  - backendRefs: [{name: reviews, port: 80}]\n    timeouts: {request: 2s}\n"), up);
+    // The body is whole at the client, but nothing upstream has read it yet.
+    let got = send(&p, req("POST", "/slow-connect").body(Full::new(Bytes::from_static(b"data"))).unwrap()).await;
+    assert_eq!(got.status, StatusCode::GATEWAY_TIMEOUT);
+}

@@ -109,7 +109,9 @@ async fn a_stalled_body_fails_after_the_idle_timeout_and_is_not_retried() {
     let (r, _) = replay(source, 1024, &budget);
     tx.unbounded_send(data(10, b's')).unwrap();
     let mut body = r.attempt().unwrap();
+    assert!(!r.waiting_on_client(), "nothing asked of the client yet");
     next_data(&mut body).await;
+    assert!(!r.waiting_on_client());
     let start = tokio::time::Instant::now();
     assert!(body.frame().await.unwrap().is_err());
     assert_eq!(start.elapsed(), Duration::from_secs(60));
