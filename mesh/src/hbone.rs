@@ -16,7 +16,7 @@ pub mod relay;
 pub mod server;
 pub mod stream;
 
-pub use dial::{CertProvider, DirectTcpDialer, Opened, TcpDialer, TcpUpstream, UpstreamDialer};
+pub use dial::{CertProvider, DirectTcpDialer, TcpDialer, TcpUpstream, UpstreamDialer};
 pub use pool::{Pool, PoolConfig, PoolKey, Tunnel, TunnelRequest};
 pub use server::{
     Accepted, ByLocalAddress, ConnectHook, ConnectRequest, HboneServer, HboneServerBuilder, Refusal,

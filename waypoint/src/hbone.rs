@@ -11,13 +11,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use mesh::Authority;
-use mesh::hbone::{Accepted, ConnectHook, ConnectRequest, Opened, Refusal, Tunnel, UpstreamDialer};
+use mesh::hbone::{Accepted, ConnectHook, ConnectRequest, Refusal, Tunnel, UpstreamDialer};
 use mesh::model::WaypointRef;
 use mesh::telemetry::{Peer, ServiceRef};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tokio_util::task::{TaskTracker, task_tracker::TaskTrackerToken};
@@ -32,6 +32,9 @@ use crate::upstream::{HboneUpstream, Target, forwarded_for};
 mod tests;
 
 pub mod sniff;
+
+/// Bytes buffered between the tunnel and the HTTP server per direction.
+const PIPE_BUFFER: usize = 64 * 1024;
 
 /// Where an accepted tunnel leads.
 enum Destination {
@@ -226,36 +229,34 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Tracked<S> {
 
 #[async_trait]
 impl UpstreamDialer for WaypointDialer {
-    type Stream = Tracked<Either<Tunnel, TcpStream>>;
+    type Stream = Tracked<Either<DuplexStream, Either<Tunnel, TcpStream>>>;
 
     async fn dial(&self, request: &ConnectRequest) -> io::Result<Self::Stream> {
-        match self.open(request).await? {
-            Opened::Relay(s) => Ok(s),
-            Opened::Serve(_) => Err(io::Error::other("this tunnel is served in place by the waypoint; open it")),
-        }
-    }
-
-    /// HTTP (and tunnels whose first bytes decide) are served on the tunnel's own stream:
-    /// no relay task, pipe or copy between the HBONE stream and the HTTP server.
-    async fn open(&self, request: &ConnectRequest) -> io::Result<Opened<Self::Stream>> {
         // Judged again on the configuration in force now: it may have changed since the hook.
         let snapshot = self.proxy.snapshot();
         let refused = |r: Refusal| io::Error::new(io::ErrorKind::PermissionDenied, r.to_string());
-        let down = Downstream {
-            peer_identity: Some(request.peer_identity.clone()),
-            peer_addr: request.peer_addr,
-            target: request.target.clone(),
-        };
-        let (proxy, limits, token) = (self.proxy.clone(), self.limits, self.tunnels.token());
         match plan(&self.proxy, &snapshot, request).map_err(refused)? {
-            Plan::Http => Ok(Opened::Serve(Box::new(move |stream| {
-                Box::pin(serve_http(proxy, Tracked { inner: stream, _token: token, meter: None }, down, limits))
-            }))),
+            Plan::Http => {
+                let (near, far) = tokio::io::duplex(PIPE_BUFFER);
+                let down = Downstream {
+                    peer_identity: Some(request.peer_identity.clone()),
+                    peer_addr: request.peer_addr,
+                    target: request.target.clone(),
+                };
+                tokio::spawn(serve_http(self.proxy.clone(), far, down, self.limits));
+                Ok(self.track(Either::Left(near)))
+            }
             Plan::L4 { to, service } => {
                 let stream = self.upstream.connect(&self.l4_target(request, &to, service.as_ref())).await?;
-                Ok(Opened::Relay(self.relay(stream, request, &snapshot, &to, service.as_ref())))
+                Ok(self.relay(Either::Right(stream), request, &snapshot, &to, service.as_ref()))
             }
             Plan::Detect(l4) => {
+                let (near, far) = tokio::io::duplex(PIPE_BUFFER);
+                let down = Downstream {
+                    peer_identity: Some(request.peer_identity.clone()),
+                    peer_addr: request.peer_addr,
+                    target: request.target.clone(),
+                };
                 let l4 = l4.map(|plan| match *plan {
                     Plan::L4 { to, service } => {
                         let target = self.l4_target(request, &to, service.as_ref());
@@ -268,11 +269,8 @@ impl UpstreamDialer for WaypointDialer {
                     }
                     _ => unreachable!("service_l4 plans an L4 relay"),
                 });
-                let upstream = self.upstream.clone();
-                Ok(Opened::Serve(Box::new(move |stream| {
-                    let stream = Tracked { inner: stream, _token: token, meter: None };
-                    Box::pin(detect_then_serve(proxy, upstream, stream, down, limits, l4))
-                })))
+                tokio::spawn(detect_then_serve(self.proxy.clone(), self.upstream.clone(), far, down, self.limits, l4));
+                Ok(self.track(Either::Left(near)))
             }
         }
     }
@@ -290,6 +288,10 @@ impl WaypointDialer {
             forwarded: Some(forwarded_for(request.peer_addr)),
             pool: Default::default(),
         }
+    }
+
+    fn track<S>(&self, inner: S) -> Tracked<S> {
+        Tracked { inner, _token: self.tunnels.token(), meter: None }
     }
 
     /// An L4 relay: tracked and measured.
@@ -335,10 +337,10 @@ type DetectedL4 = (Target, Option<(TcpMetrics, TcpLabels)>, TaskTrackerToken);
 
 /// Serves a tunnel whose protocol its first bytes decide: HTTP to the proxy, anything else
 /// relayed to the endpoint chosen (if the policies allowed it; otherwise the tunnel closes).
-async fn detect_then_serve<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+async fn detect_then_serve(
     proxy: Arc<Proxy>,
     upstream: HboneUpstream,
-    mut far: S,
+    mut far: DuplexStream,
     down: Downstream,
     limits: ServeLimits,
     l4: Result<DetectedL4, Refusal>,

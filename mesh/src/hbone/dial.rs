@@ -9,9 +9,6 @@ use async_trait::async_trait;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use futures::future::BoxFuture;
-
-use super::H2Stream;
 use super::pool::PoolKey;
 use super::server::ConnectRequest;
 use crate::certs::{CertError, CertManager};
@@ -46,29 +43,6 @@ impl TcpDialer for DirectTcpDialer {
 pub trait UpstreamDialer: Send + Sync + 'static {
     type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
     async fn dial(&self, request: &ConnectRequest) -> io::Result<Self::Stream>;
-
-    /// Either an upstream to relay the tunnel to, or a server that reads and writes the
-    /// tunnel's stream itself (a waypoint's HTTP proxy), saving a relay and a copy per byte.
-    /// By default: [`dial`](Self::dial), relayed.
-    async fn open(&self, request: &ConnectRequest) -> io::Result<Opened<Self::Stream>> {
-        self.dial(request).await.map(Opened::Relay)
-    }
-}
-
-/// A tunnel's other end.
-pub enum Opened<S> {
-    Relay(S),
-    /// Serves the accepted tunnel's stream in place.
-    Serve(Box<dyn FnOnce(H2Stream) -> BoxFuture<'static, ()> + Send>),
-}
-
-impl<S> std::fmt::Debug for Opened<S> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Relay(_) => "Relay",
-            Self::Serve(_) => "Serve",
-        })
-    }
 }
 
 /// Dials the target address as given (literal IPs only) from the current namespace.

@@ -10,7 +10,7 @@ use http::{Method, Request, Response, StatusCode};
 
 use super::{ConnectHook, ConnectRequest, HboneServer, ServerCertResolver};
 use crate::hbone::relay::relay;
-use crate::hbone::{H2Stream, Opened, UpstreamDialer, headers};
+use crate::hbone::{UpstreamDialer, headers};
 use crate::parse::{Authority, Identity};
 
 /// Per-connection facts shared by its streams.
@@ -70,7 +70,7 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
                 return refuse(&mut respond, refusal.status());
             }
         };
-        let upstream = match tokio::time::timeout(self.upstream_timeout, self.dialer.open(&connect)).await {
+        let upstream = match tokio::time::timeout(self.upstream_timeout, self.dialer.dial(&connect)).await {
             Ok(Ok(u)) => u,
             Ok(Err(e)) => {
                 tracing::info!(target = %connect.target, error = %e, "HBONE upstream dial failed");
@@ -89,13 +89,6 @@ impl<R: ServerCertResolver, H: ConnectHook, D: UpstreamDialer> HboneServer<R, H,
         let send = match respond.send_response(ok.body(()).expect("static response"), false) {
             Ok(s) => s,
             Err(e) => return tracing::debug!(error = %e, "client went away before 200"),
-        };
-        let upstream = match upstream {
-            Opened::Relay(u) => u,
-            Opened::Serve(serve) => {
-                serve(H2Stream::new(send, request.into_body())).await;
-                return tracing::debug!(target = %connect.target, "HBONE tunnel served in place closed");
-            }
         };
         match relay(send, request.into_body(), upstream).await {
             Ok((up, down)) => tracing::debug!(
