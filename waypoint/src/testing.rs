@@ -242,6 +242,19 @@ pub fn client_identity() -> Identity {
     Identity::new("cluster.local", "web", "client").unwrap()
 }
 
+/// Istio's request labels for the test client calling `reviews` answered by `reviews-v2-0`
+/// (the only endpoint of `reviews-v2`).
+pub fn labels_to_reviews_v2(code: u16, flags: &str) -> crate::telemetry::RequestLabels {
+    let source =
+        mesh::telemetry::Peer::workload("client", "web").pod_labels([("app", "client")]).identity(&client_identity());
+    let reviews = mesh::model::Workload::new("cluster.local", "shop", "reviews-v2-0", "reviews").unwrap();
+    let destination = mesh::telemetry::Peer::workload("reviews-v2-0", "shop")
+        .pod_labels([("app", "reviews"), ("version", "v2")])
+        .identity(reviews.identity());
+    let service = mesh::telemetry::ServiceRef::new("reviews", "shop", "cluster.local");
+    crate::telemetry::RequestLabels::new(&source, &destination, Some(&service), code, flags)
+}
+
 pub fn downstream(service_host: &str) -> Downstream {
     Downstream {
         peer_identity: Some(client_identity()),

@@ -324,6 +324,18 @@ pub(super) fn regex(v: &str) -> Result<Regex, String> {
     Regex::new(&format!("^(?:{v})$")).map_err(|e| format!("invalid regular expression {v:?}: {e}"))
 }
 
+/// Header matches (HTTPRoute and GRPCRoute share the shape).
+pub(super) fn header_matches(specs: &[NameValueMatch]) -> Result<Vec<(HeaderName, ValueMatch)>, String> {
+    specs
+        .iter()
+        .map(|h| {
+            let name =
+                HeaderName::try_from(h.name.as_str()).map_err(|_| format!("{:?} is not a header name", h.name))?;
+            Ok((name, value_match(h)?))
+        })
+        .collect()
+}
+
 pub(super) fn value_match(m: &NameValueMatch) -> Result<ValueMatch, String> {
     match m.kind.as_deref().unwrap_or("Exact") {
         "Exact" => Ok(ValueMatch::Exact(m.value.clone())),
@@ -345,15 +357,7 @@ fn compile_match(m: &MatchSpec) -> Result<RouteMatch, String> {
             }
         }
     };
-    let headers = m
-        .headers
-        .iter()
-        .map(|h| {
-            let name =
-                HeaderName::try_from(h.name.as_str()).map_err(|_| format!("{:?} is not a header name", h.name))?;
-            Ok((name, value_match(h)?))
-        })
-        .collect::<Result<_, String>>()?;
+    let headers = header_matches(&m.headers)?;
     let query = m.query_params.iter().map(|q| Ok((q.name.clone(), value_match(q)?))).collect::<Result<_, String>>()?;
     let method = m
         .method

@@ -6,14 +6,13 @@
 
 use std::collections::HashMap;
 
-use http::HeaderName;
 use serde::Deserialize;
 
 use super::Problem;
 use super::document::Object;
 use super::gateway::{
-    BackendRefSpec, FilterSpec, NameValueMatch, ParentRef, Parents, Refs, compile_filter, regex, service_parents,
-    value_match, weighted_backends,
+    BackendRefSpec, FilterSpec, NameValueMatch, ParentRef, Parents, Refs, compile_filter, header_matches, regex,
+    service_parents, weighted_backends,
 };
 use super::grant::Grants;
 use crate::fault::FaultInjection;
@@ -151,15 +150,7 @@ fn compile_match(m: &MatchSpec) -> Result<RouteMatch, String> {
             }
         }
     };
-    let headers = m
-        .headers
-        .iter()
-        .map(|h| {
-            let name =
-                HeaderName::try_from(h.name.as_str()).map_err(|_| format!("{:?} is not a header name", h.name))?;
-            Ok((name, value_match(h)?))
-        })
-        .collect::<Result<_, String>>()?;
+    let headers = header_matches(&m.headers)?;
     Ok(RouteMatch { path, headers, query: Vec::new(), method: None })
 }
 

@@ -51,6 +51,19 @@ impl ConnectHook for AllowAll {
     }
 }
 
+/// The test client as the waypoint's metrics name it (no pod of its own in the model).
+fn client_peer() -> mesh::telemetry::Peer {
+    mesh::telemetry::Peer { namespace: Some("web".into()), ..mesh::telemetry::Peer::unknown() }
+        .identity(&id("web", "client"))
+}
+
+/// The reviews endpoint as the metrics name it.
+fn reviews_peer() -> mesh::telemetry::Peer {
+    mesh::telemetry::Peer::workload("reviews-0", "shop")
+        .pod_labels([("app", "reviews")])
+        .identity(&id("shop", "reviews"))
+}
+
 async fn listener() -> (TcpListener, SocketAddr) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let a = l.local_addr().unwrap();
@@ -301,11 +314,8 @@ async fn http_through_the_waypoint_over_real_hbone() {
     let (status, _, body) = within(m.get("/admin/x")).await;
     assert_eq!((status, body.as_str()), (403, "RBAC: access denied"));
 
-    let dst = mesh::telemetry::Peer::workload("reviews-0", "shop")
-        .pod_labels([("app", "reviews")])
-        .identity(&id("shop", "reviews"));
-    let src = mesh::telemetry::Peer { namespace: Some("web".into()), ..mesh::telemetry::Peer::unknown() }
-        .identity(&id("web", "client"));
+    let dst = reviews_peer();
+    let src = client_peer();
     let svc = mesh::telemetry::ServiceRef::new("reviews", "shop", TD);
     let labels = crate::telemetry::RequestLabels::new(&src, &dst, Some(&svc), 200, "-");
     assert_eq!(m.metrics.requests(&labels), 1);
@@ -320,11 +330,8 @@ async fn a_port_without_routes_is_passed_through_at_l4() {
     within(tunnel.read_exact(&mut buf)).await.unwrap();
     assert_eq!(buf, b"raw bytes, not HTTP");
     // Reported as Istio TCP metrics by the waypoint.
-    let src = mesh::telemetry::Peer { namespace: Some("web".into()), ..mesh::telemetry::Peer::unknown() }
-        .identity(&id("web", "client"));
-    let dst = mesh::telemetry::Peer::workload("reviews-0", "shop")
-        .pod_labels([("app", "reviews")])
-        .identity(&id("shop", "reviews"));
+    let src = client_peer();
+    let dst = reviews_peer();
     let svc = mesh::telemetry::ServiceRef::new("reviews", "shop", TD);
     let labels = tcp_labels(&src, &dst, Some(&svc));
     assert_eq!(labels.reporter, mesh::telemetry::Reporter::Waypoint);
@@ -544,11 +551,8 @@ spec:
         let (status, _, _) = within(m.request(target, "/admin/x", "web")).await;
         assert_eq!(status, 403, "{declared:?}: judged per request");
         // Measured as requests, never as a TCP connection too.
-        let src = mesh::telemetry::Peer { namespace: Some("web".into()), ..mesh::telemetry::Peer::unknown() }
-            .identity(&id("web", "client"));
-        let dst = mesh::telemetry::Peer::workload("reviews-0", "shop")
-            .pod_labels([("app", "reviews")])
-            .identity(&id("shop", "reviews"));
+        let src = client_peer();
+        let dst = reviews_peer();
         let svc = mesh::telemetry::ServiceRef::new("web", "shop", TD);
         assert_eq!(m.tcp.values(&tcp_labels(&src, &dst, Some(&svc))).0, 0);
     }
@@ -566,11 +570,8 @@ spec:
     within(t.read_exact(&mut back)).await.unwrap();
     assert_eq!(&back, hello);
     // Measured as a TCP connection while it is open.
-    let src = mesh::telemetry::Peer { namespace: Some("web".into()), ..mesh::telemetry::Peer::unknown() }
-        .identity(&id("web", "client"));
-    let dst = mesh::telemetry::Peer::workload("reviews-0", "shop")
-        .pod_labels([("app", "reviews")])
-        .identity(&id("shop", "reviews"));
+    let src = client_peer();
+    let dst = reviews_peer();
     let svc = mesh::telemetry::ServiceRef::new("echo", "shop", TD);
     let (opened, _, received, sent) = m.tcp.values(&tcp_labels(&src, &dst, Some(&svc)));
     assert_eq!((opened, received, sent), (1, 10, 10));
@@ -636,11 +637,8 @@ async fn echo_once(io: hyper::upgrade::Upgraded, msg: &[u8]) -> Vec<u8> {
 /// Waits (bounded) until the waypoint has recorded a request with `code`: an upgraded one is
 /// recorded when its relay ends.
 async fn recorded(m: &Mesh, code: u16) {
-    let dst = mesh::telemetry::Peer::workload("reviews-0", "shop")
-        .pod_labels([("app", "reviews")])
-        .identity(&id("shop", "reviews"));
-    let src = mesh::telemetry::Peer { namespace: Some("web".into()), ..mesh::telemetry::Peer::unknown() }
-        .identity(&id("web", "client"));
+    let dst = reviews_peer();
+    let src = client_peer();
     let svc = mesh::telemetry::ServiceRef::new("reviews", "shop", TD);
     let labels = crate::telemetry::RequestLabels::new(&src, &dst, Some(&svc), code, "-");
     for _ in 0..200 {

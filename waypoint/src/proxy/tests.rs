@@ -249,21 +249,13 @@ async fn large_bodies_stream_whole_and_are_not_retried_past_the_buffer() {
     assert_eq!(got.status, StatusCode::SERVICE_UNAVAILABLE, "the backend's own answer");
     assert_eq!(up.calls().len(), 1, "not retried: the body outgrew the retry buffer");
     assert_eq!(up.calls()[0].body.len(), 5 << 20);
-    let source = mesh::telemetry::Peer::workload("client", "web")
-        .pod_labels([("app", "client")])
-        .identity(&crate::testing::client_identity());
-    let reviews = mesh::model::Workload::new("cluster.local", "shop", "reviews-v2-0", "reviews").unwrap();
-    let destination = mesh::telemetry::Peer::workload("reviews-v2-0", "shop")
-        .pod_labels([("app", "reviews"), ("version", "v2")])
-        .identity(reviews.identity());
-    let service = mesh::telemetry::ServiceRef::new("reviews", "shop", "cluster.local");
-    let flagged = crate::telemetry::RequestLabels::new(&source, &destination, Some(&service), 503, "RBO");
+    let flagged = crate::testing::labels_to_reviews_v2(503, "RBO");
     assert_eq!(metrics.requests(&flagged), 1, "the access log and metrics say why it was not retried");
     // A small body within the buffer is retried: a connect failure, then the 503s are retried.
     let small = send(&p, req("POST", "/").body(Full::new(Bytes::from_static(b"hi"))).unwrap()).await;
     assert_eq!(small.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(up.calls().len(), 4, "three tries of the small body");
-    let exhausted = crate::telemetry::RequestLabels::new(&source, &destination, Some(&service), 503, "URX");
+    let exhausted = crate::testing::labels_to_reviews_v2(503, "URX");
     assert_eq!(metrics.requests(&exhausted), 1);
     assert!(up.calls()[1..].iter().all(|c| &c.body[..] == b"hi"), "each try carries the whole body");
     assert_eq!(p.config().body_budget.in_use(), 0);

@@ -7,8 +7,8 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
 
-use crate::telemetry::{RequestLabels, RequestMetrics};
-use crate::testing::{Got, Reply, Scripted, proxy, proxy_with_metrics, req, send};
+use crate::telemetry::RequestMetrics;
+use crate::testing::{Got, Reply, Scripted, labels_to_reviews_v2, proxy, proxy_with_metrics, req, send};
 
 /// A GRPCRoute for `reviews` with the given annotations and rules.
 fn grpc_route(annotations: &str, rules: &str) -> String {
@@ -61,17 +61,7 @@ async fn unavailable_is_retried_by_default_and_annotations_choose_the_statuses()
     assert_eq!((got.status, got.headers["grpc-status"].to_str().unwrap()), (StatusCode::OK, "0"));
     assert_eq!(up.calls().len(), 2, "UNAVAILABLE in a trailers-only answer is retried (Istio's default)");
     // Metrics: request_protocol grpc, with the final gRPC status.
-    let source = mesh::telemetry::Peer::workload("client", "web")
-        .pod_labels([("app", "client")])
-        .identity(&crate::testing::client_identity());
-    let reviews = mesh::model::Workload::new("cluster.local", "shop", "reviews-v2-0", "reviews").unwrap();
-    let destination = mesh::telemetry::Peer::workload("reviews-v2-0", "shop")
-        .pod_labels([("app", "reviews"), ("version", "v2")])
-        .identity(reviews.identity());
-    let service = mesh::telemetry::ServiceRef::new("reviews", "shop", "cluster.local");
-    let labels = |status: u8| {
-        RequestLabels::new(&source, &destination, Some(&service), 200, "-").grpc(Some(crate::grpc::GrpcStatus(status)))
-    };
+    let labels = |status: u8| labels_to_reviews_v2(200, "-").grpc(Some(crate::grpc::GrpcStatus(status)));
     assert_eq!(metrics.requests(&labels(0)), 1);
     assert_eq!(labels(0).request_protocol, "grpc");
 

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::StatusCode;
 use http_body_util::Full;
 
-use crate::telemetry::{RequestLabels, RequestMetrics};
+use crate::telemetry::RequestMetrics;
 use crate::testing::{Reply, Scripted, get, proxy, proxy_with_metrics, req, route, send};
 
 fn empty() -> Full<Bytes> {
@@ -53,15 +53,7 @@ async fn metrics_count_requests_with_waypoint_reporter_and_istio_labels() {
         metrics.clone(),
     );
     get(&p, "/").await;
-    let source = mesh::telemetry::Peer::workload("client", "web")
-        .pod_labels([("app", "client")])
-        .identity(&crate::testing::client_identity());
-    let reviews = mesh::model::Workload::new("cluster.local", "shop", "reviews-v2-0", "reviews").unwrap();
-    let destination = mesh::telemetry::Peer::workload("reviews-v2-0", "shop")
-        .pod_labels([("app", "reviews"), ("version", "v2")])
-        .identity(reviews.identity());
-    let service = mesh::telemetry::ServiceRef::new("reviews", "shop", "cluster.local");
-    let labels = RequestLabels::new(&source, &destination, Some(&service), 503, "URX");
+    let labels = crate::testing::labels_to_reviews_v2(503, "URX");
     assert_eq!(labels.reporter, "waypoint");
     assert_eq!(metrics.requests(&labels), 1);
 }
