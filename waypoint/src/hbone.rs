@@ -82,12 +82,15 @@ fn destination(proxy: &Proxy, snapshot: &Snapshot, target: &Authority) -> Result
 /// the L4 reading of the policies allowed it (nothing is relayed unjudged).
 enum Plan {
     Http,
-    L4 {
-        to: Box<EndpointInfo>,
-        service: Option<ServiceKey>,
-    },
+    L4(Relay),
     /// The first bytes decide: HTTP, or the L4 relay (already judged: its verdict here).
-    Detect(Result<Box<Plan>, Refusal>),
+    Detect(Result<Relay, Refusal>),
+}
+
+/// An L4 relay the policies allowed.
+struct Relay {
+    to: Box<EndpointInfo>,
+    service: Option<ServiceKey>,
 }
 
 /// Where the tunnel goes and how, with the policy verdict for L4 relays taken.
@@ -98,12 +101,12 @@ fn plan(proxy: &Proxy, snapshot: &Snapshot, request: &ConnectRequest) -> Result<
             Handling::Http => Ok(Plan::Http),
             // The tunnel is accepted either way; a relay the policies refuse is cut once
             // the bytes say it is not HTTP.
-            Handling::Detect => Ok(Plan::Detect(service_l4(proxy, snapshot, request, service, port).map(Box::new))),
-            Handling::L4 => service_l4(proxy, snapshot, request, service, port),
+            Handling::Detect => Ok(Plan::Detect(service_l4(proxy, snapshot, request, service, port))),
+            Handling::L4 => service_l4(proxy, snapshot, request, service, port).map(Plan::L4),
         },
         Destination::Workload(ep) => {
             let port = ep.addr.port();
-            l4(proxy, snapshot, request, ep, None, port)
+            l4(proxy, snapshot, request, ep, None, port).map(Plan::L4)
         }
     }
 }
@@ -115,7 +118,7 @@ fn service_l4(
     request: &ConnectRequest,
     service: ServiceKey,
     port: u16,
-) -> Result<Plan, Refusal> {
+) -> Result<Relay, Refusal> {
     let source_ns = request.peer_identity.namespace();
     let ep = proxy
         .pick_endpoint(snapshot, &service, port, Some(source_ns))
@@ -131,7 +134,7 @@ fn l4(
     to: Box<EndpointInfo>,
     service: Option<ServiceKey>,
     port: u16,
-) -> Result<Plan, Refusal> {
+) -> Result<Relay, Refusal> {
     let source_ns = request.peer_identity.namespace();
     // Policies bound to a Service apply to its workloads addressed directly too.
     let services: Vec<ServiceKey> = match &service {
@@ -153,7 +156,7 @@ fn l4(
     let principal = request.peer_identity.as_str().trim_start_matches("spiffe://");
     let conn = authz::ConnAttrs { principal: Some(principal), source_namespace: Some(source_ns), port };
     match authz::authorize_conn(&snapshot.l7.authz, &proxy.config().waypoint, &services, &conn) {
-        authz::Decision::Allow => Ok(Plan::L4 { to, service }),
+        authz::Decision::Allow => Ok(Relay { to, service }),
         authz::Decision::Denied(p) => Err(Refusal::Denied(format!("denied by policy {p}"))),
         authz::Decision::NotAllowed => Err(Refusal::Denied("no ALLOW policy matched".into())),
     }
@@ -238,41 +241,37 @@ impl UpstreamDialer for WaypointDialer {
         match plan(&self.proxy, &snapshot, request).map_err(refused)? {
             Plan::Http => {
                 let (near, far) = tokio::io::duplex(PIPE_BUFFER);
-                let down = Downstream {
-                    peer_identity: Some(request.peer_identity.clone()),
-                    peer_addr: request.peer_addr,
-                    target: request.target.clone(),
-                };
+                let down = downstream(request);
                 tokio::spawn(serve_http(self.proxy.clone(), far, down, self.limits));
                 Ok(self.track(Either::Left(near)))
             }
-            Plan::L4 { to, service } => {
+            Plan::L4(Relay { to, service }) => {
                 let stream = self.upstream.connect(&self.l4_target(request, &to, service.as_ref())).await?;
                 Ok(self.relay(Either::Right(stream), request, &snapshot, &to, service.as_ref()))
             }
             Plan::Detect(l4) => {
                 let (near, far) = tokio::io::duplex(PIPE_BUFFER);
-                let down = Downstream {
-                    peer_identity: Some(request.peer_identity.clone()),
-                    peer_addr: request.peer_addr,
-                    target: request.target.clone(),
-                };
-                let l4 = l4.map(|plan| match *plan {
-                    Plan::L4 { to, service } => {
-                        let target = self.l4_target(request, &to, service.as_ref());
-                        // Opened only if the bytes say L4 (HTTP is measured per request).
-                        let meter = self
-                            .tcp_metrics
-                            .clone()
-                            .map(|m| (m, self.labels(request, &snapshot, &to, service.as_ref())));
-                        (target, meter, self.tunnels.token())
-                    }
-                    _ => unreachable!("service_l4 plans an L4 relay"),
+                let down = downstream(request);
+                let l4 = l4.map(|Relay { to, service }| {
+                    let target = self.l4_target(request, &to, service.as_ref());
+                    // Opened only if the bytes say L4 (HTTP is measured per request).
+                    let meter =
+                        self.tcp_metrics.clone().map(|m| (m, self.labels(request, &snapshot, &to, service.as_ref())));
+                    (target, meter, self.tunnels.token())
                 });
                 tokio::spawn(detect_then_serve(self.proxy.clone(), self.upstream.clone(), far, down, self.limits, l4));
                 Ok(self.track(Either::Left(near)))
             }
         }
+    }
+}
+
+/// Who opened the tunnel, for the HTTP proxy.
+fn downstream(request: &ConnectRequest) -> Downstream {
+    Downstream {
+        peer_identity: Some(request.peer_identity.clone()),
+        peer_addr: request.peer_addr,
+        target: request.target.clone(),
     }
 }
 

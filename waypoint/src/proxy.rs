@@ -272,8 +272,7 @@ impl Proxy {
         // and routed), its first bytes kept for retries and mirrors within the budgets.
         // A gRPC client's `grpc-timeout` bounds the request too (Istio leaves Envoy's
         // `max_grpc_timeout` at the route's timeout, so the sooner one wins).
-        let grpc_deadline =
-            crate::grpc::is_grpc(&parts.headers).then(|| crate::grpc::timeout(&parts.headers)).flatten();
+        let grpc_deadline = ctx.grpc.then(|| crate::grpc::timeout(&parts.headers)).flatten();
         let deadline = match (rule.timeouts.request, grpc_deadline) {
             (Some(a), Some(b)) => Some(start + a.min(b)),
             (a, b) => a.or(b).map(|t| start + t),
@@ -422,9 +421,10 @@ impl Proxy {
         let state = self.backends.get(&backend, &snapshot.l7.scoped_backend_policy(service, client));
         let addrs: Vec<SocketAddr> = all.iter().map(|e| e.addr).collect();
         let available = state.outlier.available(&addrs);
-        let me = self.me(snapshot);
+        let spread = forward::distribution(snapshot, &backend);
+        let me = spread.and_then(|_| self.me(snapshot));
         let me = me.map(|w| crate::balance::Place { node: &w.node, locality: &w.locality });
-        let available = forward::nearby(&available, &all, me, forward::distribution(snapshot, &backend));
+        let available = forward::nearby(&available, &all, me, spread);
         let addr = available[self.rng.below(available.len() as u64) as usize];
         all.into_iter().find(|e| e.addr == addr)
     }

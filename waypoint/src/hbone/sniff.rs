@@ -16,7 +16,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 const DEFAULT_WINDOW: Duration = crate::proxy::DEFAULT_DETECTION_WINDOW;
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const METHODS: [&[u8]; 9] = [b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH", b"CONNECT", b"TRACE"];
+/// Request-line starts, the method with its space.
+const METHODS: [&[u8]; 9] =
+    [b"GET ", b"POST ", b"PUT ", b"DELETE ", b"HEAD ", b"OPTIONS ", b"PATCH ", b"CONNECT ", b"TRACE "];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detected {
@@ -29,16 +31,11 @@ fn classify(first: &[u8]) -> Option<Detected> {
     if first.is_empty() {
         return None;
     }
-    let n = first.len().min(H2_PREFACE.len());
-    if first[..n] == H2_PREFACE[..n] {
-        return (n == H2_PREFACE.len()).then_some(Detected::Http);
-    }
     let mut undecided = false;
-    for m in METHODS {
-        let with_space = [m, b" "].concat();
-        let k = first.len().min(with_space.len());
-        if first[..k] == with_space[..k] {
-            if k == with_space.len() {
+    for start in std::iter::once(H2_PREFACE).chain(METHODS) {
+        let k = first.len().min(start.len());
+        if first[..k] == start[..k] {
+            if k == start.len() {
                 return Some(Detected::Http);
             }
             undecided = true;

@@ -1,6 +1,7 @@
 //! Backend and endpoint choice, and the retry loop with its timeouts, budget, circuit
 //! breaker and outlier ejection.
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -87,16 +88,16 @@ pub(crate) fn distribution(snapshot: &Snapshot, backend: &BackendRef) -> Option<
 }
 
 /// `candidates` narrowed to the closest to the waypoint when the Service asks for it.
-pub(crate) fn nearby(
-    candidates: &[SocketAddr],
+pub(crate) fn nearby<'a>(
+    candidates: &'a [SocketAddr],
     all: &[EndpointInfo],
     me: Option<Place<'_>>,
     d: Option<TrafficDistribution>,
-) -> Vec<SocketAddr> {
-    let (Some(me), Some(d)) = (me, d) else { return candidates.to_vec() };
+) -> Cow<'a, [SocketAddr]> {
+    let (Some(me), Some(d)) = (me, d) else { return Cow::Borrowed(candidates) };
     let placed: Vec<(SocketAddr, Place<'_>)> =
         all.iter().filter(|e| candidates.contains(&e.addr)).map(|e| (e.addr, e.place())).collect();
-    closest(&placed, &me, d)
+    Cow::Owned(closest(&placed, &me, d))
 }
 
 /// The endpoints behind `backend` (at `port` when the backendRef names none).
@@ -270,9 +271,10 @@ impl Proxy {
         }
         let addrs: Vec<SocketAddr> = all.iter().map(|e| e.addr).collect();
         let mut tried: Vec<SocketAddr> = Vec::new();
-        let me = self.me(snapshot);
-        let me = me.as_ref().map(|w| Place { node: &w.node, locality: &w.locality });
         let spread = distribution(snapshot, backend);
+        // Where the waypoint runs matters only to a Service that prefers close endpoints.
+        let me = spread.and_then(|_| self.me(snapshot));
+        let me = me.map(|w| Place { node: &w.node, locality: &w.locality });
         let hash = match &state.policy.lb {
             crate::balance::LbPolicy::ConsistentHash(key) => key.of(head.headers(), head.uri(), ctx.client),
             _ => None,

@@ -62,13 +62,11 @@ struct State {
     retries_closed: bool,
     /// The last read from the client found nothing yet.
     waiting: bool,
-    /// The attempt whose body may read from the client.
+    /// The attempt whose body may read from the client (0: none handed out yet).
     generation: u64,
     /// Data frames that attempt's body has yielded: a copy still being replayed is kept
     /// even after retries close.
     replayed_to: usize,
-    /// Not retried yet: the first attempt's body is handed out without a replay check.
-    handed_out: bool,
 }
 
 impl State {
@@ -130,7 +128,6 @@ impl Replay {
             waiting: false,
             generation: 0,
             replayed_to: 0,
-            handed_out: false,
         };
         let shared = Shared { state: Mutex::new(state), settled: Notify::new(), limit, idle, exact, received };
         Self { shared: Arc::new(shared) }
@@ -140,10 +137,10 @@ impl Replay {
     /// outgrew the buffer, or retries were closed).
     pub fn attempt(&self) -> Option<ReplayBody> {
         let mut st = self.shared.lock();
-        if st.handed_out && (st.retries_closed || !st.keeping || st.failure.is_some()) {
+        // The first attempt's body is handed out without a replay check.
+        if st.generation > 0 && (st.retries_closed || !st.keeping || st.failure.is_some()) {
             return None;
         }
-        st.handed_out = true;
         st.generation += 1;
         st.replayed_to = 0;
         Some(ReplayBody {

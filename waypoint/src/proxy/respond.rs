@@ -76,7 +76,7 @@ pub(crate) struct Context {
     trace: Trace,
     request_id: String,
     /// A gRPC request: local replies carry `grpc-status`.
-    grpc: bool,
+    pub grpc: bool,
 }
 
 impl Context {
