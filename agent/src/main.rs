@@ -83,9 +83,12 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run::init_logging(args.log_format).and_then(|logs| {
+        Command::Run(args) => run::init_logging(args.log_format).and_then(|(logs, _flush)| {
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            runtime.block_on(run::run(*args, logs))
+            let result = runtime.block_on(run::run(*args, logs));
+            // Tasks still running may log while they stop: before the last flush.
+            drop(runtime);
+            result
         }),
         Command::CaInit { dir, trust_domain } => ca_init(&dir, &trust_domain),
         Command::Enrol { node, name, namespace, netns, ips, cgroup, uid } => {
@@ -118,7 +121,7 @@ fn reset(node: &NodeArgs) -> anyhow::Result<()> {
     if Client::new(node.api_socket()).status().is_ok() {
         anyhow::bail!("an agent is running for node {}; stop it first (SIGTERM), then reset", node.node);
     }
-    run::init_logging(LogFormat::Text)?;
+    let (_logs, _flush) = run::init_logging(LogFormat::Text)?;
     let pins = PinLayout::new(&node.bpffs, &node.node);
     let had_probes = std::fs::read_dir(pins.probes_dir()).is_ok_and(|mut d| d.next().is_some());
     kernel::unpin_all(&pins)?;

@@ -9,8 +9,8 @@ use mesh::{
     config::{ConfigMetrics, ConfigWatcher, WatchOptions},
     model::Model,
     telemetry::{
-        AdminEndpoint, AgentMetrics, CertSummary, ConnectionMetrics, HttpServer, LogControl, MetricsEndpoint,
-        Readiness, ReadinessEndpoint,
+        AdminEndpoint, AgentMetrics, BatchedWriter, CertSummary, ConnectionMetrics, FlushGuard, HttpServer, LogControl,
+        MetricsEndpoint, Readiness, ReadinessEndpoint,
     },
 };
 use tokio::{
@@ -35,17 +35,20 @@ use crate::{
 };
 
 /// Sets up logging with a runtime-adjustable filter (`PILLION_LOG`, default
-/// `info`); the returned control backs the admin `/logging` endpoint.
-pub fn init_logging(format: LogFormat) -> anyhow::Result<LogControl> {
+/// `info`); the returned control backs the admin `/logging` endpoint. Lines
+/// reach stdout in batches (`mesh::telemetry::batched`); keep the guard until
+/// the end so the last ones are written.
+pub fn init_logging(format: LogFormat) -> anyhow::Result<(LogControl, FlushGuard)> {
     let (filter, control) = LogControl::from_env("PILLION_LOG", "info")?;
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stdout);
+    let (writer, guard) = BatchedWriter::stdout()?;
+    let fmt = tracing_subscriber::fmt::layer().with_writer(writer);
     let subscriber = tracing_subscriber::registry().with(filter);
     // `init` also routes the `log` crate (aya-log's output) into tracing.
     match format {
         LogFormat::Text => subscriber.with(fmt).init(),
         LogFormat::Json => subscriber.with(fmt.json().flatten_event(true).with_current_span(false)).init(),
     }
-    Ok(control)
+    Ok((control, guard))
 }
 
 /// The telemetry servers' listeners, dual-stack and shareable during a handoff.

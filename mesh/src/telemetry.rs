@@ -7,6 +7,7 @@
 //! - [`readiness`]: named conditions ("config", "kernel", …) that must all hold before
 //!   `/healthz/ready` answers 200.
 //! - [`logging`]: [`LogControl`], a reloadable `EnvFilter` for `/logging`.
+//! - [`batched`]: [`BatchedWriter`], log lines written in batches by a thread of their own.
 //! - [`dump`]: what `/config_dump` may show, including [`CertSummary`] (never key material).
 //! - [`server`]: the three HTTP/1.1 servers (metrics :15020, readiness :15021, admin
 //!   127.0.0.1:15000) with bounded input and graceful stop.
@@ -49,6 +50,7 @@
 
 use std::net::SocketAddr;
 
+pub mod batched;
 pub mod dump;
 pub mod labels;
 pub mod logging;
@@ -56,6 +58,7 @@ pub mod metrics;
 pub mod readiness;
 pub mod server;
 
+pub use batched::{BatchedWriter, FlushGuard};
 pub use dump::{CertSummary, ConfigDump};
 pub use labels::{ConnectionLabels, Peer, Reporter, SecurityPolicy, ServiceRef, UNKNOWN};
 pub use logging::LogControl;

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Parser, Subcommand};
+
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -27,9 +28,20 @@ fn main() -> anyhow::Result<()> {
     let (filter, _logs) = mesh::telemetry::LogControl::from_env("PILLION_LOG", "info")?;
     // Colours only on a terminal: log files and collectors get plain `key=value` text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    tracing_subscriber::registry().with(filter).with(tracing_subscriber::fmt::layer().with_ansi(ansi)).init();
+    // One access line per request: batched off the request path (mesh::telemetry::batched).
+    let (writer, _flush) = mesh::telemetry::BatchedWriter::stdout()?;
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(tracing_subscriber::fmt::layer().with_ansi(ansi).with_writer(writer))
+        .init();
     match Cli::parse().command {
-        Command::Run(args) => runtime(args.worker_threads)?.block_on(pillion_waypoint::run::run(*args)),
+        Command::Run(args) => {
+            let runtime = runtime(args.worker_threads)?;
+            let result = runtime.block_on(pillion_waypoint::run::run(*args));
+            // Tasks still running may log while they stop: before the last flush.
+            drop(runtime);
+            result
+        }
         Command::Check { config } => {
             let s = pillion_waypoint::run::load(&config, 1)?;
             println!(
@@ -43,8 +55,8 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// `0`: a worker per core (tokio's default); `1`: every task on one thread; more: that many
-/// workers.
+/// `1` (the default): every task on one thread; `0`: a worker per core (tokio's default);
+/// more: that many workers.
 fn runtime(workers: usize) -> std::io::Result<tokio::runtime::Runtime> {
     match workers {
         0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),

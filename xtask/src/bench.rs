@@ -71,7 +71,7 @@ impl Plan {
     }
 }
 
-pub fn bench(quick: bool, out: Option<PathBuf>, rounds: Option<usize>) -> anyhow::Result<()> {
+pub fn bench(quick: bool, out: Option<PathBuf>, rounds: Option<usize>, only: Option<&str>) -> anyhow::Result<()> {
     ensure!(
         pillion_e2e::is_root(),
         "the benchmark builds network namespaces and loads eBPF programs: run `sudo cargo xtask bench`"
@@ -89,7 +89,20 @@ pub fn bench(quick: bool, out: Option<PathBuf>, rounds: Option<usize>) -> anyhow
     println!("[bench] building the agent and the load tools ({profile})");
     build_for_harness(&["-p", "pillion-agent", "-p", "pillion-waypoint", "-p", "pillion-e2e"], !quick)?;
 
-    let scenarios = [Scenario::Direct, Scenario::Passthrough, Scenario::Hbone, Scenario::Sidecar, Scenario::Waypoint];
+    let all = [Scenario::Direct, Scenario::Passthrough, Scenario::Hbone, Scenario::Sidecar, Scenario::Waypoint];
+    let scenarios: Vec<Scenario> = match only {
+        None => all.to_vec(),
+        Some(letters) => {
+            let letters = letters.to_ascii_uppercase();
+            for c in letters.chars() {
+                ensure!(
+                    all.iter().any(|s| s.letter().starts_with(c)),
+                    "--only: no scenario {c:?} (letters: A B C D W)"
+                );
+            }
+            all.into_iter().filter(|s| *s == Scenario::Direct || letters.contains(s.letter())).collect()
+        }
+    };
     let mut rounds: Vec<Value> = Vec::new();
     for round in 1..=plan.rounds {
         for &scenario in &scenarios {
@@ -99,8 +112,13 @@ pub fn bench(quick: bool, out: Option<PathBuf>, rounds: Option<usize>) -> anyhow
             rounds.push(json!({"round": round, "scenario": scenario.letter(), "figures": figures}));
         }
     }
-    println!("[bench] memory: agent per pod, node agent against the sum of sidecars, held connections");
-    let memory = memory::measure(&plan)?;
+    let memory = if only.is_none() {
+        println!("[bench] memory: agent per pod, node agent against the sum of sidecars, held connections");
+        memory::measure(&plan)?
+    } else {
+        println!("[bench] memory runs skipped (--only)");
+        Value::Null
+    };
     let summary = report::summarize(&rounds, &memory, &scenarios);
     let result = json!({
         "environment": report::environment(),
@@ -117,6 +135,10 @@ pub fn bench(quick: bool, out: Option<PathBuf>, rounds: Option<usize>) -> anyhow
     std::fs::write(dir.join("report.md"), report::markdown(&result))?;
     std::fs::write(dir.join("chart.svg"), report::svg(&summary))?;
     println!("[bench] wrote {}/bench.json, report.md, chart.svg", dir.display());
+    if only.is_some() && !missing.is_empty() {
+        println!("[bench] not measured with --only: {missing:?}");
+        return Ok(());
+    }
     ensure!(missing.is_empty(), "figures without numbers: {missing:?}");
     Ok(())
 }

@@ -48,6 +48,11 @@ enum Command {
         /// Override the number of rounds (the protocol asks for at least 5).
         #[arg(long)]
         rounds: Option<usize>,
+        /// Only these scenarios, by letter (e.g. `AW`); direct (A) is always
+        /// added since ratios need it. Skips the memory runs. For A/B work;
+        /// committed reports run everything.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// The hostile-peer load run: HTTP/2 and HBONE abuse against the agents
     /// and the waypoint while another tenant keeps working; JSON and Markdown.
@@ -108,7 +113,7 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::msg),
         Command::Test => return test::test(),
         Command::Demo => demo::demo(),
-        Command::Bench { quick, out, rounds } => bench::bench(quick, out, rounds),
+        Command::Bench { quick, out, rounds, only } => bench::bench(quick, out, rounds, only.as_deref()),
         Command::Abuse { quick, out, only } => abuse::abuse(quick, out, &only),
         Command::E2eKind => return kind::e2e_kind(),
         Command::Images { registry, tag } => return images::images(&registry, &tag),

@@ -149,7 +149,7 @@ pub fn test() -> ExitCode {
             // The benchmark harness must keep producing every figure; its
             // numbers are not judged here.
             let bench = phases.run("bench --quick", || {
-                crate::bench::bench(true, Some(crate::workspace().join("target/bench-quick")), None)
+                crate::bench::bench(true, Some(crate::workspace().join("target/bench-quick")), None, None)
             });
             tally.check("bench --quick", bench);
             // The hostile-peer run must keep producing every figure and the

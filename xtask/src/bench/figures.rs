@@ -153,6 +153,7 @@ fn measure_waypoint(plan: &Plan) -> anyhow::Result<Figures> {
     tool(&scene, &["http-requests", super::scene::WAYPOINT_VIP, "20", "/"])?;
     for &conns in plan.http_conns {
         let cpu0 = scene.agent_cpu_us();
+        let wp_cpu0 = scene.waypoint_cpu_us();
         let started = Instant::now();
         let v = tool(
             &scene,
@@ -170,9 +171,14 @@ fn measure_waypoint(plan: &Plan) -> anyhow::Result<Figures> {
         }
         if conns == 4 {
             let cpu = (scene.agent_cpu_us() - cpu0) as f64 / 1e6;
+            let wp_cpu = (scene.waypoint_cpu_us() - wp_cpu0) as f64 / 1e6;
             let rps = number(&v, &["achieved_rps"])?;
-            // Per proxy: two agents and the waypoint.
-            f.insert("vcpu_per_1000rps".into(), cpu / wall / (rps / 1000.0) / 3.0);
+            let per_1000rps = |cpu_s: f64| cpu_s / wall / (rps / 1000.0);
+            // Per proxy: two agents and the waypoint, averaged.
+            f.insert("vcpu_per_1000rps".into(), per_1000rps(cpu) / 3.0);
+            // The waypoint alone: the figure Istio publishes for its Envoy waypoint.
+            f.insert("vcpu_per_1000rps_waypoint".into(), per_1000rps(wp_cpu));
+            f.insert("vcpu_per_1000rps_per_agent".into(), per_1000rps(cpu - wp_cpu) / 2.0);
         }
     }
     if let Some((wp, _)) = &scene.waypoint {

@@ -9,7 +9,7 @@ use super::{Scenario, stats};
 
 /// Figures every scenario with agents must produce (direct has no agent
 /// figures).
-const FIGURES: [&str; 13] = [
+const FIGURES: [&str; 14] = [
     "bulk_gbps_1stream",
     "bulk_gbps_4streams",
     "cpu_s_per_gb",
@@ -18,6 +18,7 @@ const FIGURES: [&str; 13] = [
     "rtt_us_p99",
     "http_added_ms_p99_c4",
     "vcpu_per_1000rps",
+    "vcpu_per_1000rps_waypoint",
     "conn_per_s_pooled",
     "conn_per_s_fresh_mtls",
     "rss_idle_mb",
@@ -31,9 +32,10 @@ fn needs_agent(figure: &str) -> bool {
 
 fn applies(figure: &str, s: Scenario) -> bool {
     if s == Scenario::Waypoint {
-        return matches!(figure, "http_added_ms_p99_c4" | "vcpu_per_1000rps");
+        return matches!(figure, "http_added_ms_p99_c4" | "vcpu_per_1000rps" | "vcpu_per_1000rps_waypoint");
     }
     match figure {
+        "vcpu_per_1000rps_waypoint" => false,
         "conn_per_s_fresh_mtls" => matches!(s, Scenario::Hbone | Scenario::Sidecar),
         "rss_mb_per_pod" => matches!(s, Scenario::Hbone | Scenario::Sidecar),
         "bytes_per_idle_conn" => s == Scenario::Hbone,
@@ -161,6 +163,9 @@ pub fn markdown(result: &Value) -> String {
         }
         md += "\n";
     }
+    md += "\n`vcpu_per_1000rps` is CPU per proxy in the path at 4 connections (the agents, and for W the \
+           waypoint too, averaged); `vcpu_per_1000rps_waypoint` is the waypoint alone (the figure Istio \
+           publishes for its Envoy waypoint, 0.25) and `vcpu_per_1000rps_per_agent` each agent beside it.\n";
     let mem = &result["memory"];
     let _ = writeln!(md, "\nKernel map memory (one node's pinned maps): {} bytes.", mem["kernel_map_bytes"]);
     let _ = writeln!(md, "Retention (MB per agent): {}.", mem["retention_mb"]);

@@ -143,10 +143,14 @@ impl Scene {
         Scene { agents, client, server, node_a, waypoint, _topo: topo }
     }
 
-    /// Total CPU time (µs) of every agent process, from their cgroups.
+    /// Total CPU time (µs) of every agent process and the waypoint, from their cgroups.
     pub fn agent_cpu_us(&self) -> u64 {
-        let waypoint = self.waypoint.as_ref().map_or(0, |(_, pod)| cgroup_usage_us(&pod.cgroup));
-        self.agents.iter().map(|a| cgroup_usage_us(&a.node.agent_cgroup)).sum::<u64>() + waypoint
+        self.agents.iter().map(|a| cgroup_usage_us(&a.node.agent_cgroup)).sum::<u64>() + self.waypoint_cpu_us()
+    }
+
+    /// CPU time (µs) of the waypoint alone (0 without one).
+    pub fn waypoint_cpu_us(&self) -> u64 {
+        self.waypoint.as_ref().map_or(0, |(_, pod)| cgroup_usage_us(&pod.cgroup))
     }
 
     /// Sum of the agents' resident memory, in bytes.
