@@ -58,8 +58,9 @@ fn an_overlapping_handoff_refuses_no_connection() {
     let summary = traffic.wait_event("summary", Duration::from_secs(120));
     assert_eq!(summary["failures"], json!(0), "handoff refused connections: {summary}");
     traffic.wait(Duration::from_secs(10));
+    // The old agent wrote its last lines when it exited; the new one may still hold a batch.
     let old_served = t.agent.access_logs().len();
-    let new_served = new.access_logs().len();
+    let new_served = new.wait_access_logs("the rest of the connections", 300 - old_served.min(300), |_| true).len();
     assert!(old_served >= 30, "old agent served {old_served}");
     assert!(new_served > 0, "new agent served nothing");
     assert_eq!(old_served + new_served, 300, "every connection was served exactly once");

@@ -221,14 +221,26 @@ impl Agent {
     }
 
     /// Waits (bounded) for an access-log line matching `pred`: the agent logs
-    /// when the connection ends, which can be just after the client returns.
+    /// when the connection ends, which can be just after the client returns,
+    /// and writes its log in batches (up to 50 ms later).
     pub fn wait_access_log(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        self.wait_access_logs(what, 1, pred).swap_remove(0)
+    }
+
+    /// Waits (bounded) until at least `n` access-log lines match `pred`; returns them all.
+    pub fn wait_access_logs(&self, what: &str, n: usize, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            if let Some(v) = self.access_logs().into_iter().find(&pred) {
-                return v;
+            let found: Vec<Value> = self.access_logs().into_iter().filter(&pred).collect();
+            if found.len() >= n {
+                return found;
             }
-            assert!(Instant::now() < deadline, "no access-log line for {what}; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} access-log lines for {what}; log:\n{}",
+                found.len(),
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

@@ -318,6 +318,8 @@ fn waypoint_scene() -> anyhow::Result<()> {
     let stats = flaky.run(&["http-requests", "127.0.0.1:8080", "1", "/__stats"]);
     println!("   client saw {}; the backend served {}", r["statuses"], stats["last_body"].as_str().unwrap_or_default());
     ensure!(r["statuses"] == serde_json::json!({"200": 100}), "retries did not hide the failures: {r}");
+    // The waypoint writes its log in batches, up to 50 ms after a request.
+    std::thread::sleep(Duration::from_millis(200));
     let log = std::fs::read_to_string(&waypoint.log).unwrap_or_default();
     for l in log
         .lines()
@@ -356,6 +358,7 @@ fn waypoint_scene() -> anyhow::Result<()> {
     ensure!(up["status"] == 200, "the upload failed: {up}");
     let up = client.run(&["http-upload", "10.96.0.4:80", "/upload", &(16 << 20).to_string()]);
     println!("   POST 16 MiB to flaky (refuses uploads over 1 MiB) → {}, tried once:", up["status"]);
+    std::thread::sleep(Duration::from_millis(200));
     let log = std::fs::read_to_string(&waypoint.log).unwrap_or_default();
     if let Some(l) = log.lines().find(|l| l.contains("response_flags=RBO")) {
         println!("   waypoint access log: {}", l.trim());
