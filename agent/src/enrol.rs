@@ -217,6 +217,14 @@ impl Registry {
     /// outbound capture (the `ENROLLED` entry) last.
     fn attach(&self, spec: PodSpec, netns: Netns, cookie: u64) -> Result<Arc<PodContext>, EnrolError> {
         let listeners = PodListeners::bind(&netns, &self.proc_root).map_err(EnrolError::InPod)?;
+        let proc_root = self.proc_root.clone();
+        let transparent = match netns.run_on_thread(move || proxy::transparent::prepare(&proc_root)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(pod = %spec.key(), error = %e, "cannot route replies to the agent in the pod; the app will see the pod's own address as the client's");
+                false
+            }
+        };
         let mut added: Vec<IpAddr> = Vec::new();
         let undo = |added: &[IpAddr]| added.iter().for_each(|ip| self.kernel.remove_inbound(*ip));
         for ip in &spec.ips {
@@ -274,6 +282,7 @@ impl Registry {
             hbone_pooling: self.hbone_pooling,
             limits,
             attribution: Default::default(),
+            transparent,
         });
         serve(&pod, listeners).map_err(EnrolError::InPod)?;
         Ok(pod)

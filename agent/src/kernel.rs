@@ -55,6 +55,7 @@ pub struct Kernel {
     enrolled: Mutex<HashMap<MapData, u64, PodConfig>>,
     exempt: Mutex<HashMap<MapData, u64, u32>>,
     orig_dst: Mutex<HashMap<MapData, OrigDstKey, SockAddr>>,
+    pending: Mutex<HashMap<MapData, u64, SockAddr>>,
     pod_addrs: Mutex<HashMap<MapData, IpKey, u32>>,
     inbound: Mutex<SockHash<MapData, IpKey>>,
     stats: PerCpuArray<MapData, u64>,
@@ -109,6 +110,7 @@ impl Kernel {
                 open_map(names::MAP_EXEMPT_CGROUPS)?.try_into().map_err(map_err(names::MAP_EXEMPT_CGROUPS))?,
             ),
             orig_dst: Mutex::new(open_map(names::MAP_ORIG_DST)?.try_into().map_err(map_err(names::MAP_ORIG_DST))?),
+            pending: Mutex::new(open_map(names::MAP_PENDING)?.try_into().map_err(map_err(names::MAP_PENDING))?),
             pod_addrs: Mutex::new(open_map(names::MAP_POD_ADDRS)?.try_into().map_err(map_err(names::MAP_POD_ADDRS))?),
             inbound: Mutex::new(open_map(names::MAP_INBOUND)?.try_into().map_err(map_err(names::MAP_INBOUND))?),
             stats: open_map(names::MAP_STATS)?.try_into().map_err(map_err(names::MAP_STATS))?,
@@ -249,8 +251,15 @@ impl Kernel {
             (stat::PROBE_SOURCE_BOUND, "probe_source_bound"),
             (stat::PROBE_SOURCE_BIND_FAILED, "probe_source_bind_failed"),
             (stat::BIND_TO_PROBE_SOURCE_REFUSED, "bind_to_probe_source_refused"),
+            (stat::PEER_NAME_ANSWERED, "peer_name_answered"),
         ];
-        names.into_iter().map(|(i, n)| (n, self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))).collect()
+        let mut out: BTreeMap<&'static str, u64> =
+            names.into_iter().map(|(i, n)| (n, self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))).collect();
+        // A gauge, not a counter: captured sockets whose destination the kernel holds
+        // (connecting or open); it falls back as they close.
+        let parked = self.pending.lock().expect("map lock").keys().filter(Result::is_ok).count();
+        out.insert("parked_destinations", parked as u64);
+        out
     }
 }
 
@@ -276,6 +285,8 @@ fn install(pins: &PinLayout, cgroup_root: &Path) -> Result<(), KernelError> {
         (names::PROG_CONNECT6, "connect6"),
         (names::PROG_BIND4, "bind4"),
         (names::PROG_BIND6, "bind6"),
+        (names::PROG_GETPEERNAME4, "getpeername4"),
+        (names::PROG_GETPEERNAME6, "getpeername6"),
     ] {
         let prog: &mut CgroupSockAddr = program(&mut ebpf, prog_name)?;
         prog.load().map_err(prog_err(prog_name))?;

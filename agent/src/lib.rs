@@ -18,6 +18,7 @@ pub mod kernel;
 pub mod kubernetes;
 pub mod listeners;
 pub mod meshctx;
+pub mod netlink;
 pub mod netns;
 pub mod pod;
 pub mod probe;

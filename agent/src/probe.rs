@@ -11,8 +11,6 @@
 //! probe leaves from a node address and is captured like any other client
 //! (under STRICT it fails) — nothing else is ever exempt.
 
-pub mod netlink;
-
 use std::{
     collections::BTreeSet,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
@@ -24,7 +22,7 @@ use std::{
 use pillion_common::{PROBE_SOURCE4, PROBE_SOURCE6};
 use tokio_util::sync::CancellationToken;
 
-use crate::kernel::Kernel;
+use crate::{kernel::Kernel, netlink};
 
 /// How often the probe setup is checked: a restarted kubelet gets a new
 /// cgroup (a new id), which needs the programs attached again.

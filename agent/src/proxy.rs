@@ -8,10 +8,15 @@ pub mod limits;
 pub mod observed;
 pub mod outbound;
 pub mod relay;
+pub mod transparent;
 
-use std::{io, net::SocketAddr, time::Duration};
+use std::{
+    io,
+    net::{IpAddr, SocketAddr},
+    time::Duration,
+};
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpStream;
 
 use crate::netns::Netns;
 
@@ -19,19 +24,18 @@ use crate::netns::Netns;
 /// by a thread of the agent's (exempt) cgroup, so the kernel programs never
 /// capture it again.
 pub async fn dial_in(netns: &Netns, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    let fd = netns.tcp_socket(dst.is_ipv6())?;
-    let socket = TcpSocket::from_std_stream(std::net::TcpStream::from(fd));
-    socket.set_nodelay(true)?;
-    match tokio::time::timeout(timeout, socket.connect(dst)).await {
-        Ok(result) => result,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect to {dst} timed out after {timeout:?}"))),
-    }
+    transparent::dial(netns, dst, None, timeout).await
 }
 
-/// Dials the app (an original destination) from inside `netns`; see [`app_stream`]
-/// for how the connection is closed.
-pub async fn dial_app(netns: &Netns, dst: SocketAddr, timeout: Duration) -> io::Result<app_stream::AppStream> {
-    dial_in(netns, dst, timeout).await.map(app_stream::AppStream::new)
+/// Dials the app (an original destination) from inside `netns`, as `source` when
+/// given (see [`transparent`]); see [`app_stream`] for how the connection is closed.
+pub async fn dial_app(
+    netns: &Netns,
+    dst: SocketAddr,
+    source: Option<IpAddr>,
+    timeout: Duration,
+) -> io::Result<app_stream::AppStream> {
+    transparent::dial(netns, dst, source, timeout).await.map(app_stream::AppStream::new)
 }
 
 /// Closes `stream` with a TCP reset, so the peer sees a refusal rather than a
@@ -91,9 +95,17 @@ pub struct PodContext {
     pub limits: limits::PodLimits,
     /// Logs changes of the pod's attribution to a model workload.
     pub attribution: crate::attribution::ChangeLog,
+    /// The pod routes replies to transparent sockets back to the agent: the app is
+    /// dialled with the client's address as its source ([`transparent`]).
+    pub transparent: bool,
 }
 
 impl PodContext {
+    /// The source the app should see for a client at `client` dialling `dst`.
+    pub fn app_source(&self, client: IpAddr, dst: SocketAddr) -> Option<IpAddr> {
+        self.transparent.then(|| transparent::source_for(client, dst)).flatten()
+    }
+
     /// The pod's own address of the same family as `like` (for logs), or its
     /// first address.
     pub fn pod_ip_like(&self, like: SocketAddr) -> std::net::IpAddr {

@@ -21,9 +21,14 @@ fn outbound_capture_keeps_the_destination_and_relays_exactly_over_v4_v6_and_mapp
     ];
     for (target, expected_dst) in cases {
         let before = counter(&t.agent, &t.client, "outbound_accepted");
+        let answered = kernel_stat(&t.agent, "peer_name_answered");
         let result = t.client.client(target, MIB, &[]);
         assert_ok(&result, &format!("1 MiB echo to {target}"));
         assert_eq!(result["received"], json!(MIB));
+        // getpeername on the captured socket: the address dialled, spelled as dialled
+        // (v4-mapped stays v4-mapped), not the agent's 127.0.0.1:15001.
+        assert_eq!(result["peer"], json!(target.to_string()), "getpeername after capture");
+        assert!(kernel_stat(&t.agent, "peer_name_answered") > answered);
         let port = local_port(&result);
         let src_ip = if expected_dst.is_ipv6() { t.client.ip6.to_string() } else { t.client.ip4.to_string() };
         let expected_src = SocketAddr::new(src_ip.parse().unwrap(), port).to_string();
@@ -40,10 +45,16 @@ fn outbound_capture_keeps_the_destination_and_relays_exactly_over_v4_v6_and_mapp
     }
     assert_eq!(counter(&t.agent, &t.client, "inbound_accepted"), 0);
     assert_eq!(counter(&t.agent, &t.client, "no_orig_dst"), 0);
+    // The kernel forgets each socket's destination when it closes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while kernel_stat(&t.agent, "parked_destinations") != 0 {
+        assert!(std::time::Instant::now() < deadline, "destinations still parked: {}", t.agent.status());
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 #[test]
-fn inbound_capture_reaches_the_app_at_the_pod_ip_and_only_kubelet_probes_bypass_it() {
+fn inbound_capture_shows_the_app_the_real_client_and_only_kubelet_probes_bypass_it() {
     let t = one_node();
     t.agent.enrol(&t.server).expect("enrol server");
     let _app = t.server.echo_server("[::]:9090".parse().unwrap(), Some("app"));
@@ -51,11 +62,12 @@ fn inbound_capture_reaches_the_app_at_the_pod_ip_and_only_kubelet_probes_bypass_
         let before = counter(&t.agent, &t.server, "inbound_accepted");
         let result = t.client.client(target, 64 * 1024, &[]);
         assert_ok(&result, &format!("inbound to {target}"));
-        // The app sees the agent's dial from the pod's own address, never 127.0.0.1.
+        // The app sees the real client (the agent dials it transparently), never the
+        // pod's own address or 127.0.0.1.
         let banner = result["banner"].as_str().unwrap();
-        let pod_ip =
-            if target.is_ipv6() { format!("app [{}]:", t.server.ip6) } else { format!("app {}:", t.server.ip4) };
-        assert!(banner.starts_with(&pod_ip), "banner {banner:?}, want prefix {pod_ip:?}");
+        let client_ip =
+            if target.is_ipv6() { format!("app [{}]:", t.client.ip6) } else { format!("app {}:", t.client.ip4) };
+        assert!(banner.starts_with(&client_ip), "banner {banner:?}, want prefix {client_ip:?}");
         let src = result["local"].as_str().unwrap().to_string();
         t.agent.wait_access_log("inbound", |v| {
             v["direction"] == "inbound" && v["src.addr"] == json!(src) && v["dst.addr"] == json!(target.to_string())
@@ -77,7 +89,8 @@ fn inbound_capture_reaches_the_app_at_the_pod_ip_and_only_kubelet_probes_bypass_
     let host = t.topo.run_on_node(&t.node, &["client", &t.server.addr4(9090).to_string(), "100"]);
     assert_ok(&host, "a host-network client (PERMISSIVE)");
     let banner = host["banner"].as_str().unwrap();
-    assert!(banner.starts_with(&format!("app {}:", t.server.ip4)), "host client seen as {banner:?}");
+    // The node reaches the pod from its end of the pod's veth.
+    assert!(banner.starts_with(&format!("app {}:", t.server.gw4)), "host client seen as {banner:?}");
     assert_eq!(counter(&t.agent, &t.server, "inbound_accepted"), before + 1);
 }
 

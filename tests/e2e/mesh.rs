@@ -136,6 +136,10 @@ fn cross_node_and_same_node_traffic_is_mutual_tls_with_the_right_identities() {
         cap.wait_event("ready", Duration::from_secs(5));
         let r = t.client.client(target, 64 * 1024, &["--marker", MARKER]);
         assert_ok(&r, &format!("client → {target}"));
+        // The server app sees the client pod (not its own address), of the family dialled.
+        let client_ip = if target.is_ipv6() { format!("[{}]", t.client.ip6) } else { t.client.ip4.to_string() };
+        let banner = r["banner"].as_str().unwrap_or_default();
+        assert!(banner.starts_with(&format!("server {client_ip}:")), "the app saw {banner:?} for {target}");
         cap.write_line("stop");
         let c = cap.next(Duration::from_secs(10));
         assert!(c["hbone_segments"].as_u64().unwrap() > 0, "no HBONE on the node link: {c}");
@@ -174,7 +178,14 @@ fn cross_node_and_same_node_traffic_is_mutual_tls_with_the_right_identities() {
     // Same node: client → peer, both on A, still through HBONE, still encrypted.
     let mut cap = t.topo.spawn_on_node(&t.node_a, &["capture", "p2", "30", MARKER]);
     cap.wait_event("ready", Duration::from_secs(5));
-    assert_ok(&t.client.client(t.peer.addr4(8080), 32 * 1024, &["--marker", MARKER]), "same-node");
+    let r = t.client.client(t.peer.addr4(8080), 32 * 1024, &["--marker", MARKER]);
+    assert_ok(&r, "same-node");
+    let banner = r["banner"].as_str().unwrap_or_default();
+    assert!(banner.starts_with(&format!("peer {}:", t.client.ip4)), "same node: the app saw {banner:?}");
+    let r = t.client.client(t.peer.addr6(8080), 1024, &[]);
+    assert_ok(&r, "same-node v6");
+    let banner = r["banner"].as_str().unwrap_or_default();
+    assert!(banner.starts_with(&format!("peer [{}]:", t.client.ip6)), "same node v6: the app saw {banner:?}");
     cap.write_line("stop");
     let c = cap.next(Duration::from_secs(10));
     assert!(c["tls_records"].as_u64().unwrap() > 0 && c["marker_seen"] == json!(false), "{c}");

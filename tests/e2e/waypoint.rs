@@ -69,6 +69,11 @@ fn the_waypoint_splits_90_10_cuts_slow_requests_and_denies_by_path() {
     assert_eq!(r["statuses"], json!({"200": 2000}), "{r}");
     let v1 = r["backends"]["v1"].as_u64().unwrap_or(0) as f64 / 2000.0;
     assert!((0.87..=0.93).contains(&v1), "90/10 split landed at {v1:.3} for v1: {r}");
+    // The backend's connection comes from the waypoint; the client pod is named in
+    // X-Forwarded-For, as Envoy's waypoint does.
+    let seen: Value = serde_json::from_str(r["last_body"].as_str().unwrap()).unwrap();
+    let xff = format!("x-forwarded-for={}", s.client.ip4);
+    assert!(seen["headers"].as_array().unwrap().iter().any(|h| h == &json!(xff)), "{seen}");
     // The waypoint pooled its connections to the backends: a handful for 2,000 requests
     // (each one a tunnel to agent b and a connection from it to the app), not one each.
     for pod in [&s.v1, &s.v2] {

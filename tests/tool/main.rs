@@ -226,6 +226,8 @@ fn client(to: SocketAddr, bytes: usize, opts: &ClientOpts) -> serde_json::Value 
         Err(e) => return fail("connect", &e),
     };
     let local = stream.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    // What getpeername(2) says: the address dialled, also when the mesh captured the socket.
+    let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let _ = stream.set_read_timeout(Some(opts.timeout.max(Duration::from_secs(10))));
     if opts.hold {
         println!("{}", json!({"event": "connected", "local": local}));
@@ -264,6 +266,7 @@ fn client(to: SocketAddr, bytes: usize, opts: &ClientOpts) -> serde_json::Value 
     json!({
         "ok": echo == payload.as_slice(),
         "local": local,
+        "peer": peer,
         "sent": bytes,
         "received": echo.len(),
         "banner": banner,

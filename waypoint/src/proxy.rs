@@ -203,6 +203,7 @@ impl Proxy {
         let (mut parts, body) = request.into_parts();
         let upgrade = upgrade::requested(&mut parts);
         let trace = crate::telemetry::next_hop(&mut parts.headers, &self.rng);
+        forward::append_forwarded_for(&mut parts.headers, down.peer_addr.ip());
         // Policy, routes and the backend see one spelling of the path (see `normalize`).
         let normalized = normalize_uri(&mut parts.uri);
         let mut ctx = respond::Context::new(self, &snapshot, down, &parts, start, trace);

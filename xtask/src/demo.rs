@@ -191,6 +191,17 @@ pub fn demo() -> anyhow::Result<()> {
     let r6 = connect(&scene.web, scene.api.addr6(8080));
     show_result("web → api:8080 (IPv6)", &r6);
     ensure!(r6["ok"] == Value::Bool(true), "web → api over IPv6 failed: {r6}");
+    // The app answers with the peer its accept() saw: web's own address, not api's.
+    let seen = |r: &Value| r["banner"].as_str().unwrap_or_default().split(' ').nth(1).unwrap_or_default().to_string();
+    println!(
+        "   api's app saw the client as {} and {}; web's getpeername() said {} and {}",
+        seen(&r),
+        seen(&r6),
+        r["peer"].as_str().unwrap_or_default(),
+        r6["peer"].as_str().unwrap_or_default()
+    );
+    ensure!(seen(&r).starts_with(&format!("{}:", scene.web.ip4)), "api saw {} for web", seen(&r));
+    ensure!(r["peer"] == Value::String(scene.api.addr4(8080).to_string()), "web's getpeername: {r}");
     show_logs(&scene.a, |l| l["direction"] == "outbound");
     show_logs(&scene.b, |l| l["direction"] == "inbound" && l["dst.workload"] == "api");
     checkpoint()?;

@@ -6,9 +6,11 @@ use pillion_common::names;
 
 use crate::error::KernelError;
 
-pub const PROGRAMS: [&str; 8] = [
+pub const PROGRAMS: [&str; 10] = [
     names::PROG_CONNECT4,
     names::PROG_CONNECT6,
+    names::PROG_GETPEERNAME4,
+    names::PROG_GETPEERNAME6,
     names::PROG_SOCKOPS,
     names::PROG_SK_LOOKUP,
     names::PROG_PROBE4,
@@ -18,7 +20,8 @@ pub const PROGRAMS: [&str; 8] = [
 ];
 /// Links at the capture root. Pins of an older agent that lack one of these
 /// are incomplete, so a new agent installs (upgrades) rather than adopts.
-pub const CGROUP_LINKS: [&str; 5] = ["connect4", "connect6", "sockops", "bind4", "bind6"];
+pub const CGROUP_LINKS: [&str; 7] =
+    ["connect4", "connect6", "getpeername4", "getpeername6", "sockops", "bind4", "bind6"];
 
 #[derive(Debug, Clone)]
 pub struct PinLayout {

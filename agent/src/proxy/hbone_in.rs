@@ -140,7 +140,8 @@ impl UpstreamDialer for PodUpstream {
         if let Admission::Denied(reason) = MeshCtx::admit(&model, &conn) {
             return Err(io::Error::new(io::ErrorKind::PermissionDenied, reason));
         }
-        let app = dial_app(&pod.netns, conn.dst, pod.connect_timeout).await.inspect_err(|_| {
+        let source = pod.app_source(conn.src_ip, conn.dst);
+        let app = dial_app(&pod.netns, conn.dst, source, pod.connect_timeout).await.inspect_err(|_| {
             bump(&pod.counters.upstream_failed);
         })?;
         let src_w = model.workload_by_ip(conn.src_ip);

@@ -76,7 +76,7 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
         // No model source (see above): plain passthrough.
         None => None,
     };
-    let upstream = match dial_app(&pod.netns, dst, pod.connect_timeout).await {
+    let upstream = match dial_app(&pod.netns, dst, pod.app_source(peer.ip(), dst), pod.connect_timeout).await {
         Ok(s) => s,
         Err(e) => {
             pod.bump(|c| &c.upstream_failed);

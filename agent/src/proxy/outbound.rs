@@ -92,7 +92,7 @@ pub async fn handle(pod: Arc<PodContext>, client: TcpStream, peer: SocketAddr) {
         record.dst_namespace = dst_key.as_ref().map(|k| k.namespace.clone()).unwrap_or_default();
         let dst_peer = peer_of(dst_w);
         match hop {
-            Hop::Plain { dst: addr, .. } => match dial_app(&pod.netns, *addr, pod.connect_timeout).await {
+            Hop::Plain { dst: addr, .. } => match dial_app(&pod.netns, *addr, None, pod.connect_timeout).await {
                 Ok(upstream) => {
                     record.dst = Some(*addr);
                     let labels = ConnectionLabels::new(

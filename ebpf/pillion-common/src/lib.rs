@@ -59,6 +59,8 @@ pub mod names {
     pub const PROG_PROBE6: &str = "pillion_probe_connect6";
     pub const PROG_BIND4: &str = "pillion_bind4";
     pub const PROG_BIND6: &str = "pillion_bind6";
+    pub const PROG_GETPEERNAME4: &str = "pillion_getpeername4";
+    pub const PROG_GETPEERNAME6: &str = "pillion_getpeername6";
     pub const ALL_MAPS: [&str; 7] =
         [MAP_ENROLLED, MAP_EXEMPT_CGROUPS, MAP_PENDING, MAP_ORIG_DST, MAP_POD_ADDRS, MAP_INBOUND, MAP_STATS];
 }
@@ -74,7 +76,8 @@ pub mod stat {
     pub const PROBE_SOURCE_BOUND: u32 = 6;
     pub const PROBE_SOURCE_BIND_FAILED: u32 = 7;
     pub const BIND_TO_PROBE_SOURCE_REFUSED: u32 = 8;
-    pub const COUNT: u32 = 9;
+    pub const PEER_NAME_ANSWERED: u32 = 9;
+    pub const COUNT: u32 = 10;
 }
 
 /// Value of `ENROLLED`, keyed by the pod's netns cookie (`u64`).

@@ -53,6 +53,10 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<u32, i32> {
     if protocol != IPPROTO_TCP || local_port == u32::from(HBONE_PORT) {
         return Ok(SK_PASS);
     }
+    // Through `lo`: the agent's own (transparent, marked) dial to the app, which
+    // the pod routes through `lo` (agent/src/proxy/transparent.rs), and 127/8.
+    // A process of the pod dialling its own address arrives with the address's
+    // device, and is let through below (local == remote).
     if field!(ctx, ingress_ifindex) == LOOPBACK_IFINDEX {
         return Ok(SK_PASS);
     }

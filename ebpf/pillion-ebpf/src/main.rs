@@ -5,8 +5,12 @@
 //!   in the pod's own netns; the original destination is parked by socket
 //!   cookie.
 //! - `pillion_sockops` (sock_ops): once that socket is established, the parked
-//!   destination moves to a key the agent can compute from the accepted
-//!   socket: (netns cookie, listener side, client port).
+//!   destination is copied to a key the agent can compute from the accepted
+//!   socket: (netns cookie, listener side, client port); the parked entry is
+//!   dropped when the socket closes.
+//! - `pillion_getpeername4` / `6` (cgroup/getpeername4, getpeername6): a
+//!   captured socket's peer reads as the destination the app dialled, not the
+//!   agent's listener.
 //! - `pillion_sk_lookup` (sk_lookup, one link per enrolled netns): inbound
 //!   TCP to the pod is handed to the agent's 15006 listener; only the probe
 //!   source (169.254.7.127 / fd16:9254:7127:1337:ffff:ffff:ffff:ffff) skips it.
@@ -23,6 +27,7 @@
 
 mod bind;
 mod connect;
+mod getpeername;
 mod lookup;
 mod probe;
 mod sockops;
@@ -41,8 +46,11 @@ static ENROLLED: HashMap<u64, PodConfig> = HashMap::pinned(4096, 0);
 #[map(name = "EXEMPT_CGROUPS")]
 static EXEMPT_CGROUPS: HashMap<u64, u32> = HashMap::pinned(4096, 0);
 
-/// Original destination by socket cookie, between connect and establishment.
-/// LRU: a connect that never completes leaves an entry that ages out.
+/// Original destination by socket cookie, from connect until the socket
+/// closes: sock_ops copies it to `ORIG_DST` for the agent, getpeername reads
+/// it. LRU: a connect that never completes leaves an entry that ages out; past
+/// 16,384 open captured sockets the oldest entries go first (their
+/// getpeername then shows the agent's listener; capture is unaffected).
 #[map(name = "PENDING")]
 static PENDING: LruHashMap<u64, SockAddr> = LruHashMap::pinned(16384, 0);
 

@@ -1,9 +1,10 @@
-//! sock_ops: move a captured connection's original destination from its
-//! socket cookie to the key the agent computes on accept.
+//! sock_ops: copy a captured connection's original destination from its
+//! socket cookie to the key the agent computes on accept, and forget the
+//! cookie's entry when the socket closes (getpeername reads it until then).
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
+    bindings::{BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_TCP_CLOSE},
     helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::sock_ops,
     programs::SockOpsContext,
@@ -16,10 +17,19 @@ const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
 #[sock_ops]
 pub fn pillion_sockops(ctx: SockOpsContext) -> u32 {
-    if ctx.op() == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
-        // A failure here leaves no ORIG_DST entry; the agent then resets the
-        // connection (fail closed), so there is nothing more to do.
-        let _ = try_established(&ctx);
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            // A failure here leaves no ORIG_DST entry; the agent then resets the
+            // connection (fail closed), so there is nothing more to do.
+            let _ = try_established(&ctx);
+        }
+        // Only captured sockets ask for state callbacks (below).
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == BPF_TCP_CLOSE => {
+            // SAFETY: helper valid for sock_ops.
+            let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+            let _ = PENDING.remove(&cookie);
+        }
+        _ => {}
     }
     1
 }
@@ -41,7 +51,9 @@ fn try_established(ctx: &SockOpsContext) -> Result<(), i32> {
     };
     let key = OrigDstKey { netns_cookie, side, client_port: ctx.local_port() };
     ORIG_DST.insert(&key, &dst, 0)?;
-    let _ = PENDING.remove(&cookie);
+    // The cookie's entry stays for getpeername until the socket closes; without the
+    // callback it stays until the LRU map ages it out.
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     count(stat::ORIG_DST_RECORDED);
     Ok(())
 }

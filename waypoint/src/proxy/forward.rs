@@ -179,6 +179,25 @@ pub(super) fn upstream_form<B>(request: &mut Request<B>, http2: bool) {
     strip_hop_by_hop(request.headers_mut());
 }
 
+/// Appends the client's address to `X-Forwarded-For` (as Envoy does): the backend's
+/// connection comes from the waypoint, so this is where the app finds its client. Earlier
+/// entries came from the client and are kept but not vouched for; the last one is ours.
+pub(crate) fn append_forwarded_for(headers: &mut http::HeaderMap, client: std::net::IpAddr) {
+    let client = match client {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, std::net::IpAddr::V4),
+        v4 => v4,
+    };
+    let joined = match headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>() {
+        earlier if earlier.is_empty() => client.to_string(),
+        earlier => format!("{}, {client}", earlier.join(", ")),
+    };
+    if let Ok(v) = HeaderValue::from_str(&joined) {
+        headers.insert(X_FORWARDED_FOR, v);
+    }
+}
+
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 /// Hop-by-hop headers never cross a proxy, nor do the headers `Connection` names; `te:
 /// trailers` is end to end in practice (gRPC requires it) and is kept.
 pub(crate) fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
@@ -416,5 +435,25 @@ impl Proxy {
         }
         // Not reached: the last try never retries. Kept total rather than panicking.
         Err((StatusCode::SERVICE_UNAVAILABLE, ResponseFlags::RETRY_LIMIT_EXCEEDED, "upstream retry limit exceeded"))
+    }
+}
+
+#[cfg(test)]
+mod forwarded_for_tests {
+    use super::*;
+
+    #[test]
+    fn the_client_is_appended_after_what_it_sent() {
+        let mut h = http::HeaderMap::new();
+        append_forwarded_for(&mut h, "10.1.2.2".parse().unwrap());
+        assert_eq!(h["x-forwarded-for"], "10.1.2.2");
+        let mut h = http::HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("203.0.113.9"));
+        h.append("x-forwarded-for", HeaderValue::from_static("198.51.100.1"));
+        append_forwarded_for(&mut h, "::ffff:10.1.2.2".parse().unwrap());
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.9, 198.51.100.1, 10.1.2.2");
+        append_forwarded_for(&mut h, "fd00::2".parse().unwrap());
+        assert!(h["x-forwarded-for"].to_str().unwrap().ends_with(", fd00::2"));
     }
 }
