@@ -143,6 +143,8 @@ fn echo_server(addr: SocketAddr, banner: Option<String>) {
         let banner = banner.clone();
         std::thread::spawn(move || {
             let mut stream = stream;
+            // Echo at once (as sockperf's server): no Nagle wait on a partial echo.
+            let _ = stream.set_nodelay(true);
             // A dual-stack listener sees IPv4 peers as ::ffff:a.b.c.d; print them as IPv4.
             let peer = stream
                 .peer_addr()

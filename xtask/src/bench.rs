@@ -43,7 +43,7 @@ impl Plan {
         Plan {
             rounds: 5,
             bulk_secs: 3,
-            rtt_count: 2000,
+            rtt_count: 20_000,
             http_secs: 3,
             http_conns: &[1, 4, 16, 64],
             conn_secs: 3,

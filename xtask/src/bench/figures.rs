@@ -87,20 +87,37 @@ pub fn measure(scenario: Scenario, plan: &Plan) -> anyhow::Result<Figures> {
 
     for (streams, name) in [(1, "bulk_gbps_1stream"), (4, "bulk_gbps_4streams")] {
         let cpu0 = scene.agent_cpu_us();
+        let sw0 = scene.agent_switches();
         let (gbps, bytes) = iperf(&scene, streams, plan.bulk_secs)?;
         let cpu = (scene.agent_cpu_us() - cpu0) as f64 / 1e6;
+        let sw = scene.agent_switches();
         f.insert(name.into(), gbps);
         if streams == 1 && agents {
             f.insert("cpu_s_per_gb".into(), cpu / (bytes / 1e9));
+            // Both nodes' agents: faults are allocation churn, switches are wake-ups.
+            f.insert("agent_page_faults_per_gb".into(), (sw.page_faults - sw0.page_faults) as f64 / (bytes / 1e9));
+            f.insert(
+                "agent_ctx_switches_per_gb".into(),
+                (sw.context_switches - sw0.context_switches) as f64 / (bytes / 1e9),
+            );
         }
     }
     if agents {
         f.insert("rss_after_load_mb".into(), scene.agent_rss() as f64 / scene.agents.len() as f64 / 1e6);
     }
 
+    // sockperf-like ping-pong: 1 KiB each way on one TCP_NODELAY connection, timed in ns.
+    let (cpu0, sw0) = (scene.agent_cpu_us(), scene.agent_switches());
     let rtt = tool(&scene, &["rtt", &scene.server.addr4(ECHO_PORT).to_string(), &plan.rtt_count.to_string(), "1024"])?;
-    for q in ["p50", "p90", "p99"] {
+    let (cpu, sw) = (scene.agent_cpu_us() - cpu0, scene.agent_switches());
+    for q in ["p50", "p90", "p99", "p999"] {
         f.insert(format!("rtt_us_{q}"), number(&rtt, &["rtt", &format!("{q}_us")])?);
+    }
+    if agents {
+        let trips = number(&rtt, &["rtt", "count"])?;
+        // Both nodes' agents, per round trip (the review's "agent CPU per round trip").
+        f.insert("agent_cpu_us_per_rtt".into(), cpu as f64 / trips);
+        f.insert("agent_ctx_switches_per_rtt".into(), (sw.context_switches - sw0.context_switches) as f64 / trips);
     }
 
     for &conns in plan.http_conns {

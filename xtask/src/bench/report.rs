@@ -9,13 +9,20 @@ use super::{Scenario, stats};
 
 /// Figures every scenario with agents must produce (direct has no agent
 /// figures).
-const FIGURES: [&str; 14] = [
+const FIGURES: [&str; 21] = [
     "bulk_gbps_1stream",
     "bulk_gbps_4streams",
     "cpu_s_per_gb",
+    "agent_page_faults_per_gb",
+    "agent_ctx_switches_per_gb",
     "rtt_us_p50",
     "rtt_us_p90",
     "rtt_us_p99",
+    "rtt_us_p999",
+    "rtt_added_us_p50",
+    "rtt_added_us_p99",
+    "agent_cpu_us_per_rtt",
+    "agent_ctx_switches_per_rtt",
     "http_added_ms_p99_c4",
     "vcpu_per_1000rps",
     "vcpu_per_1000rps_waypoint",
@@ -27,7 +34,11 @@ const FIGURES: [&str; 14] = [
 ];
 
 fn needs_agent(figure: &str) -> bool {
-    matches!(figure, "cpu_s_per_gb" | "vcpu_per_1000rps" | "rss_idle_mb" | "rss_mb_per_pod" | "bytes_per_idle_conn")
+    figure.starts_with("agent_")
+        || matches!(
+            figure,
+            "cpu_s_per_gb" | "vcpu_per_1000rps" | "rss_idle_mb" | "rss_mb_per_pod" | "bytes_per_idle_conn"
+        )
 }
 
 fn applies(figure: &str, s: Scenario) -> bool {
@@ -56,12 +67,21 @@ pub fn summarize(rounds: &[Value], memory: &Value, scenarios: &[Scenario]) -> Va
             }
         }
     }
+    // Added latency, paired within each round: the scenario minus direct of that round.
+    const ADDED: [(&str, &str); 4] = [
+        ("http_ms_p99_c4", "http_added_ms_p99_c4"),
+        ("rtt_us_p50", "rtt_added_us_p50"),
+        ("rtt_us_p99", "rtt_added_us_p99"),
+        ("rtt_us_p999", "rtt_added_us_p999"),
+    ];
     for figures in by_round.values_mut() {
-        if let Some(p99) = figures.get("http_ms_p99_c4").cloned()
-            && let Some(direct) = p99.get("A").copied()
-        {
-            let added = p99.iter().map(|(s, v)| (s.clone(), v - direct)).collect();
-            figures.insert("http_added_ms_p99_c4".into(), added);
+        for (from, to) in ADDED {
+            if let Some(values) = figures.get(from).cloned()
+                && let Some(direct) = values.get("A").copied()
+            {
+                let added = values.iter().map(|(s, v)| (s.clone(), v - direct)).collect();
+                figures.insert(to.into(), added);
+            }
         }
     }
     let mut summary = serde_json::Map::new();
@@ -163,6 +183,11 @@ pub fn markdown(result: &Value) -> String {
         }
         md += "\n";
     }
+    md += "\n`rtt_*`: 1 KiB ping-pong on one `TCP_NODELAY` connection (as sockperf's ping-pong), every \
+           round trip timed in ns (the plan's `rtt_count` per round); `rtt_added_*`: the scenario minus \
+           direct within the same round, then the median over rounds. `agent_*`: both nodes' agents \
+           together — CPU µs and context switches (all threads) per round trip, page faults and \
+           context switches per GB of the one-stream bulk transfer.\n";
     md += "\n`vcpu_per_1000rps` is CPU per proxy in the path at 4 connections (the agents, and for W the \
            waypoint too, averaged); `vcpu_per_1000rps_waypoint` is the waypoint alone (the figure Istio \
            publishes for its Envoy waypoint, 0.25) and `vcpu_per_1000rps_per_agent` each agent beside it.\n";

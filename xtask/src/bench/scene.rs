@@ -159,6 +159,47 @@ impl Scene {
     }
 }
 
+/// Context switches (all threads) and page faults of a set of processes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Switches {
+    pub context_switches: u64,
+    pub page_faults: u64,
+}
+
+impl Scene {
+    /// Context switches and page faults of every agent process, summed.
+    pub fn agent_switches(&self) -> Switches {
+        let mut total = Switches::default();
+        for a in &self.agents {
+            let s = process_switches(a.pid());
+            total.context_switches += s.context_switches;
+            total.page_faults += s.page_faults;
+        }
+        total
+    }
+}
+
+/// `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` over the process's threads
+/// (`/proc/<pid>/status` counts only the main one), and minor + major faults of the whole
+/// process (`/proc/<pid>/stat` fields 10 and 12).
+pub fn process_switches(pid: u32) -> Switches {
+    let mut context_switches = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        context_switches += status
+            .lines()
+            .filter(|l| l.starts_with("voluntary_ctxt_switches:") || l.starts_with("nonvoluntary_ctxt_switches:"))
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which may hold spaces: state is field 3.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Switches { context_switches, page_faults: field(10) + field(12) }
+}
+
 pub fn cgroup_usage_us(dir: &std::path::Path) -> u64 {
     std::fs::read_to_string(dir.join("cpu.stat"))
         .ok()
