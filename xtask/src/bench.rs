@@ -36,6 +36,8 @@ pub struct Plan {
     pub retention_secs: u64,
     /// W: one upload of this many MiB through the waypoint.
     pub upload_mib: usize,
+    /// How long after the bulk load the agents' memory is read again.
+    pub settle_secs: u64,
 }
 
 impl Plan {
@@ -51,6 +53,7 @@ impl Plan {
             held: &[1000, 5000, 10000],
             retention_secs: 30,
             upload_mib: 1024,
+            settle_secs: 10,
         }
     }
 
@@ -67,6 +70,7 @@ impl Plan {
             held: &[200],
             retention_secs: 1,
             upload_mib: 32,
+            settle_secs: 1,
         }
     }
 }
@@ -153,11 +157,18 @@ pub fn build_for_harness(selection: &[&str], release: bool) -> anyhow::Result<()
     }
     run(&mut build)?;
     let bin = crate::target_dir()?.join(if release { "release" } else { "debug" });
-    // SAFETY: set before any thread is started.
-    unsafe {
-        std::env::set_var("PILLION_AGENT_BIN", bin.join("pillion-agent"));
-        std::env::set_var("PILLION_WAYPOINT_BIN", bin.join("pillion-waypoint"));
-        std::env::set_var("PILLION_POD_TOOL", bin.join("pillion-pod-tool"));
+    for (var, name) in [
+        ("PILLION_AGENT_BIN", "pillion-agent"),
+        ("PILLION_WAYPOINT_BIN", "pillion-waypoint"),
+        ("PILLION_POD_TOOL", "pillion-pod-tool"),
+    ] {
+        // Already set: another build under test (A/B of two binaries in one harness).
+        if std::env::var_os(var).is_some() {
+            println!("[bench] {var} from the environment: {}", std::env::var(var).unwrap_or_default());
+            continue;
+        }
+        // SAFETY: set before any thread is started.
+        unsafe { std::env::set_var(var, bin.join(name)) };
     }
     Ok(())
 }

@@ -104,6 +104,9 @@ pub fn measure(scenario: Scenario, plan: &Plan) -> anyhow::Result<Figures> {
     }
     if agents {
         f.insert("rss_after_load_mb".into(), scene.agent_rss() as f64 / scene.agents.len() as f64 / 1e6);
+        // What the agent keeps once the load is over (the review's "10 s after load").
+        std::thread::sleep(Duration::from_secs(plan.settle_secs));
+        f.insert("rss_settled_mb".into(), scene.agent_rss() as f64 / scene.agents.len() as f64 / 1e6);
     }
 
     // sockperf-like ping-pong: 1 KiB each way on one TCP_NODELAY connection, timed in ns.

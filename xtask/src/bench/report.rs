@@ -9,7 +9,7 @@ use super::{Scenario, stats};
 
 /// Figures every scenario with agents must produce (direct has no agent
 /// figures).
-const FIGURES: [&str; 21] = [
+const FIGURES: [&str; 22] = [
     "bulk_gbps_1stream",
     "bulk_gbps_4streams",
     "cpu_s_per_gb",
@@ -29,6 +29,7 @@ const FIGURES: [&str; 21] = [
     "conn_per_s_pooled",
     "conn_per_s_fresh_mtls",
     "rss_idle_mb",
+    "rss_settled_mb",
     "rss_mb_per_pod",
     "bytes_per_idle_conn",
 ];
@@ -37,7 +38,12 @@ fn needs_agent(figure: &str) -> bool {
     figure.starts_with("agent_")
         || matches!(
             figure,
-            "cpu_s_per_gb" | "vcpu_per_1000rps" | "rss_idle_mb" | "rss_mb_per_pod" | "bytes_per_idle_conn"
+            "cpu_s_per_gb"
+                | "vcpu_per_1000rps"
+                | "rss_idle_mb"
+                | "rss_settled_mb"
+                | "rss_mb_per_pod"
+                | "bytes_per_idle_conn"
         )
 }
 
