@@ -34,11 +34,10 @@ impl PodListeners {
     /// DaemonSet mounts host `/proc` read-only with only `sys/net` writable over it (net
     /// sysctls resolve to the opening thread's netns, so either mount works).
     pub fn bind(netns: &Netns, proc_root: &std::path::Path) -> io::Result<PodListeners> {
-        let fallback = proc_root.join("sys/net/ipv4/tcp_migrate_req");
+        let proc_root = proc_root.to_path_buf();
         netns.run_on_thread(move || {
-            let sysctl = "/proc/sys/net/ipv4/tcp_migrate_req";
-            if let Err(e) = std::fs::write(sysctl, "1").or_else(|_| std::fs::write(&fallback, "1")) {
-                tracing::warn!(error = %e, fallback = %fallback.display(), "cannot enable tcp_migrate_req in the pod; a handoff may reset queued connections");
+            if let Err(e) = crate::netns::write_net_sysctl(&proc_root, "ipv4/tcp_migrate_req", "1") {
+                tracing::warn!(error = %e, proc_root = %proc_root.display(), "cannot enable tcp_migrate_req in the pod; a handoff may reset queued connections");
             }
             let v4 = |port| bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
             let v6 = |port| match bind(SocketAddr::from((Ipv6Addr::LOCALHOST, port))) {

@@ -19,7 +19,7 @@ use rtnetlink::{
     Handle, IpVersion, RouteMessageBuilder,
     packet_route::{
         address::{AddressAttribute, AddressHeaderFlags, AddressScope, CacheInfo},
-        route::{RouteScope, RouteType},
+        route::{RouteMessage, RouteScope, RouteType},
         rule::{RuleAction, RuleAttribute, RuleMessage},
     },
 };
@@ -125,34 +125,18 @@ pub fn route_mark_to_lo(mark: u32, table: u32, mark_priority: u32, local_priorit
     run(move |handle| async move {
         for v6 in [false, true] {
             let local = handle.rule().add().table_id(LOCAL_TABLE).priority(local_priority).action(RuleAction::ToTable);
-            match if v6 { local.v6().execute().await } else { local.v4().execute().await } {
-                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
+            match exists_ok(if v6 { local.v6().execute().await } else { local.v4().execute().await }) {
                 Err(rtnetlink::Error::NetlinkError(e)) if v6 && e.raw_code() == -libc::EAFNOSUPPORT => continue,
                 other => other?,
             }
             // The action must be said: left unset the kernel keeps a rule that routes nothing.
             let marked =
                 handle.rule().add().table_id(table).fw_mark(mark).priority(mark_priority).action(RuleAction::ToTable);
-            match if v6 { marked.v6().execute().await } else { marked.v4().execute().await } {
-                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {}
-                other => other?,
-            }
+            exists_ok(if v6 { marked.v6().execute().await } else { marked.v4().execute().await })?;
             let route = if v6 {
-                RouteMessageBuilder::<Ipv6Addr>::new()
-                    .destination_prefix(Ipv6Addr::UNSPECIFIED, 0)
-                    .table_id(table)
-                    .kind(RouteType::Local)
-                    .scope(RouteScope::Host)
-                    .output_interface(LOOPBACK_IFINDEX)
-                    .build()
+                local_via_lo(RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(Ipv6Addr::UNSPECIFIED, 0), table)
             } else {
-                RouteMessageBuilder::<Ipv4Addr>::new()
-                    .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
-                    .table_id(table)
-                    .kind(RouteType::Local)
-                    .scope(RouteScope::Host)
-                    .output_interface(LOOPBACK_IFINDEX)
-                    .build()
+                local_via_lo(RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(Ipv4Addr::UNSPECIFIED, 0), table)
             };
             handle.route().add(route).replace().execute().await?;
             // Last, and only if it is still there: a delete without a priority would
@@ -166,6 +150,19 @@ pub fn route_mark_to_lo(mark: u32, table: u32, mark_priority: u32, local_priorit
         }
         Ok(())
     })
+}
+
+/// An add that finds its rule already there succeeded (a second run).
+fn exists_ok(added: Result<(), rtnetlink::Error>) -> Result<(), rtnetlink::Error> {
+    match added {
+        Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+        other => other,
+    }
+}
+
+/// `route` as `local … dev lo table <table>`.
+fn local_via_lo<T>(route: RouteMessageBuilder<T>, table: u32) -> RouteMessage {
+    route.table_id(table).kind(RouteType::Local).scope(RouteScope::Host).output_interface(LOOPBACK_IFINDEX).build()
 }
 
 fn rule_table(rule: &RuleMessage) -> u32 {

@@ -117,6 +117,14 @@ impl Netns {
     }
 }
 
+/// Writes the net sysctl `name` (e.g. `ipv4/tcp_migrate_req`) of the calling thread's netns:
+/// through `/proc/sys/net`, or `<proc_root>/sys/net` where `/proc/sys` is read-only (a
+/// container's; net sysctls resolve to the writer's netns whichever mount is used).
+pub fn write_net_sysctl(proc_root: &Path, name: &str, value: &str) -> io::Result<()> {
+    let path = Path::new("/proc/sys/net").join(name);
+    std::fs::write(&path, value).or_else(|_| std::fs::write(proc_root.join("sys/net").join(name), value))
+}
+
 /// `SO_NETNS_COOKIE` of a socket.
 pub fn socket_netns_cookie(sock: &impl AsRawFd) -> io::Result<u64> {
     let mut cookie: u64 = 0;

@@ -16,7 +16,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::netns::Netns;
 
@@ -24,7 +24,21 @@ use crate::netns::Netns;
 /// by a thread of the agent's (exempt) cgroup, so the kernel programs never
 /// capture it again.
 pub async fn dial_in(netns: &Netns, dst: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
-    transparent::dial(netns, dst, None, timeout).await
+    dial_as(netns, dst, None, timeout).await
+}
+
+/// [`dial_in`], from `source` when given ([`transparent`]).
+async fn dial_as(netns: &Netns, dst: SocketAddr, source: Option<IpAddr>, timeout: Duration) -> io::Result<TcpStream> {
+    let std_stream = std::net::TcpStream::from(netns.tcp_socket(dst.is_ipv6())?);
+    if let Some(source) = source {
+        transparent::bind_as(&std_stream, source, dst.is_ipv6())?;
+    }
+    let socket = TcpSocket::from_std_stream(std_stream);
+    socket.set_nodelay(true)?;
+    match tokio::time::timeout(timeout, socket.connect(dst)).await {
+        Ok(result) => result,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect to {dst} timed out after {timeout:?}"))),
+    }
 }
 
 /// Dials the app (an original destination) from inside `netns`, as `source` when
@@ -35,7 +49,7 @@ pub async fn dial_app(
     source: Option<IpAddr>,
     timeout: Duration,
 ) -> io::Result<app_stream::AppStream> {
-    transparent::dial(netns, dst, source, timeout).await.map(app_stream::AppStream::new)
+    dial_as(netns, dst, source, timeout).await.map(app_stream::AppStream::new)
 }
 
 /// Closes `stream` with a TCP reset, so the peer sees a refusal rather than a

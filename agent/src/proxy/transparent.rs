@@ -23,12 +23,7 @@ use std::{
     io,
     net::{IpAddr, SocketAddr},
     path::Path,
-    time::Duration,
 };
-
-use tokio::net::{TcpSocket, TcpStream};
-
-use crate::netns::Netns;
 
 /// The mark on the agent's transparent sockets and the app's replies to them.
 pub const MARK: u32 = 0x0015_0006;
@@ -42,33 +37,23 @@ const LOCAL_RULE_PRIORITY: u32 = 100;
 /// already inside the pod's netns; idempotent (an agent restart or handoff
 /// runs it again).
 pub fn prepare(proc_root: &Path) -> io::Result<()> {
-    let sysctl = "/proc/sys/net/ipv4/tcp_fwmark_accept";
-    std::fs::write(sysctl, "1").or_else(|_| std::fs::write(proc_root.join("sys/net/ipv4/tcp_fwmark_accept"), "1"))?;
+    crate::netns::write_net_sysctl(proc_root, "ipv4/tcp_fwmark_accept", "1")?;
     crate::netlink::route_mark_to_lo(MARK, TABLE, MARK_RULE_PRIORITY, LOCAL_RULE_PRIORITY)
 }
 
-/// Dials `dst` from inside `netns`. With `source`, the socket is bound to
-/// that address transparently (port chosen by the kernel) and marked, so the
-/// app sees it as the peer; the pod must have been [`prepare`]d.
-pub async fn dial(netns: &Netns, dst: SocketAddr, source: Option<IpAddr>, timeout: Duration) -> io::Result<TcpStream> {
-    let fd = netns.tcp_socket(dst.is_ipv6())?;
-    let std_stream = std::net::TcpStream::from(fd);
-    if let Some(src) = source {
-        let sock = socket2::SockRef::from(&std_stream);
-        if dst.is_ipv6() {
-            sock.set_ip_transparent_v6(true)?;
-        } else {
-            sock.set_ip_transparent_v4(true)?;
-        }
-        sock.set_mark(MARK)?;
-        sock.bind(&SocketAddr::new(src, 0).into())?;
+/// Makes `socket` (not yet bound) dial as `source`: transparent, so it may bind an address
+/// the pod does not own, and marked, so the app's replies come back to it. The pod must have
+/// been [`prepare`]d.
+pub fn bind_as(socket: &std::net::TcpStream, source: IpAddr, v6: bool) -> io::Result<()> {
+    let sock = socket2::SockRef::from(socket);
+    if v6 {
+        sock.set_ip_transparent_v6(true)?;
+    } else {
+        sock.set_ip_transparent_v4(true)?;
     }
-    let socket = TcpSocket::from_std_stream(std_stream);
-    socket.set_nodelay(true)?;
-    match tokio::time::timeout(timeout, socket.connect(dst)).await {
-        Ok(result) => result,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, format!("connect to {dst} timed out after {timeout:?}"))),
-    }
+    sock.set_mark(MARK)?;
+    // Port 0: the kernel picks one free for this address.
+    sock.bind(&SocketAddr::new(source, 0).into())
 }
 
 /// The source to show the app for a client at `client`, if one can be shown:

@@ -183,10 +183,7 @@ pub(super) fn upstream_form<B>(request: &mut Request<B>, http2: bool) {
 /// connection comes from the waypoint, so this is where the app finds its client. Earlier
 /// entries came from the client and are kept but not vouched for; the last one is ours.
 pub(crate) fn append_forwarded_for(headers: &mut http::HeaderMap, client: std::net::IpAddr) {
-    let client = match client {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(client, std::net::IpAddr::V4),
-        v4 => v4,
-    };
+    let client = client.to_canonical();
     let joined = match headers.get_all(X_FORWARDED_FOR).iter().filter_map(|v| v.to_str().ok()).collect::<Vec<_>>() {
         earlier if earlier.is_empty() => client.to_string(),
         earlier => format!("{}, {client}", earlier.join(", ")),

@@ -153,6 +153,17 @@ impl Scene {
         self.waypoint.as_ref().map_or(0, |(_, pod)| cgroup_usage_us(&pod.cgroup))
     }
 
+    /// Context switches and page faults of every agent process, summed.
+    pub fn agent_switches(&self) -> Switches {
+        let mut total = Switches::default();
+        for a in &self.agents {
+            let s = process_switches(a.pid());
+            total.context_switches += s.context_switches;
+            total.page_faults += s.page_faults;
+        }
+        total
+    }
+
     /// Sum of the agents' resident memory, in bytes.
     pub fn agent_rss(&self) -> u64 {
         self.agents.iter().map(|a| rss_bytes(a.pid())).sum()
@@ -164,19 +175,6 @@ impl Scene {
 pub struct Switches {
     pub context_switches: u64,
     pub page_faults: u64,
-}
-
-impl Scene {
-    /// Context switches and page faults of every agent process, summed.
-    pub fn agent_switches(&self) -> Switches {
-        let mut total = Switches::default();
-        for a in &self.agents {
-            let s = process_switches(a.pid());
-            total.context_switches += s.context_switches;
-            total.page_faults += s.page_faults;
-        }
-        total
-    }
 }
 
 /// `voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches` over the process's threads
