@@ -56,6 +56,7 @@ pub struct Kernel {
     exempt: Mutex<HashMap<MapData, u64, u32>>,
     orig_dst: Mutex<HashMap<MapData, OrigDstKey, SockAddr>>,
     pending: Mutex<HashMap<MapData, u64, SockAddr>>,
+    dns_upstream: Mutex<HashMap<MapData, u64, SockAddr>>,
     pod_addrs: Mutex<HashMap<MapData, IpKey, u32>>,
     inbound: Mutex<SockHash<MapData, IpKey>>,
     stats: PerCpuArray<MapData, u64>,
@@ -111,6 +112,9 @@ impl Kernel {
             ),
             orig_dst: Mutex::new(open_map(names::MAP_ORIG_DST)?.try_into().map_err(map_err(names::MAP_ORIG_DST))?),
             pending: Mutex::new(open_map(names::MAP_PENDING)?.try_into().map_err(map_err(names::MAP_PENDING))?),
+            dns_upstream: Mutex::new(
+                open_map(names::MAP_DNS_UPSTREAM)?.try_into().map_err(map_err(names::MAP_DNS_UPSTREAM))?,
+            ),
             pod_addrs: Mutex::new(open_map(names::MAP_POD_ADDRS)?.try_into().map_err(map_err(names::MAP_POD_ADDRS))?),
             inbound: Mutex::new(open_map(names::MAP_INBOUND)?.try_into().map_err(map_err(names::MAP_INBOUND))?),
             stats: open_map(names::MAP_STATS)?.try_into().map_err(map_err(names::MAP_STATS))?,
@@ -144,11 +148,18 @@ impl Kernel {
     }
 
     pub fn unenrol_netns(&self, cookie: u64) -> Result<(), KernelError> {
+        let _ = self.dns_upstream.lock().expect("map lock").remove(&cookie);
         let mut map = self.enrolled.lock().expect("map lock");
         match map.remove(&cookie) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
             Err(e) => Err(map_err(names::MAP_ENROLLED)(e)),
         }
+    }
+
+    /// The resolver the pod (by netns cookie) last sent a DNS query to.
+    pub fn dns_upstream(&self, cookie: u64) -> Option<std::net::SocketAddr> {
+        let dst = self.dns_upstream.lock().expect("map lock").get(&cookie, 0).ok()?;
+        addr::socket_addr(&dst)
     }
 
     pub fn netns_config(&self, cookie: u64) -> Option<PodConfig> {
@@ -252,6 +263,9 @@ impl Kernel {
             (stat::PROBE_SOURCE_BIND_FAILED, "probe_source_bind_failed"),
             (stat::BIND_TO_PROBE_SOURCE_REFUSED, "bind_to_probe_source_refused"),
             (stat::PEER_NAME_ANSWERED, "peer_name_answered"),
+            (stat::DNS_REDIRECTED, "dns_redirected"),
+            (stat::DNS_PASSED_NO_PROXY, "dns_passed_no_proxy"),
+            (stat::DNS_REPLY_SOURCE_RESTORED, "dns_reply_source_restored"),
         ];
         let mut out: BTreeMap<&'static str, u64> =
             names.into_iter().map(|(i, n)| (n, self.stats.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))).collect();
@@ -287,6 +301,10 @@ fn install(pins: &PinLayout, cgroup_root: &Path) -> Result<(), KernelError> {
         (names::PROG_BIND6, "bind6"),
         (names::PROG_GETPEERNAME4, "getpeername4"),
         (names::PROG_GETPEERNAME6, "getpeername6"),
+        (names::PROG_SENDMSG4, "sendmsg4"),
+        (names::PROG_SENDMSG6, "sendmsg6"),
+        (names::PROG_RECVMSG4, "recvmsg4"),
+        (names::PROG_RECVMSG6, "recvmsg6"),
     ] {
         let prog: &mut CgroupSockAddr = program(&mut ebpf, prog_name)?;
         prog.load().map_err(prog_err(prog_name))?;

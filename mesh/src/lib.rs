@@ -21,6 +21,7 @@ pub mod ca;
 pub mod certs;
 pub mod clock;
 pub mod config;
+pub mod dns;
 pub mod hbone;
 pub mod istio;
 pub mod limits;

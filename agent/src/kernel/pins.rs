@@ -6,9 +6,13 @@ use pillion_common::names;
 
 use crate::error::KernelError;
 
-pub const PROGRAMS: [&str; 10] = [
+pub const PROGRAMS: [&str; 14] = [
     names::PROG_CONNECT4,
     names::PROG_CONNECT6,
+    names::PROG_SENDMSG4,
+    names::PROG_SENDMSG6,
+    names::PROG_RECVMSG4,
+    names::PROG_RECVMSG6,
     names::PROG_GETPEERNAME4,
     names::PROG_GETPEERNAME6,
     names::PROG_SOCKOPS,
@@ -20,8 +24,19 @@ pub const PROGRAMS: [&str; 10] = [
 ];
 /// Links at the capture root. Pins of an older agent that lack one of these
 /// are incomplete, so a new agent installs (upgrades) rather than adopts.
-pub const CGROUP_LINKS: [&str; 7] =
-    ["connect4", "connect6", "getpeername4", "getpeername6", "sockops", "bind4", "bind6"];
+pub const CGROUP_LINKS: [&str; 11] = [
+    "connect4",
+    "connect6",
+    "sendmsg4",
+    "sendmsg6",
+    "recvmsg4",
+    "recvmsg6",
+    "getpeername4",
+    "getpeername6",
+    "sockops",
+    "bind4",
+    "bind6",
+];
 
 #[derive(Debug, Clone)]
 pub struct PinLayout {

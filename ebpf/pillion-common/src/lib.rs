@@ -10,6 +10,11 @@ pub const OUTBOUND_PORT: u16 = 15001;
 pub const INBOUND_PORT: u16 = 15006;
 /// HBONE inbound port; sk_lookup never steers it.
 pub const HBONE_PORT: u16 = 15008;
+/// The agent's DNS proxy inside each enrolled pod (UDP and TCP, on `127.0.0.1`
+/// and `[::1]`): enrolled pods' DNS (port 53) is steered here.
+pub const DNS_PORT: u16 = 15053;
+/// The port DNS queries are addressed to.
+pub const DNS_QUERY_PORT: u16 = 53;
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -17,6 +22,9 @@ pub const AF_INET6: u16 = 10;
 /// `PodConfig::flags`: the agent bound `[::1]:15001` in this pod, so native
 /// IPv6 connects can be captured. Without it they are refused (fail closed).
 pub const POD_FLAG_OUTBOUND_V6: u32 = 1;
+/// `PodConfig::flags`: the pod's DNS goes to the agent's DNS proxy (not set
+/// for pods that opted out with `ambient.istio.io/dns-capture=false`).
+pub const POD_FLAG_DNS: u32 = 2;
 
 /// The one source inbound capture lets through to the app: the agent binds
 /// the kubelet's connects to enrolled pods to it (selected by the kubelet's
@@ -51,6 +59,8 @@ pub mod names {
     pub const MAP_NODE_ADDRS_LEGACY: &str = "NODE_ADDRS";
     pub const MAP_INBOUND: &str = "INBOUND";
     pub const MAP_STATS: &str = "STATS";
+    pub const MAP_DNS_ORIG: &str = "DNS_ORIG";
+    pub const MAP_DNS_UPSTREAM: &str = "DNS_UPSTREAM";
     pub const PROG_CONNECT4: &str = "pillion_connect4";
     pub const PROG_CONNECT6: &str = "pillion_connect6";
     pub const PROG_SOCKOPS: &str = "pillion_sockops";
@@ -61,8 +71,21 @@ pub mod names {
     pub const PROG_BIND6: &str = "pillion_bind6";
     pub const PROG_GETPEERNAME4: &str = "pillion_getpeername4";
     pub const PROG_GETPEERNAME6: &str = "pillion_getpeername6";
-    pub const ALL_MAPS: [&str; 7] =
-        [MAP_ENROLLED, MAP_EXEMPT_CGROUPS, MAP_PENDING, MAP_ORIG_DST, MAP_POD_ADDRS, MAP_INBOUND, MAP_STATS];
+    pub const PROG_SENDMSG4: &str = "pillion_sendmsg4";
+    pub const PROG_SENDMSG6: &str = "pillion_sendmsg6";
+    pub const PROG_RECVMSG4: &str = "pillion_recvmsg4";
+    pub const PROG_RECVMSG6: &str = "pillion_recvmsg6";
+    pub const ALL_MAPS: [&str; 9] = [
+        MAP_ENROLLED,
+        MAP_EXEMPT_CGROUPS,
+        MAP_PENDING,
+        MAP_ORIG_DST,
+        MAP_POD_ADDRS,
+        MAP_INBOUND,
+        MAP_STATS,
+        MAP_DNS_ORIG,
+        MAP_DNS_UPSTREAM,
+    ];
 }
 
 /// Indices into the per-CPU `STATS` array, counted by the kernel programs.
@@ -77,7 +100,14 @@ pub mod stat {
     pub const PROBE_SOURCE_BIND_FAILED: u32 = 7;
     pub const BIND_TO_PROBE_SOURCE_REFUSED: u32 = 8;
     pub const PEER_NAME_ANSWERED: u32 = 9;
-    pub const COUNT: u32 = 10;
+    /// A DNS query (UDP or TCP to port 53) steered to the agent's DNS proxy.
+    pub const DNS_REDIRECTED: u32 = 10;
+    /// A UDP DNS query left to go to the pod's resolver because no agent DNS
+    /// socket was bound in the pod (fail open).
+    pub const DNS_PASSED_NO_PROXY: u32 = 11;
+    /// A reply from the DNS proxy shown to the app as from the resolver it asked.
+    pub const DNS_REPLY_SOURCE_RESTORED: u32 = 12;
+    pub const COUNT: u32 = 13;
 }
 
 /// Value of `ENROLLED`, keyed by the pod's netns cookie (`u64`).
@@ -103,6 +133,9 @@ pub struct SockAddr {
 /// connection may share a client port.
 pub const SIDE_V4: u32 = 4;
 pub const SIDE_V6: u32 = 6;
+/// Added to the side for connections to the DNS proxy's TCP listener: one client
+/// port may be connected to 15001 and 15053 at once.
+pub const SIDE_DNS: u32 = 0x100;
 
 /// Key of `ORIG_DST`: unique per pod (netns cookie), per listener side and
 /// per client port — two pods using the same ephemeral port never collide.

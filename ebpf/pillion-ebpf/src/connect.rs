@@ -8,8 +8,12 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use core::ptr::{addr_of_mut, write_volatile};
-use pillion_common::{AF_INET, AF_INET6, OUTBOUND_PORT, POD_FLAG_OUTBOUND_V6, PodConfig, SockAddr, stat};
+use pillion_common::{
+    AF_INET, AF_INET6, DNS_PORT, DNS_QUERY_PORT, OUTBOUND_PORT, POD_FLAG_DNS, POD_FLAG_OUTBOUND_V6, PodConfig, SockAddr,
+    stat,
+};
 
+use crate::dns::{steer_udp4, steer_udp6};
 use crate::{ENROLLED, EXEMPT_CGROUPS, PENDING, count};
 
 const ALLOW: i32 = 1;
@@ -25,6 +29,10 @@ const LOOPBACK6_LAST: u32 = u32::from_ne_bytes([0, 0, 0, 1]);
 
 #[cgroup_sock_addr(connect4)]
 pub fn pillion_connect4(ctx: SockAddrContext) -> i32 {
+    // A connected UDP socket's DNS (glibc's way): to the DNS proxy.
+    if steer_udp4(&ctx) {
+        return ALLOW;
+    }
     // Fail closed: an error inside an enrolled pod refuses the connect rather
     // than letting it leave uncaptured.
     try_connect4(&ctx).unwrap_or_else(|_| {
@@ -35,6 +43,9 @@ pub fn pillion_connect4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn pillion_connect6(ctx: SockAddrContext) -> i32 {
+    if steer_udp6(&ctx) {
+        return ALLOW;
+    }
     try_connect6(&ctx).unwrap_or_else(|_| {
         warn!(&ctx, "connect6: capture failed, connect refused");
         REFUSE
@@ -68,10 +79,17 @@ fn park(ctx: &SockAddrContext, dst: &SockAddr) -> Result<(), i32> {
     PENDING.insert(&cookie, dst, 0)
 }
 
+/// The agent's listener for a captured TCP connect to `port`: its DNS proxy for
+/// DNS (where the pod's DNS is captured), else its outbound proxy.
+#[inline(always)]
+fn listener_port(pod: &PodConfig, port: u16) -> u16 {
+    if port == DNS_QUERY_PORT && pod.flags & POD_FLAG_DNS != 0 { DNS_PORT } else { OUTBOUND_PORT }
+}
+
 fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
-    if enrolled_pod(ctx).is_none() {
+    let Some(pod) = enrolled_pod(ctx) else {
         return Ok(ALLOW);
-    }
+    };
     let sa = ctx.sock_addr;
     // SAFETY: reads of the context the kernel handed us.
     let (ip, port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
@@ -80,12 +98,13 @@ fn try_connect4(ctx: &SockAddrContext) -> Result<i32, i32> {
     }
     let dst = SockAddr { addr: [ip, 0, 0, 0], port: u16::from_be(port as u16), family: AF_INET };
     park(ctx, &dst)?;
+    let to = listener_port(&pod, dst.port);
     // Full 32-bit volatile stores: the verifier rejects narrower or merged
     // writes to these context fields.
     // SAFETY: writable fields of bpf_sock_addr for connect4.
     unsafe {
         write_volatile(addr_of_mut!((*sa).user_ip4), LOOPBACK4);
-        write_volatile(addr_of_mut!((*sa).user_port), u32::from(OUTBOUND_PORT.to_be()));
+        write_volatile(addr_of_mut!((*sa).user_port), u32::from(to.to_be()));
     }
     count(stat::CONNECT_REDIRECTED);
     Ok(ALLOW)
@@ -106,6 +125,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
         }
         let dst = SockAddr { addr: [ip[3], 0, 0, 0], port, family: AF_INET };
         park(ctx, &dst)?;
+        let to = listener_port(&pod, port);
         // ::ffff:127.0.0.1 reaches the IPv4 outbound listener.
         // SAFETY: writable fields of bpf_sock_addr for connect6.
         unsafe {
@@ -113,7 +133,7 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
             write_volatile(addr_of_mut!((*sa).user_ip6[1]), 0);
             write_volatile(addr_of_mut!((*sa).user_ip6[2]), V4_MAPPED_WORD);
             write_volatile(addr_of_mut!((*sa).user_ip6[3]), LOOPBACK4);
-            write_volatile(addr_of_mut!((*sa).user_port), u32::from(OUTBOUND_PORT.to_be()));
+            write_volatile(addr_of_mut!((*sa).user_port), u32::from(to.to_be()));
         }
         count(stat::CONNECT_REDIRECTED);
         return Ok(ALLOW);
@@ -129,13 +149,14 @@ fn try_connect6(ctx: &SockAddrContext) -> Result<i32, i32> {
     }
     let dst = SockAddr { addr: ip, port, family: AF_INET6 };
     park(ctx, &dst)?;
+    let to = listener_port(&pod, port);
     // SAFETY: writable fields of bpf_sock_addr for connect6.
     unsafe {
         write_volatile(addr_of_mut!((*sa).user_ip6[0]), 0);
         write_volatile(addr_of_mut!((*sa).user_ip6[1]), 0);
         write_volatile(addr_of_mut!((*sa).user_ip6[2]), 0);
         write_volatile(addr_of_mut!((*sa).user_ip6[3]), LOOPBACK6_LAST);
-        write_volatile(addr_of_mut!((*sa).user_port), u32::from(OUTBOUND_PORT.to_be()));
+        write_volatile(addr_of_mut!((*sa).user_port), u32::from(to.to_be()));
     }
     count(stat::CONNECT_REDIRECTED);
     Ok(ALLOW)

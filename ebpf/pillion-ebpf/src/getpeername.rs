@@ -1,13 +1,14 @@
 //! cgroup/getpeername4 and getpeername6: a captured socket is connected to
-//! the agent's outbound listener (127.0.0.1:15001 or [::1]:15001); its peer
+//! the agent's outbound listener (127.0.0.1:15001 or [::1]:15001) or its DNS
+//! proxy (15053); its peer
 //! reads as the destination the app dialled, as it would without the mesh.
 //! Some client libraries and proxies compare the two.
 
 use aya_ebpf::{EbpfContext, helpers::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext};
 use core::ptr::{addr_of_mut, write_volatile};
-use pillion_common::{AF_INET, OUTBOUND_PORT, SockAddr, stat};
+use pillion_common::{AF_INET, DNS_PORT, OUTBOUND_PORT, SockAddr, stat};
 
-use crate::{PENDING, count};
+use crate::{DNS_ORIG, PENDING, count};
 
 /// getpeername cannot be refused: 1 is the only return the kernel accepts.
 const DONE: i32 = 1;
@@ -18,13 +19,16 @@ const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 fn dialled(ctx: &SockAddrContext) -> Option<SockAddr> {
     // SAFETY: the context pointer is valid for the program's run.
     let port = unsafe { (*ctx.sock_addr).user_port };
+    let dns = port == u32::from(DNS_PORT.to_be());
     // Every other socket in the cgroup tree: no map lookup.
-    if port != u32::from(OUTBOUND_PORT.to_be()) {
+    if port != u32::from(OUTBOUND_PORT.to_be()) && !dns {
         return None;
     }
-    // SAFETY: helper valid in cgroup/sock_addr programs; plain map lookup.
+    // SAFETY: helper valid in cgroup/sock_addr programs; plain map lookups.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    unsafe { PENDING.get(&cookie) }.copied()
+    let captured = unsafe { PENDING.get(&cookie) }.copied();
+    // A connected UDP DNS socket's resolver is kept apart (DNS_ORIG).
+    if captured.is_none() && dns { unsafe { DNS_ORIG.get(&cookie) }.copied() } else { captured }
 }
 
 #[cgroup_sock_addr(getpeername4)]

@@ -11,6 +11,10 @@
 //! - `pillion_getpeername4` / `6` (cgroup/getpeername4, getpeername6): a
 //!   captured socket's peer reads as the destination the app dialled, not the
 //!   agent's listener.
+//! - `pillion_sendmsg4` / `6`, `pillion_recvmsg4` / `6` (cgroup/sendmsg,
+//!   recvmsg) and the connect programs: an enrolled pod's DNS goes to the
+//!   agent's DNS proxy in its netns, replies read as from the resolver asked
+//!   (`dns.rs`).
 //! - `pillion_sk_lookup` (sk_lookup, one link per enrolled netns): inbound
 //!   TCP to the pod is handed to the agent's 15006 listener; only the probe
 //!   source (169.254.7.127 / fd16:9254:7127:1337:ffff:ffff:ffff:ffff) skips it.
@@ -27,6 +31,7 @@
 
 mod bind;
 mod connect;
+mod dns;
 mod getpeername;
 mod lookup;
 mod probe;
@@ -69,6 +74,17 @@ static POD_ADDRS: HashMap<IpKey, u32> = HashMap::pinned(8192, 0);
 /// lookup misses and inbound is dropped (fail closed).
 #[map(name = "INBOUND")]
 static INBOUND: SockHash<IpKey> = SockHash::pinned(8192, 0);
+
+/// The resolver a UDP socket last addressed on port 53, by socket cookie: its
+/// replies from the DNS proxy read as from that resolver. LRU: DNS sockets are
+/// short-lived and UDP has no close callback.
+#[map(name = "DNS_ORIG")]
+static DNS_ORIG: LruHashMap<u64, SockAddr> = LruHashMap::pinned(16384, 0);
+
+/// The resolver each pod last addressed (netns cookie → address): where the DNS
+/// proxy forwards the names it does not answer itself.
+#[map(name = "DNS_UPSTREAM")]
+static DNS_UPSTREAM: LruHashMap<u64, SockAddr> = LruHashMap::pinned(4096, 0);
 
 #[map(name = "STATS")]
 static STATS: PerCpuArray<u64> = PerCpuArray::pinned(stat::COUNT, 0);

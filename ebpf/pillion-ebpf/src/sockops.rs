@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use pillion_common::{AF_INET6, OrigDstKey, SIDE_V4, SIDE_V6, stat};
+use pillion_common::{AF_INET6, DNS_PORT, OrigDstKey, SIDE_DNS, SIDE_V4, SIDE_V6, stat};
 
 use crate::{ORIG_DST, PENDING, count};
 
@@ -49,6 +49,11 @@ fn try_established(ctx: &SockOpsContext) -> Result<(), i32> {
     } else {
         SIDE_V4
     };
+    // sock_ops shows the remote port in network order, shifted into the high half
+    // on little-endian machines; either spelling is the DNS proxy's.
+    let remote = ctx.remote_port();
+    let dns = u32::from(DNS_PORT.to_be());
+    let side = if remote == dns || remote == dns << 16 { side + SIDE_DNS } else { side };
     let key = OrigDstKey { netns_cookie, side, client_port: ctx.local_port() };
     ORIG_DST.insert(&key, &dst, 0)?;
     // The cookie's entry stays for getpeername until the socket closes; without the
